@@ -1,0 +1,80 @@
+"""Autoregressive generation shared by the families that generate.
+
+A family supplies one function, ``step(ids, state) -> (logits (B, T, V), state)``: it runs
+the new tokens ``ids`` given what it remembers of the prefix (a KV cache for attention
+models, the conv and SSM state for state-space models) and returns the next state. The
+prefix is therefore computed once; each new token costs one step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from .sampling import check_settings, sample, staged_distribution
+
+Step = Callable[[Tensor, object], tuple[Tensor, object]]
+
+
+def _check(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    check_settings(temperature, top_k, top_p)
+
+
+def iterate(
+    step: Step,
+    ids: Tensor,
+    state: object,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    eos_token_id: int | None = None,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (next ids (B,), their probability under the final distribution (B,)) per new token.
+
+    Stops after ``max_new_tokens`` or once every row has produced ``eos_token_id``; rows
+    that finished earlier keep producing ``eos_token_id``.
+    """
+    _check(max_new_tokens, temperature, top_k, top_p)
+    if max_new_tokens == 0:
+        return
+    gen = torch.Generator(device=ids.device).manual_seed(seed)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    new = ids
+    for _ in range(max_new_tokens):
+        logits, state = step(new, state)
+        last = logits[:, -1, :].float()  # (B, V)
+        nxt = sample(last, temperature, top_k, top_p, generator=gen)  # (B,)
+        if eos_token_id is not None:
+            nxt = nxt.masked_fill(done, eos_token_id)
+            done |= nxt == eos_token_id
+        final = staged_distribution(last, temperature, top_k, top_p).final
+        prob = final.gather(-1, nxt[:, None])[:, 0]  # (B,)
+        yield nxt, prob
+        if bool(done.all()):
+            return
+        new = nxt[:, None]  # (B, 1)
+
+
+def generate(step: Step, ids: Tensor, state: object, **kwargs) -> Tensor:
+    """All new tokens appended to ``ids``: (B, T + new)."""
+    out = [ids]
+    with torch.inference_mode():
+        for nxt, _ in iterate(step, ids, state, **kwargs):
+            out.append(nxt[:, None])
+    return torch.cat(out, dim=1)
+
+
+def stream(step: Step, ids: Tensor, state: object, **kwargs) -> Iterator[tuple[int, float]]:
+    """Batch-1 generation, one (token id, probability) at a time, for the page to stream."""
+    if ids.shape[0] != 1:
+        raise ValueError("streaming generation takes one sequence at a time")
+    with torch.inference_mode():
+        for nxt, prob in iterate(step, ids, state, **kwargs):
+            yield int(nxt[0]), float(prob[0])

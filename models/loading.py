@@ -1,0 +1,328 @@
+"""``load(name | folder)``: the built-in models, or a local Hugging Face checkpoint folder.
+
+A folder needs ``config.json``, weights (``model.safetensors``, sharded safetensors with
+their index, or ``pytorch_model.bin`` read with ``torch.load(weights_only=True)``: never a
+plain pickle load, so a checkpoint cannot run code) and the tokenizer files.
+
+Each supported ``model_type`` has a converter: it turns the checkpoint's config into ours and
+renames (and, for GPT-2, transposes and splits) its tensors into our modules' names. Anything
+that does not fit is reported with what is wrong and what is supported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .decoder import Decoder, DecoderConfig, untrained_builtin
+from .encoder import Encoder, EncoderConfig
+from .tokenizer import ByteTokenizer, HFTokenizer
+
+
+class LoadError(ValueError):
+    """A model could not be loaded; the message says why and what would work."""
+
+
+BUILTIN_NAMES = ("gpt",)
+
+
+@dataclass
+class Converter:
+    make_config: Callable[[dict, str], object]  # (HF config, display name) -> our config
+    rename: Callable[[str, Tensor], dict[str, Tensor]]  # one HF tensor -> our tensors ({} = skip)
+    build: Callable[[object], nn.Module]
+
+
+# --------------------------------------------------------------------------- GPT-2
+
+
+def _gpt2_config(hf: dict, name: str) -> DecoderConfig:
+    if hf.get("add_cross_attention"):
+        raise LoadError("GPT-2 checkpoints with cross-attention are not supported")
+    if not hf.get("scale_attn_weights", True):
+        raise LoadError("GPT-2 checkpoints with scale_attn_weights=false are not supported")
+    d = hf["n_embd"]
+    return DecoderConfig(
+        vocab_size=hf["vocab_size"], d_model=d, n_layer=hf["n_layer"], n_head=hf["n_head"],
+        d_ff=hf.get("n_inner") or 4 * d, max_seq_len=hf.get("n_positions", 1024),
+        positions="learned", norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        mlp="mlp", activation=hf.get("activation_function", "gelu_new"),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+        attn_scale_by_layer=hf.get("scale_attn_by_inverse_layer_idx", False),
+        bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"), name=name,
+    )  # fmt: skip
+
+
+_GPT2_BLOCK = {"ln_1": "attn_norm", "ln_2": "mlp_norm", "attn.c_proj": "attn.o_proj",
+               "mlp.c_fc": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj"}  # fmt: skip
+
+
+def _gpt2_rename(key: str, t: Tensor) -> dict[str, Tensor]:
+    key = key.removeprefix("transformer.")
+    if key.endswith((".attn.bias", ".attn.masked_bias")):  # causal-mask buffers, not weights
+        return {}
+    top = {"wte.weight": "embed_tokens.weight", "wpe.weight": "embed_positions.weight",
+           "ln_f.weight": "norm.weight", "ln_f.bias": "norm.bias", "lm_head.weight": "lm_head.weight"}  # fmt: skip
+    if key in top:
+        return {top[key]: t}
+    m = re.fullmatch(r"h\.(\d+)\.(.+)\.(weight|bias)", key)
+    if not m:
+        return {key: t}  # reported as unexpected
+    i, part, kind = m.groups()
+    conv1d = part.startswith(("attn.", "mlp."))  # GPT-2's Conv1D stores weights as (in, out)
+    if conv1d and kind == "weight":
+        t = t.t()
+    if part == "attn.c_attn":  # fused q, k, v along the output axis
+        q, k, v = t.chunk(3, dim=0)
+        return {f"layers.{i}.attn.{p}.{kind}": x.contiguous() for p, x in zip(("q_proj", "k_proj", "v_proj"), (q, k, v))}
+    if part not in _GPT2_BLOCK:
+        return {key: t}
+    return {f"layers.{i}.{_GPT2_BLOCK[part]}.{kind}": t.contiguous()}
+
+
+# --------------------------------------------------------------------------- Llama / Qwen2
+
+_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _rope(hf: dict) -> tuple[float, dict | None]:
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in _ROPE_TYPES:
+        raise LoadError(f"RoPE scaling {kind!r} is not supported; supported: {', '.join(_ROPE_TYPES)}")
+    return theta, (None if kind == "default" else {**params, "rope_type": kind})
+
+
+def _llama_like_config(hf: dict, name: str, *, qwen2: bool) -> DecoderConfig:
+    d, n_head, n_layer = hf["hidden_size"], hf["num_attention_heads"], hf["num_hidden_layers"]
+    theta, scaling = _rope(hf)
+    window, types = hf.get("sliding_window"), None
+    if qwen2 and hf.get("layer_types"):
+        types = ["sliding" if t == "sliding_attention" else "full" for t in hf["layer_types"]]
+    elif qwen2 and hf.get("use_sliding_window") and window:
+        first = hf.get("max_window_layers", n_layer)
+        types = ["sliding" if i >= first else "full" for i in range(n_layer)]
+    bias = bool(hf.get("attention_bias", False))
+    return DecoderConfig(
+        vocab_size=hf["vocab_size"], d_model=d, n_layer=n_layer, n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, head_dim=hf.get("head_dim") or d // n_head,
+        d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
+        positions="rotary", rope_theta=theta, rope_scaling=scaling,
+        rotary_fraction=float(hf.get("partial_rotary_factor", 1.0)),
+        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="gated",
+        activation=hf.get("hidden_act", "silu"),
+        qkv_bias=True if qwen2 else bias, o_bias=False if qwen2 else bias,
+        mlp_bias=bool(hf.get("mlp_bias", False)), tie_embeddings=hf.get("tie_word_embeddings", False),
+        sliding_window=window if types and "sliding" in types else None, layer_types=types,
+        bos_token_id=hf.get("bos_token_id"), eos_token_id=_first(hf.get("eos_token_id")), name=name,
+    )  # fmt: skip
+
+
+def _first(x):
+    return x[0] if isinstance(x, list) and x else x
+
+
+def _llama_rename(key: str, t: Tensor) -> dict[str, Tensor]:
+    key = key.removeprefix("model.")
+    if key.endswith("rotary_emb.inv_freq"):  # a buffer some checkpoints carry; recomputed
+        return {}
+    key = key.replace(".self_attn.", ".attn.")
+    key = key.replace(".input_layernorm.", ".attn_norm.").replace(".post_attention_layernorm.", ".mlp_norm.")
+    return {key: t}
+
+
+# --------------------------------------------------------------------------- BERT
+
+
+def _bert_config(hf: dict, name: str) -> EncoderConfig:
+    if hf.get("is_decoder") or hf.get("add_cross_attention"):
+        raise LoadError("BERT checkpoints configured as decoders are not supported")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise LoadError("only absolute position embeddings are supported for BERT")
+    return EncoderConfig(
+        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
+        max_seq_len=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
+        norm_eps=hf.get("layer_norm_eps", 1e-12), activation=hf.get("hidden_act", "gelu"),
+        pad_token_id=hf.get("pad_token_id"), name=name,
+    )  # fmt: skip
+
+
+_BERT_SUBS = [
+    (r"^embeddings\.word_embeddings\.", "embed_tokens."),
+    (r"^embeddings\.position_embeddings\.", "embed_positions."),
+    (r"^embeddings\.token_type_embeddings\.", "embed_types."),
+    (r"^embeddings\.LayerNorm\.", "embed_norm."),
+    (r"^encoder\.layer\.(\d+)\.attention\.self\.query\.", r"layers.\1.attn.q_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.self\.key\.", r"layers.\1.attn.k_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.self\.value\.", r"layers.\1.attn.v_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attn.o_proj."),
+    (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attn_norm."),
+    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.mlp.up_proj."),
+    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.mlp.down_proj."),
+    (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.mlp_norm."),
+    (r"^cls\.predictions\.transform\.dense\.", "mlm_head.dense."),
+    (r"^cls\.predictions\.transform\.LayerNorm\.", "mlm_head.norm."),
+    (r"^cls\.predictions\.decoder\.weight$", "mlm_head.decoder.weight"),
+    (r"^cls\.predictions\.(decoder\.)?bias$", "mlm_head.decoder.bias"),
+]
+
+
+def _bert_rename(key: str, t: Tensor) -> dict[str, Tensor]:
+    key = key.removeprefix("bert.")
+    key = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", key))  # TF-era names
+    if key.startswith(("pooler.", "cls.seq_relationship.")) or key.endswith("position_ids"):
+        return {}  # next-sentence and pooling heads: not part of the encoder or its MLM head
+    for pattern, repl in _BERT_SUBS:
+        new, n = re.subn(pattern, repl, key)
+        if n:
+            return {new: t}
+    return {key: t}
+
+
+CONVERTERS: dict[str, Converter] = {
+    "gpt2": Converter(_gpt2_config, _gpt2_rename, Decoder),
+    "llama": Converter(lambda hf, n: _llama_like_config(hf, n, qwen2=False), _llama_rename, Decoder),
+    "qwen2": Converter(lambda hf, n: _llama_like_config(hf, n, qwen2=True), _llama_rename, Decoder),
+    "bert": Converter(_bert_config, _bert_rename, Encoder),
+}
+SUPPORTED = tuple(CONVERTERS)
+
+
+# --------------------------------------------------------------------------- reading a folder
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise LoadError(f"{folder} has no config.json; a Hugging Face checkpoint folder needs one")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LoadError(f"{path} could not be read as JSON: {e}") from None
+    if not isinstance(hf, dict):
+        raise LoadError(f"{path} does not hold a JSON object")
+    return hf
+
+
+def _read_weights(folder: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    single, index, pt = folder / "model.safetensors", folder / "model.safetensors.index.json", folder / "pytorch_model.bin"
+    try:
+        if single.is_file():
+            return load_file(str(single))
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state: dict[str, Tensor] = {}
+            for shard in shards:
+                state.update(load_file(str(folder / shard)))
+            return state
+        if pt.is_file():
+            state = torch.load(str(pt), map_location="cpu", weights_only=True)
+            if not isinstance(state, dict):
+                raise LoadError(f"{pt} does not hold a state dict")
+            return state
+    except LoadError:
+        raise
+    except Exception as e:  # truncated, corrupt or code-carrying files all end up here
+        raise LoadError(f"the weights in {folder} could not be read ({type(e).__name__}: {e})") from None
+    raise LoadError(
+        f"{folder} has no weights: expected model.safetensors, model.safetensors.index.json "
+        "with its shards, or pytorch_model.bin"
+    )
+
+
+def _convert_state(conv: Converter, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    for key, t in state.items():
+        out.update(conv.rename(key, t))
+    return out
+
+
+def _fill(model: nn.Module, state: dict[str, Tensor], folder: Path) -> None:
+    """Copy tensors in, insisting every weight is present and every shape fits."""
+    own = model.state_dict()
+    tied = {"lm_head.weight", "mlm_head.decoder.weight"}  # may be absent on disk when tied
+    missing = [k for k in own if k not in state and k not in tied]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]  # fmt: skip
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors {_few(unexpected)}")
+    if wrong:
+        problems.append(f"shapes that do not fit the config: {_few(wrong)}")
+    if any(k in tied and k not in state for k in own) and not _is_tied(model):
+        problems.append("an untied output head is missing from the weights")
+    if problems:
+        raise LoadError(f"the weights in {folder} do not fit its config.json: " + "; ".join(problems))
+    with torch.no_grad():
+        for k, t in state.items():
+            own[k].copy_(t)
+
+
+def _is_tied(model: nn.Module) -> bool:
+    head = getattr(model, "lm_head", None)
+    if head is None:
+        head = getattr(getattr(model, "mlm_head", None), "decoder", None)
+    return head is None or head.weight is model.embed_tokens.weight
+
+
+def _few(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def load_folder(folder: str | Path, device: str | torch.device = "cpu"):
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise LoadError(f"no such folder: {folder}")
+    if not folder.is_dir():
+        raise LoadError(f"{folder} is not a folder; give a Hugging Face checkpoint folder")
+    hf = _read_config(folder)
+    mtype = hf.get("model_type")
+    if mtype not in CONVERTERS:
+        raise LoadError(
+            f"{folder}: model_type {mtype!r} is not supported; supported: {', '.join(SUPPORTED)}"
+        )
+    conv = CONVERTERS[mtype]
+    try:
+        cfg = conv.make_config(hf, folder.name)
+    except KeyError as e:
+        raise LoadError(f"{folder}/config.json lacks {e.args[0]!r}, which {mtype} needs") from None
+    except (AssertionError, TypeError, ValueError) as e:
+        if isinstance(e, LoadError):
+            raise
+        raise LoadError(f"{folder}/config.json is not a valid {mtype} config: {e}") from None
+    state = _convert_state(conv, _read_weights(folder))
+    if conv.build is Encoder:
+        cfg.has_mlm_head = any(k.startswith("mlm_head.") for k in state)
+    model = conv.build(cfg)
+    _fill(model, state, folder)
+    try:
+        tokenizer = HFTokenizer(folder)
+    except Exception as e:
+        raise LoadError(f"the tokenizer in {folder} could not be loaded ({type(e).__name__}: {e})") from None
+    return model.eval().to(device), tokenizer
+
+
+def load(name: str | Path, device: str | torch.device = "cpu"):
+    """A built-in model by name, or a local Hugging Face checkpoint folder -> (model, tokenizer)."""
+    if isinstance(name, str) and name in BUILTIN_NAMES:
+        tok = ByteTokenizer()
+        return untrained_builtin(tok.vocab_size).to(device), tok
+    if isinstance(name, str) and not any(c in name for c in "/\\.") and not Path(name).exists():
+        raise LoadError(
+            f"unknown model {name!r}: built-ins are {', '.join(BUILTIN_NAMES)}; "
+            "or give the path of a Hugging Face checkpoint folder"
+        )
+    return load_folder(name, device)

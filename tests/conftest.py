@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny random Hugging Face checkpoints written to temporary folders.
+
+Nothing is downloaded: configs are built in code, weights are random, and a small
+word-level tokenizer is made on the spot, so loading and parity run offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+WORDS = (
+    "the a cat dog sat on mat red ball mia tom has big small ran to park she he it and "
+    "saw blue green box tree house happy sad went home was is with her his they then"
+).split()
+
+
+def word_tokenizer(kind: str):
+    """A word-level tokenizer: BERT-style ([CLS] ... [SEP]) for encoders, plain for decoders."""
+    import transformers as T
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    if kind == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        return T.BertTokenizer(vocab={w: i for i, w in enumerate(specials + WORDS)})
+    specials = ["<pad>", "<unk>", "<s>", "</s>"]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + WORDS)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece()  # joins words with spaces
+    return T.PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def randomize(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> None:
+    """Give every parameter (biases and norm scales too) random values, so nothing is trivially 0 or 1."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * std
+            p.copy_(1.0 + noise if ("norm" in name.lower() and name.endswith("weight")) else noise)
+
+
+def hf_config(kind: str, **overrides):
+    import transformers as T
+
+    common = dict(vocab_size=99, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    if kind == "gpt2":
+        cfg = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128, **common)
+    elif kind == "llama":
+        cfg = T.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, tie_word_embeddings=False, max_position_embeddings=256,
+                            **common)  # fmt: skip
+    elif kind == "qwen2":
+        cfg = T.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                            num_key_value_heads=1, use_sliding_window=True, sliding_window=4,
+                            max_window_layers=1, max_position_embeddings=256, tie_word_embeddings=True,
+                            **common)  # fmt: skip
+    elif kind == "bert":
+        cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                           max_position_embeddings=128, vocab_size=99, pad_token_id=0)  # fmt: skip
+    else:
+        raise ValueError(kind)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def make_hf_model(kind: str, folder: Path, *, head: bool = True, seed: int = 0, **overrides):
+    """Save a tiny random ``kind`` checkpoint (model + tokenizer) in ``folder``; return the HF model."""
+    import transformers as T
+
+    cfg = hf_config(kind, **overrides)
+    cfg._attn_implementation = "eager"
+    if kind == "bert":
+        cls = T.BertForMaskedLM if head else T.BertModel
+    else:
+        cls = T.AutoModelForCausalLM
+    model = cls.from_config(cfg, attn_implementation="eager") if cls is T.AutoModelForCausalLM else cls(cfg)
+    randomize(model, seed)
+    model.eval()
+    model.save_pretrained(folder)
+    word_tokenizer("bert" if kind == "bert" else "decoder").save_pretrained(folder)
+    return model
+
+
+@pytest.fixture
+def hf_folder(tmp_path):
+    """Factory: hf_folder("llama") -> (folder, hf_model)."""
+
+    def make(kind: str, **kw):
+        folder = tmp_path / kind
+        return folder, make_hf_model(kind, folder, **kw)
+
+    return make

@@ -1,0 +1,68 @@
+"""Shared look for every archplay figure: template, colours, margins and small data helpers."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import plotly.graph_objects as go
+
+TEMPLATE = "plotly_white"
+FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=13)
+MARGIN = dict(l=70, r=30, t=80, b=70)
+
+# Stage colours for the sampling figure; FADED_ALPHA dims bars of tokens that sampling removed.
+RAW = "#7f8fa6"
+TEMPERED = "#f5a623"
+FINAL = "#2e86de"
+KEPT = "#27ae60"
+REMOVED = "#c0392b"
+THRESHOLD = "#8e44ad"
+FADED_ALPHA = 0.25
+
+# Attention: a sequential scale whose low end is white, so masked zeros read as empty.
+ATTENTION_SCALE = "Blues"
+MASK_OFF = "#e5e7eb"  # masked
+MASK_ON = "#2e86de"  # may attend
+
+
+def to_numpy(x) -> np.ndarray:
+    """A numpy array from a torch tensor (as float32) or anything array-like (unchanged dtype)."""
+    if hasattr(x, "detach"):
+        if x.dtype.is_floating_point:
+            return x.detach().cpu().float().numpy()
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def safe_label(label) -> str:
+    """A token label as plotly should receive it: ``<``, ``>`` and ``&`` escaped as HTML entities.
+
+    Plotly renders tick and hover text as a small HTML subset, so a token such as ``<br>`` would
+    otherwise become a line break. The entities display as the original characters.
+    """
+    return html.escape(str(label), quote=False)
+
+
+def short_label(label: str, limit: int = 14) -> str:
+    """``label`` cut to ``limit`` characters with an ellipsis, for crowded tick labels."""
+    return label if len(label) <= limit else label[: limit - 1] + "…"
+
+
+def rgba(hex_colour: str, alpha: float) -> str:
+    """``#rrggbb`` as an ``rgba(...)`` string with the given opacity."""
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def polish(fig: go.Figure, title: str, **layout) -> go.Figure:
+    """Apply the shared template, font, title and margins (plus any extra layout) to ``fig``."""
+    fig.update_layout(
+        template=TEMPLATE,
+        font=FONT,
+        title=dict(text=title, x=0.02, xanchor="left"),
+        margin=MARGIN,
+        hoverlabel=dict(font_size=13),
+        **layout,
+    )
+    return fig
