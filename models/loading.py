@@ -308,11 +308,26 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu"):
         cfg.has_mlm_head = any(k.startswith("mlm_head.") for k in state)
     model = conv.build(cfg)
     _fill(model, state, folder)
+    tokenizer = _load_tokenizer(folder, cfg.vocab_size)
+    return model.eval().to(device), tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def _load_tokenizer(folder: Path, vocab_size: int) -> HFTokenizer:
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise LoadError(f"the tokenizer in {folder} could not be loaded: none of {', '.join(TOKENIZER_FILES)} is there")
     try:
         tokenizer = HFTokenizer(folder)
     except Exception as e:
         raise LoadError(f"the tokenizer in {folder} could not be loaded ({type(e).__name__}: {e})") from None
-    return model.eval().to(device), tokenizer
+    if not 0 < tokenizer.vocab_size <= vocab_size:
+        raise LoadError(
+            f"the tokenizer in {folder} has {tokenizer.vocab_size} tokens, which does not fit "
+            f"the model's vocabulary of {vocab_size}"
+        )
+    return tokenizer
 
 
 def load(name: str | Path, device: str | torch.device = "cpu"):

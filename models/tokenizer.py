@@ -71,13 +71,30 @@ class ByteTokenizer:
         return out
 
 
+def _hf_tokenizer(folder: Path):
+    """AutoTokenizer, except that a folder declaring the generic fast class gets exactly that.
+
+    (transformers 5 otherwise swaps in the model type's own tokenizer class, which rebuilds
+    a different pipeline from the same vocabulary.)
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # heavy: only for folders
+
+    declared = None
+    cfg = folder / "tokenizer_config.json"
+    if cfg.is_file():
+        declared = json.loads(cfg.read_text(encoding="utf-8")).get("tokenizer_class")
+    if declared in ("TokenizersBackend", "PreTrainedTokenizerFast") and (folder / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
 class HFTokenizer:
     """A Hugging Face tokenizer from a checkpoint folder, with readable token labels."""
 
     def __init__(self, folder: str | Path):
-        from transformers import AutoTokenizer  # heavy import, only when a folder is loaded
-
-        self.hf = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        self.hf = _hf_tokenizer(Path(folder))
         self.bos_token_id = self.hf.bos_token_id
         self.eos_token_id = self.hf.eos_token_id
         self.mask_token_id = self.hf.mask_token_id

@@ -1,0 +1,128 @@
+"""The contract every family keeps (see shared/GUIDE.md), on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import models
+from models.decoder import Decoder, DecoderConfig
+from models.encoder import Encoder, EncoderConfig
+from models.layers import attention_mask
+
+WINDOW = 3
+
+
+def _tiny(name: str):
+    torch.manual_seed(0)
+    if name == "gpt2-style":
+        return Decoder(DecoderConfig.gpt2_tiny())
+    if name == "llama-style":
+        return Decoder(DecoderConfig.llama_tiny())
+    if name == "sliding-window":
+        return Decoder(DecoderConfig.llama_tiny(sliding_window=WINDOW, layer_types=["sliding", "full"]))
+    if name == "sinusoidal":
+        return Decoder(DecoderConfig.gpt2_tiny(positions="sinusoidal"))
+    if name == "bert-style":
+        return Encoder(EncoderConfig.bert_tiny())
+    if name == "builtin-gpt":
+        return models.load("gpt")[0]
+    raise ValueError(name)
+
+
+FAMILY = {"bert-style": "encoder"}
+NAMES = ["gpt2-style", "llama-style", "sliding-window", "sinusoidal", "bert-style", "builtin-gpt"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trace_contract(name):
+    model = _tiny(name).eval()
+    cfg = model.config
+    B, T = 2, 11
+    ids = torch.randint(0, cfg.vocab_size, (B, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(ids, trace=True)
+        fast = model(ids, trace=False)
+    assert cfg.family == FAMILY.get(name, "decoder")
+    assert out.logits.shape == (B, T, cfg.vocab_size)
+    torch.testing.assert_close(fast.logits, out.logits, atol=1e-5, rtol=0)  # fused path == eager path
+    assert fast.trace is None
+
+    tr = out.trace
+    assert len(tr.hidden_states) == cfg.n_layer + 1
+    assert all(h.shape == (B, T, cfg.d_model) for h in tr.hidden_states)
+    assert len(tr.attentions) == cfg.n_layer
+    for a in tr.attentions:
+        assert a.shape == (B, cfg.n_head, T, T)
+        torch.testing.assert_close(a.sum(-1), torch.ones(B, cfg.n_head, T), atol=1e-5, rtol=0)
+        assert (a >= 0).all()
+    causal = cfg.family == "decoder"
+    upper = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    for i, a in enumerate(tr.attentions):
+        if causal:
+            assert a[..., upper].abs().max() == 0, "a causal model attended to the future"
+        else:
+            assert a[..., upper].min() > 0, "a bidirectional model must see later tokens"
+        if causal and cfg.layer_types[i] == "sliding":
+            q, k = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
+            assert a[..., q - k >= WINDOW].abs().max() == 0, "attention leaked outside the window"
+            assert a[..., (q - k < WINDOW) & (k <= q)].min() > 0
+    for field in ("decoder_hidden_states", "cross_attentions", "router_logits", "ssm_attention", "ssm_delta"):
+        assert getattr(tr, field) is None
+
+
+@pytest.mark.parametrize("name", ["gpt2-style", "llama-style", "sliding-window", "builtin-gpt"])
+def test_generate_contract(name):
+    model = _tiny(name).eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
+    greedy = model.generate(ids, max_new_tokens=7, temperature=0.0)
+    assert greedy.shape == (2, 12) and torch.equal(greedy[:, :5], ids)
+    a = model.generate(ids, max_new_tokens=7, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    b = model.generate(ids, max_new_tokens=7, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    c = model.generate(ids, max_new_tokens=7, temperature=5.0, seed=4)
+    assert torch.equal(a, b), "the same seed must give the same sample"
+    assert not torch.equal(a, c)
+    one = model.generate(ids[:1], max_new_tokens=7, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    streamed = list(model.generate_stream(ids[:1], max_new_tokens=7, temperature=1.0, top_k=20, top_p=0.9, seed=3))
+    assert [t for t, _ in streamed] == one[0, 5:].tolist()
+    assert all(0 < p <= 1 for _, p in streamed)
+
+
+def test_generation_stops_at_eos():
+    model = _tiny("gpt2-style").eval()
+    ids = torch.tensor([[1, 2, 3]])
+    first = int(model.generate(ids, max_new_tokens=1)[0, -1])
+    out = model.generate(ids, max_new_tokens=10, eos_token_id=first)
+    assert out.tolist() == [[1, 2, 3, first]]
+
+
+def test_masks():
+    pos = torch.arange(6)
+    assert attention_mask(pos, pos, causal=False) is None
+    causal = attention_mask(pos, pos, causal=True)
+    assert torch.equal(causal, torch.tril(torch.ones(6, 6, dtype=torch.bool)))
+    win = attention_mask(pos, pos, causal=True, window=2)
+    assert win.sum(-1).tolist() == [1, 2, 2, 2, 2, 2]
+    assert win[5].tolist() == [False, False, False, False, True, True]
+    bidi = attention_mask(pos, pos, causal=False, window=2)
+    assert bidi[3].tolist() == [False, False, True, True, True, False]
+    # With a cache: two new queries at positions 4, 5 over six keys.
+    step = attention_mask(torch.arange(4, 6), pos, causal=True)
+    assert step.tolist() == [[True] * 5 + [False], [True] * 6]
+
+
+def test_config_rejects_unknown_keys_and_bad_shapes():
+    with pytest.raises(ValueError, match="unknown DecoderConfig keys"):
+        DecoderConfig.from_dict({**DecoderConfig.gpt2_tiny().to_dict(), "n_experts": 4})
+    with pytest.raises(AssertionError):
+        DecoderConfig.gpt2_tiny(n_kv_head=3)
+    cfg = DecoderConfig.from_dict(DecoderConfig.llama_tiny().to_dict())
+    assert cfg == DecoderConfig.llama_tiny()
+
+
+def test_too_long_input_is_refused_clearly():
+    model = _tiny("gpt2-style")
+    with pytest.raises(ValueError, match="exceed this model's context of 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="context"):
+        model.generate(torch.zeros(1, 60, dtype=torch.long), max_new_tokens=10)

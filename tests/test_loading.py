@@ -1,0 +1,116 @@
+"""models.load: built-ins, folders, and a clear message for every kind of broken folder."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import pytest
+import torch
+
+import models
+from models import LoadError
+
+
+def test_builtin_loads_and_says_it_is_untrained():
+    model, tok = models.load("gpt")
+    assert model.config.family == "decoder" and model.config.trained is False
+    assert "untrained" in model.config.name
+    text = "Mia has a red ball. 🎈 日本語 مرحبا"
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.tokens(tok.encode(text))) == len(tok.encode(text))
+
+
+def test_builtin_weights_are_deterministic():
+    a, _ = models.load("gpt")
+    b, _ = models.load("gpt")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_pytorch_bin_checkpoint_loads(hf_folder):
+    folder, hf = hf_folder("gpt2")
+    model_file = folder / "model.safetensors"
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    torch.save(state, folder / "pytorch_model.bin")
+    model_file.unlink()
+    ours, tok = models.load(folder)
+    ids = torch.tensor([tok.encode("the cat sat")])
+    torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))  # any callable: a plain pickle load would run it
+
+
+def _break(folder, case):
+    weights = folder / "model.safetensors"
+    if case == "missing folder":
+        shutil.rmtree(folder)
+    elif case == "not a folder":
+        shutil.rmtree(folder)
+        folder.write_text("hello")
+    elif case == "no config":
+        (folder / "config.json").unlink()
+    elif case == "config not json":
+        (folder / "config.json").write_text("{not json")
+    elif case == "unsupported family":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon"}))
+    elif case == "config lacks a field":
+        cfg = json.loads((folder / "config.json").read_text())
+        del cfg["n_embd"]
+        (folder / "config.json").write_text(json.dumps(cfg))
+    elif case == "no weights":
+        weights.unlink()
+    elif case == "truncated weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif case == "weights do not fit config":
+        cfg = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**cfg, "n_embd": 48}))
+    elif case == "missing tensor":
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        del state["transformer.h.1.mlp.c_fc.weight"]
+        save_file(state, str(weights))
+    elif case == "pickle carrying code":
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"wte.weight": _Payload()}))
+    elif case == "no tokenizer":
+        for f in folder.glob("tokenizer*"):
+            f.unlink()
+    else:
+        raise ValueError(case)
+
+
+BROKEN = [
+    ("missing folder", "no such folder"),
+    ("not a folder", "is not a folder"),
+    ("no config", "has no config.json"),
+    ("config not json", "could not be read as JSON"),
+    ("unsupported family", "'falcon' is not supported; supported: gpt2, llama, qwen2, bert"),
+    ("config lacks a field", "lacks 'n_embd'"),
+    ("no weights", "has no weights: expected model.safetensors"),
+    ("truncated weights", "could not be read"),
+    ("weights do not fit config", "do not fit its config.json: .*shapes"),
+    ("missing tensor", "do not fit its config.json: missing tensors layers.1.mlp.up_proj.weight"),
+    ("pickle carrying code", "could not be read .*(Unpickl|weights_only)"),
+    ("no tokenizer", "tokenizer .* could not be loaded"),
+]
+
+
+@pytest.mark.parametrize("case, message", BROKEN, ids=[c for c, _ in BROKEN])
+def test_broken_folder_gives_clear_error(hf_folder, case, message, capsys):
+    folder, _ = hf_folder("gpt2")
+    _break(folder, case)
+    with pytest.raises(LoadError, match=message):
+        models.load(folder)
+    assert "pwned" not in capsys.readouterr().out  # the pickle's code never ran
+
+
+def test_unknown_name_lists_builtins():
+    with pytest.raises(LoadError, match="unknown model 'gtp': built-ins are gpt"):
+        models.load("gtp")
