@@ -113,6 +113,15 @@ class DecoderConfig:
         return cls(**{**base, **kw})
 
 
+@dataclass
+class LayerTrace:
+    """What one block reports when traced; the model loop gathers these into a Trace."""
+
+    attention: Tensor | None = None  # (B, H, T, S)
+    router_logits: Tensor | None = None  # (B, T, E), MoE blocks only
+    expert_indices: Tensor | None = None  # (B, T, k), MoE blocks only
+
+
 class DecoderBlock(nn.Module):
     """Pre-norm block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
 
@@ -126,14 +135,22 @@ class DecoderBlock(nn.Module):
             qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, scale=scale,
         )  # fmt: skip
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, cfg.activation, cfg.mlp_bias)
+        self.mlp = self.make_ffn(cfg)
 
-    def forward(self, x, *, masks, rope, cache, need_weights) -> tuple[Tensor, Tensor | None]:
+    def make_ffn(self, cfg: DecoderConfig) -> nn.Module:
+        """The feed-forward half; the MoE family swaps in a sparse mixture of experts."""
+        return make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, cfg.activation, cfg.mlp_bias)
+
+    def attention(self, x, *, masks, rope, cache, need_weights) -> tuple[Tensor, Tensor | None]:
+        """The first half of the block: x + Attn(Norm(x)) -> (x, probabilities or None)."""
         mask = masks["sliding" if self.window else "full"]
         a, probs = self.attn(self.attn_norm(x), mask=mask, rope=rope, cache=cache, need_weights=need_weights)
-        x = x + a  # (B, T, D)
+        return x + a, probs  # (B, T, D)
+
+    def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
+        x, probs = self.attention(x, **kw)
         x = x + self.mlp(self.mlp_norm(x))
-        return x, probs
+        return x, LayerTrace(attention=probs)
 
 
 class Decoder(nn.Module):
@@ -148,12 +165,16 @@ class Decoder(nn.Module):
             self.register_buffer("sinusoid", table, persistent=False)  # (P, D)
         else:
             self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
-        self.layers = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.n_layer))
+        self.layers = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layer))
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(_init_weights)
+
+    def make_block(self, cfg: DecoderConfig, layer_idx: int) -> nn.Module:
+        """One block; a family that changes the feed-forward (MoE) overrides this."""
+        return DecoderBlock(cfg, layer_idx)
 
     # ------------------------------------------------------------------ forward
 
@@ -182,14 +203,14 @@ class Decoder(nn.Module):
             "sliding": attention_mask(pos, k_pos, causal=True, window=cfg.sliding_window),
         }
 
-        hidden, attns = [x], []
+        hidden, layer_traces = [x], []
         for i, layer in enumerate(self.layers):
-            x, probs = layer(x, masks=masks, rope=rope, cache=cache[i] if cache else None, need_weights=trace)
+            x, lt = layer(x, masks=masks, rope=rope, cache=cache[i] if cache else None, need_weights=trace)
             hidden.append(x)
-            attns.append(probs)
+            layer_traces.append(lt)
         h = self.norm(x)
         logits = self.lm_head(h)  # (B, T, V)
-        tr = Trace(hidden_states=hidden, attentions=attns) if trace else None
+        tr = _gather(hidden, layer_traces) if trace else None
         return ModelOutput(logits=logits, trace=tr, cache=cache, last_hidden_state=h)
 
     # ------------------------------------------------------------------ generation
@@ -229,6 +250,17 @@ class Decoder(nn.Module):
             )
 
 
+def _gather(hidden: list[Tensor], layers: list[LayerTrace]) -> Trace:
+    """Per-layer reports -> one Trace; router fields only from the layers that route."""
+    routed = [lt for lt in layers if lt.router_logits is not None]
+    return Trace(
+        hidden_states=hidden,
+        attentions=[lt.attention for lt in layers],
+        router_logits=[lt.router_logits for lt in routed] if routed else None,
+        expert_indices=[lt.expert_indices for lt in routed] if routed else None,
+    )
+
+
 def _init_weights(m: nn.Module) -> None:
     """GPT-2 style initialisation: N(0, 0.02) weights, zero biases, unit norms."""
     if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -248,4 +280,4 @@ def untrained_builtin(vocab_size: int, seed: int = 0) -> Decoder:
         return Decoder(cfg).eval()
 
 
-__all__ = ["Decoder", "DecoderConfig", "untrained_builtin"]
+__all__ = ["Decoder", "DecoderBlock", "DecoderConfig", "LayerTrace", "untrained_builtin"]

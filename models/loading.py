@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .decoder import Decoder, DecoderConfig, untrained_builtin
 from .encoder import Encoder, EncoderConfig
+from .moe import MoEConfig, MoEDecoder
 from .tokenizer import ByteTokenizer, HFTokenizer
 
 
@@ -100,7 +101,7 @@ def _rope(hf: dict) -> tuple[float, dict | None]:
     return theta, (None if kind == "default" else {**params, "rope_type": kind})
 
 
-def _llama_like_config(hf: dict, name: str, *, qwen2: bool) -> DecoderConfig:
+def _llama_like_config(hf: dict, name: str, *, qwen2: bool = False, cls=DecoderConfig, **extra) -> DecoderConfig:
     d, n_head, n_layer = hf["hidden_size"], hf["num_attention_heads"], hf["num_hidden_layers"]
     theta, scaling = _rope(hf)
     window, types = hf.get("sliding_window"), None
@@ -109,8 +110,10 @@ def _llama_like_config(hf: dict, name: str, *, qwen2: bool) -> DecoderConfig:
     elif qwen2 and hf.get("use_sliding_window") and window:
         first = hf.get("max_window_layers", n_layer)
         types = ["sliding" if i >= first else "full" for i in range(n_layer)]
+    elif not qwen2 and window:  # Mistral / Mixtral: every layer uses the window
+        types = ["sliding"] * n_layer
     bias = bool(hf.get("attention_bias", False))
-    return DecoderConfig(
+    return cls(
         vocab_size=hf["vocab_size"], d_model=d, n_layer=n_layer, n_head=n_head,
         n_kv_head=hf.get("num_key_value_heads") or n_head, head_dim=hf.get("head_dim") or d // n_head,
         d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
@@ -122,6 +125,7 @@ def _llama_like_config(hf: dict, name: str, *, qwen2: bool) -> DecoderConfig:
         mlp_bias=bool(hf.get("mlp_bias", False)), tie_embeddings=hf.get("tie_word_embeddings", False),
         sliding_window=window if types and "sliding" in types else None, layer_types=types,
         bos_token_id=hf.get("bos_token_id"), eos_token_id=_first(hf.get("eos_token_id")), name=name,
+        **extra,
     )  # fmt: skip
 
 
@@ -135,6 +139,38 @@ def _llama_rename(key: str, t: Tensor) -> dict[str, Tensor]:
         return {}
     key = key.replace(".self_attn.", ".attn.")
     key = key.replace(".input_layernorm.", ".attn_norm.").replace(".post_attention_layernorm.", ".mlp_norm.")
+    return {key: t}
+
+
+def _mixtral_config(hf: dict, name: str) -> MoEConfig:
+    return _llama_like_config(
+        hf, name, cls=MoEConfig, n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"]
+    )
+
+
+def _mixtral_rename(key: str, t: Tensor) -> dict[str, Tensor]:
+    """transformers 5 writes Mixtral's experts one by one (w1 gate, w3 up, w2 down); fused
+    3-D tensors (gate_up_proj (E, 2I, D), down_proj (E, D, I)) are split per expert too."""
+    key = key.replace(".block_sparse_moe.", ".mlp.")
+    m = re.fullmatch(r"(model\.)?layers\.(\d+)\.mlp\.(.+)", key)
+    if not m:
+        return _llama_rename(key, t)
+    i, rest = m.group(2), m.group(3)
+    w = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+    if rest == "gate.weight":
+        return {f"layers.{i}.mlp.router.weight": t}
+    e = re.fullmatch(r"experts\.(\d+)\.(w[123])\.weight", rest)
+    if e:
+        return {f"layers.{i}.mlp.experts.{e.group(1)}.{w[e.group(2)]}.weight": t}
+    if rest == "experts.gate_up_proj":
+        out = {}
+        for j, fused in enumerate(t):
+            gate, up = fused.chunk(2, dim=0)
+            out[f"layers.{i}.mlp.experts.{j}.gate_proj.weight"] = gate.contiguous()
+            out[f"layers.{i}.mlp.experts.{j}.up_proj.weight"] = up.contiguous()
+        return out
+    if rest == "experts.down_proj":
+        return {f"layers.{i}.mlp.experts.{j}.down_proj.weight": d.contiguous() for j, d in enumerate(t)}
     return {key: t}
 
 
@@ -191,6 +227,7 @@ CONVERTERS: dict[str, Converter] = {
     "gpt2": Converter(_gpt2_config, _gpt2_rename, Decoder),
     "llama": Converter(lambda hf, n: _llama_like_config(hf, n, qwen2=False), _llama_rename, Decoder),
     "qwen2": Converter(lambda hf, n: _llama_like_config(hf, n, qwen2=True), _llama_rename, Decoder),
+    "mixtral": Converter(_mixtral_config, _mixtral_rename, MoEDecoder),
     "bert": Converter(_bert_config, _bert_rename, Encoder),
 }
 SUPPORTED = tuple(CONVERTERS)
@@ -248,10 +285,16 @@ def _convert_state(conv: Converter, state: dict[str, Tensor]) -> dict[str, Tenso
 
 
 def _fill(model: nn.Module, state: dict[str, Tensor], folder: Path) -> None:
-    """Copy tensors in, insisting every weight is present and every shape fits."""
+    """Copy tensors in, insisting every weight is present and every shape fits.
+
+    A tied weight (the output head sharing the embedding matrix) may be stored under
+    only one of its names, as transformers does.
+    """
     own = model.state_dict()
-    tied = {"lm_head.weight", "mlm_head.decoder.weight"}  # may be absent on disk when tied
-    missing = [k for k in own if k not in state and k not in tied]
+    aliases: dict[int, list[str]] = {}
+    for k, v in own.items():
+        aliases.setdefault(v.data_ptr(), []).append(k)
+    missing = [k for k in own if not any(a in state for a in aliases[own[k].data_ptr()])]
     unexpected = [k for k in state if k not in own]
     wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs config {tuple(own[k].shape)}"
              for k in state if k in own and state[k].shape != own[k].shape]  # fmt: skip
@@ -262,20 +305,11 @@ def _fill(model: nn.Module, state: dict[str, Tensor], folder: Path) -> None:
         problems.append(f"unexpected tensors {_few(unexpected)}")
     if wrong:
         problems.append(f"shapes that do not fit the config: {_few(wrong)}")
-    if any(k in tied and k not in state for k in own) and not _is_tied(model):
-        problems.append("an untied output head is missing from the weights")
     if problems:
         raise LoadError(f"the weights in {folder} do not fit its config.json: " + "; ".join(problems))
     with torch.no_grad():
         for k, t in state.items():
             own[k].copy_(t)
-
-
-def _is_tied(model: nn.Module) -> bool:
-    head = getattr(model, "lm_head", None)
-    if head is None:
-        head = getattr(getattr(model, "mlm_head", None), "decoder", None)
-    return head is None or head.weight is model.embed_tokens.weight
 
 
 def _few(items: list[str], n: int = 4) -> str:
