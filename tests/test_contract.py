@@ -9,6 +9,7 @@ import models
 from models.decoder import Decoder, DecoderConfig
 from models.encoder import Encoder, EncoderConfig
 from models.layers import attention_mask
+from models.moe import MoEConfig, MoEDecoder
 
 WINDOW = 3
 
@@ -25,13 +26,19 @@ def _tiny(name: str):
         return Decoder(DecoderConfig.gpt2_tiny(positions="sinusoidal"))
     if name == "bert-style":
         return Encoder(EncoderConfig.bert_tiny())
+    if name == "mixtral-style":
+        return MoEDecoder(MoEConfig.mixtral_tiny(n_layer=3, n_experts=4, top_k=2))
     if name == "builtin-gpt":
         return models.load("gpt")[0]
     raise ValueError(name)
 
 
-FAMILY = {"bert-style": "encoder"}
-NAMES = ["gpt2-style", "llama-style", "sliding-window", "sinusoidal", "bert-style", "builtin-gpt"]
+FAMILY = {"bert-style": "encoder", "mixtral-style": "moe"}
+NAMES = ["gpt2-style", "llama-style", "sliding-window", "sinusoidal", "bert-style", "mixtral-style", "builtin-gpt"]
+# Trace fields each family fills beyond hidden_states and attentions.
+SPECIAL = {"moe": {"router_logits", "expert_indices"}}
+ALL_SPECIAL = {"decoder_hidden_states", "decoder_attentions", "cross_attentions", "router_logits",
+               "expert_indices", "ssm_attention", "ssm_delta"}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -56,7 +63,7 @@ def test_trace_contract(name):
         assert a.shape == (B, cfg.n_head, T, T)
         torch.testing.assert_close(a.sum(-1), torch.ones(B, cfg.n_head, T), atol=1e-5, rtol=0)
         assert (a >= 0).all()
-    causal = cfg.family == "decoder"
+    causal = cfg.family in ("decoder", "moe")
     upper = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
     for i, a in enumerate(tr.attentions):
         if causal:
@@ -67,11 +74,17 @@ def test_trace_contract(name):
             q, k = torch.meshgrid(torch.arange(T), torch.arange(T), indexing="ij")
             assert a[..., q - k >= WINDOW].abs().max() == 0, "attention leaked outside the window"
             assert a[..., (q - k < WINDOW) & (k <= q)].min() > 0
-    for field in ("decoder_hidden_states", "cross_attentions", "router_logits", "ssm_attention", "ssm_delta"):
-        assert getattr(tr, field) is None
+    for field in ALL_SPECIAL - SPECIAL.get(cfg.family, set()):
+        assert getattr(tr, field) is None, field
+    if cfg.family == "moe":
+        assert len(tr.router_logits) == len(tr.expert_indices) == cfg.n_layer
+        for logits, idx in zip(tr.router_logits, tr.expert_indices):
+            assert logits.shape == (B, T, cfg.n_experts)
+            assert idx.shape == (B, T, cfg.top_k)  # the router picks k experts per token ...
+            assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # ... k distinct ones
 
 
-@pytest.mark.parametrize("name", ["gpt2-style", "llama-style", "sliding-window", "builtin-gpt"])
+@pytest.mark.parametrize("name", ["gpt2-style", "llama-style", "sliding-window", "mixtral-style", "builtin-gpt"])
 def test_generate_contract(name):
     model = _tiny(name).eval()
     ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2))
