@@ -5,7 +5,6 @@ from __future__ import annotations
 import html
 
 import numpy as np
-import plotly.graph_objects as go
 
 TEMPLATE = "plotly_white"
 FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=13)
@@ -55,14 +54,13 @@ def rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def polish(fig: go.Figure, title: str, **layout) -> go.Figure:
-    """Apply the shared template, font, title and margins (plus any extra layout) to ``fig``."""
-    fig.update_layout(
+def base_layout(title: str, **layout) -> dict:
+    """The shared layout (template, font, title, margins) as a dict; ``layout`` adds or overrides."""
+    base = dict(
         template=TEMPLATE,
         font=FONT,
         title=dict(text=title, x=0.02, xanchor="left"),
         margin=MARGIN,
         hoverlabel=dict(font_size=13),
-        **layout,
     )
-    return fig
+    return {**base, **layout}
