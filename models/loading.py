@@ -171,7 +171,18 @@ def _mixtral_rename(key: str, t: Tensor) -> dict[str, Tensor]:
         return out
     if rest == "experts.down_proj":
         return {f"layers.{i}.mlp.experts.{j}.down_proj.weight": d.contiguous() for j, d in enumerate(t)}
-    return {key: t}
+    return _llama_rename(key, t)  # Qwen2-MoE's expert and shared-expert names are already ours
+
+
+def _qwen2_moe_config(hf: dict, name: str) -> MoEConfig:
+    n_layer, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1)
+    dense = set(hf.get("mlp_only_layers") or [])
+    moe_layers = [i not in dense and (i + 1) % step == 0 for i in range(n_layer)]
+    return _llama_like_config(
+        hf, name, qwen2=True, cls=MoEConfig, n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
+        d_expert=hf["moe_intermediate_size"], normalize_top_k=bool(hf.get("norm_topk_prob", False)),
+        d_shared_expert=hf.get("shared_expert_intermediate_size") or None, moe_layers=moe_layers,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- BERT
@@ -228,6 +239,7 @@ CONVERTERS: dict[str, Converter] = {
     "llama": Converter(lambda hf, n: _llama_like_config(hf, n, qwen2=False), _llama_rename, Decoder),
     "qwen2": Converter(lambda hf, n: _llama_like_config(hf, n, qwen2=True), _llama_rename, Decoder),
     "mixtral": Converter(_mixtral_config, _mixtral_rename, MoEDecoder),
+    "qwen2_moe": Converter(_qwen2_moe_config, _mixtral_rename, MoEDecoder),
     "bert": Converter(_bert_config, _bert_rename, Encoder),
 }
 SUPPORTED = tuple(CONVERTERS)

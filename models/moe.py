@@ -31,11 +31,16 @@ class MoEConfig(DecoderConfig):
     top_k: int = 2  # experts per token
     d_expert: int | None = None  # each expert's hidden width; None = d_ff
     normalize_top_k: bool = True  # renormalise the k chosen weights to sum to 1 (Mixtral)
+    d_shared_expert: int | None = None  # Qwen2-MoE: an always-on expert behind a sigmoid gate
+    moe_layers: list[bool] | None = None  # which layers route; the others keep a dense MLP (d_ff)
     family: str = field(default="moe", init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.d_expert = self.d_expert or self.d_ff
+        if self.moe_layers is None:
+            self.moe_layers = [True] * self.n_layer
+        assert len(self.moe_layers) == self.n_layer and any(self.moe_layers), "at least one MoE layer"
         assert 1 <= self.top_k <= self.n_experts, "top_k must be between 1 and n_experts"
         assert self.mlp == "gated", "experts are gated MLPs (SwiGLU)"
 
@@ -73,7 +78,10 @@ class Router(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """Route each token to k experts and sum their outputs, weighted by the router."""
+    """Route each token to k experts and sum their outputs, weighted by the router.
+
+    With a shared expert (Qwen2-MoE) every token also runs it, scaled by sigmoid(gate(x)).
+    """
 
     def __init__(self, cfg: MoEConfig):
         super().__init__()
@@ -81,6 +89,11 @@ class SparseMoE(nn.Module):
         self.experts = nn.ModuleList(
             GatedMLP(cfg.d_model, cfg.d_expert, cfg.activation, cfg.mlp_bias) for _ in range(cfg.n_experts)
         )
+        if cfg.d_shared_expert:
+            self.shared_expert = GatedMLP(cfg.d_model, cfg.d_shared_expert, cfg.activation, cfg.mlp_bias)
+            self.shared_expert_gate = nn.Linear(cfg.d_model, 1, bias=False)
+        else:
+            self.shared_expert = None
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, D) -> output (B, T, D), router logits (B, T, E), expert indices (B, T, k)."""
@@ -94,6 +107,8 @@ class SparseMoE(nn.Module):
                 continue  # an expert no token chose does no work
             y = expert(flat[rows]) * weights[rows, slot, None].to(x.dtype)  # (n_e, D)
             out.index_add_(0, rows, y)
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
         return out.view(B, T, D), logits.view(B, T, -1), indices.view(B, T, -1)
 
 
@@ -113,14 +128,15 @@ class MoEDecoder(Decoder):
     config: MoEConfig
 
     def make_block(self, cfg: MoEConfig, layer_idx: int) -> nn.Module:
-        return MoEBlock(cfg, layer_idx)
+        return MoEBlock(cfg, layer_idx) if cfg.moe_layers[layer_idx] else DecoderBlock(cfg, layer_idx)
 
     def parameter_counts(self) -> dict[str, int]:
-        """Total parameters, and those one token actually uses (k of E experts per layer)."""
+        """Total parameters, and those one token actually uses (k of E experts per MoE layer)."""
         cfg = self.config
         total = count_parameters(self)
-        per_expert = count_parameters(self.layers[0].mlp.experts[0])
-        idle = cfg.n_layer * (cfg.n_experts - cfg.top_k) * per_expert
+        first_moe = next(layer for layer in self.layers if isinstance(layer, MoEBlock))
+        per_expert = count_parameters(first_moe.mlp.experts[0])
+        idle = sum(cfg.moe_layers) * (cfg.n_experts - cfg.top_k) * per_expert
         return {"total": total, "active": total - idle}
 
 

@@ -62,6 +62,11 @@ def hf_config(kind: str, **overrides):
         cfg = T.MixtralConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
                               max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "qwen2_moe":
+        cfg = T.Qwen2MoeConfig(hidden_size=32, intermediate_size=48, moe_intermediate_size=24,
+                               shared_expert_intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
+                               num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, mlp_only_layers=[1],
+                               max_position_embeddings=256, **common)  # fmt: skip
     elif kind == "bert":
         cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                            max_position_embeddings=128, vocab_size=99, pad_token_id=0)  # fmt: skip

@@ -12,14 +12,15 @@ ATOL = 1e-4
 PROMPT = "mia has a red ball and the cat sat on the mat then she ran to the park with her dog"
 
 
-@pytest.fixture
-def mixtral(hf_folder):
-    folder, hf = hf_folder("mixtral")
+@pytest.fixture(params=["mixtral", "qwen2_moe"])
+def mixtral(hf_folder, request):
+    folder, hf = hf_folder(request.param)
     ours, tok = models.load(folder)
     return ours, tok, hf
 
 
 def test_mixtral_parity(mixtral):
+    """Mixtral (GQA, 4 experts, top-2) and Qwen2-MoE (shared expert, no renormalisation, a dense layer)."""
     ours, tok, hf = mixtral
     assert ours.config.family == "moe" and ours.config.n_kv_head == 2 and ours.config.n_experts == 4
     ids = torch.tensor([tok.encode(PROMPT)])
@@ -30,7 +31,9 @@ def test_mixtral_parity(mixtral):
     tr = out.trace
     for a, b in zip(tr.attentions, ref.attentions, strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    for a, b in zip(tr.router_logits, ref.router_logits, strict=True):
+    ref_router = [r for r in ref.router_logits if r is not None]  # dense layers report none
+    assert len(tr.router_logits) == sum(ours.config.moe_layers) == len(ref_router)
+    for a, b in zip(tr.router_logits, ref_router, strict=True):
         torch.testing.assert_close(a.reshape(b.shape), b, atol=ATOL, rtol=0)
     for a, b in zip(tr.hidden_states[:-1], ref.hidden_states[:-1], strict=True):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
