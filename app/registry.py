@@ -1,0 +1,155 @@
+"""The models the app offers: loaded once at start-up and shared, read-only, by every session.
+
+Sessions only ever hold a registry *key* (a built-in name or the folder given on the command
+line); the model objects live here, never in ``gr.State``. Keys come from the server's own
+command line, so a visitor cannot make the server read an arbitrary path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models import BUILTIN_NAMES, LoadError, load
+
+
+class UnknownModelError(KeyError):
+    """A key that the registry does not hold; ``str()`` gives a readable message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown model"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One loaded model with its tokenizer and how the page names it."""
+
+    key: str
+    model: torch.nn.Module
+    tokenizer: object
+    label: str
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def family(self) -> str:
+        return self.model.config.family
+
+    @property
+    def trained(self) -> bool:
+        return bool(getattr(self.model.config, "trained", True))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def describe(model) -> str:
+    """The dropdown label: name, family and size, marked "(untrained)" for random weights."""
+    cfg = model.config
+    name = str(getattr(cfg, "name", "model"))
+    trained = bool(getattr(cfg, "trained", True))
+    if not trained and "untrained" not in name:
+        name += " (untrained)"
+    layers = f"{cfg.n_layer} layer{'s' if cfg.n_layer != 1 else ''}"
+    heads = f"{cfg.n_head} head{'s' if cfg.n_head != 1 else ''}"
+    return f"{name} — {cfg.family}, {layers} × {heads}"
+
+
+class Registry:
+    """Loaded models by key, in the order they were added (the first is the default)."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self._entries: dict[str, Entry] = {}
+        self.errors: list[str] = []  # start-up load failures, shown on the page
+        self.preferred: str | None = None  # the page's initial choice; see default_key
+
+    # ------------------------------------------------------------------ building
+
+    def add(self, name_or_folder: str) -> Entry:
+        """Load a built-in name or a checkpoint folder; raises ``LoadError`` with the reason."""
+        key = _key(name_or_folder)
+        if key in self._entries:
+            return self._entries[key]
+        model, tokenizer = load(key, device=self.device)
+        model.eval()
+        entry = Entry(key=key, model=model, tokenizer=tokenizer, label=describe(model))
+        self._entries[key] = entry
+        return entry
+
+    @classmethod
+    def from_names(
+        cls,
+        names: Iterable[str] = (),
+        device: str | torch.device = "cpu",
+        *,
+        builtins: tuple[str, ...] = BUILTIN_NAMES,
+        log: Callable[[str], None] = print,
+    ) -> "Registry":
+        """The built-ins, then each of ``names``. A name that fails is logged and skipped.
+
+        The first of ``names`` that loads becomes the default choice (the user asked for it).
+        """
+        reg = cls(device)
+        builtins = tuple(builtins)
+        for i, name in enumerate([*builtins, *names]):
+            try:
+                entry = reg.add(name)
+            except LoadError as e:
+                msg = f"could not load {name!r}: {e}"
+                reg.errors.append(msg)
+                log(f"archplay: {msg}")
+                continue
+            if i >= len(builtins) and reg.preferred is None:
+                reg.preferred = entry.key
+        return reg
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, key: str | None) -> Entry:
+        if not key:
+            raise UnknownModelError("Choose a model first.")
+        try:
+            return self._entries[key]
+        except KeyError:
+            offered = ", ".join(self._entries) or "none"
+            raise UnknownModelError(f"Unknown model {key!r}; this server offers: {offered}.") from None
+
+    def choices(self) -> list[tuple[str, str]]:
+        """``(label, key)`` pairs for a dropdown."""
+        return [(e.label, e.key) for e in self._entries.values()]
+
+    @property
+    def default_key(self) -> str | None:
+        """The model a new page starts with: the first one given on the command line, else the
+        first text-generating built-in (the default text is a story to continue), else the first."""
+        if self.preferred in self._entries:
+            return self.preferred
+        for entry in self._entries.values():
+            if entry.family == "decoder":
+                return entry.key
+        return next(iter(self._entries), None)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _key(name_or_folder: str) -> str:
+    """Built-in names stay as they are; folders become absolute paths, so duplicates collapse."""
+    name = str(name_or_folder)
+    if name in BUILTIN_NAMES:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name

@@ -1,0 +1,269 @@
+"""The Explore page in a real headless Chromium, against ``python -m app`` in a subprocess.
+
+It types a text, presses Run, reads the plots' data back out of the DOM, moves sliders the way
+a user does and checks each redraw against numbers computed here from the same model: so a
+stale figure, a missed event or a wrong layer fails the test. Browser console errors fail it too.
+Skipped (with the reason) when /usr/bin/chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "assets" / "screenshots" / "explore.png"
+TEXT = "The dog ran to the park and"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``python -m app`` on a free port of 127.0.0.1; yields its URL, stops it afterwards."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "app.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the app exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the app did not answer within 120 s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update"],
+        )  # fmt: skip
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1000})
+            pg = context.new_page()
+            pg.console_errors = []
+            pg.on("console", lambda m: m.type == "error" and pg.console_errors.append(f"{m.text} @ {m.location}"))
+            pg.on("pageerror", lambda e: pg.console_errors.append(f"page error: {e}"))
+            pg.set_default_timeout(30_000)
+            pg.goto(server)
+            yield pg
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def model():
+    from models import load
+
+    return load("gpt", device="cpu")  # the same seeded weights the server built
+
+
+# --------------------------------------------------------------------------- reading plots back
+
+
+_READ_PLOT = """
+(id) => {
+  const gd = document.querySelector(`#${id} .js-plotly-plot`);
+  if (!gd || !gd.data) return null;
+  return {
+    title: (gd.layout && gd.layout.title && gd.layout.title.text) || "",
+    data: gd.data.map(t => ({
+      name: t.name ?? null,
+      y: t.y && t.y.bdata ? t.y : (t.y ? Array.from(t.y) : null),
+      z: t.z && t.z.bdata ? t.z : (t.z ? Array.from(t.z, r => Array.from(r)) : null),
+      customdata: t.customdata && !t.customdata.bdata ? Array.from(t.customdata, r => Array.from(r)) : null,
+    })),
+  };
+}
+"""
+
+
+def _array(value) -> np.ndarray:
+    """A plotly array as the page holds it: a list, or a {"dtype", "bdata", "shape"} typed array."""
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if value.get("shape"):
+            arr = arr.reshape([int(s) for s in str(value["shape"]).split(",")])
+        return arr.astype(np.float64)
+    return np.asarray(value, dtype=np.float64)
+
+
+def read_plot(page, elem_id: str) -> dict | None:
+    return page.evaluate(_READ_PLOT, elem_id)
+
+
+def final_bars(plot: dict) -> tuple[list[int], np.ndarray]:
+    final = next(t for t in plot["data"] if t["name"] == "final")
+    return [int(row[1]) for row in final["customdata"]], _array(final["y"])
+
+
+def wait_for_plot(page, elem_id: str, contains: str, timeout: float = 30.0) -> dict:
+    """Poll until the plot's title contains ``contains``; returns the plot."""
+    deadline = time.monotonic() + timeout
+    plot = None
+    while time.monotonic() < deadline:
+        plot = read_plot(page, elem_id)
+        if plot and contains in plot["title"]:
+            return plot
+        time.sleep(0.1)
+    raise AssertionError(f"#{elem_id} never showed {contains!r}; last title: {plot and plot['title']!r}")
+
+
+def wait_until(page, predicate, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def set_slider(page, elem_id: str, value, *, via: str = "number") -> None:
+    """Move a Gradio slider as a user would: type into its number box, or drag its range input."""
+    if via == "number":
+        box = page.locator(f"#{elem_id} input[type=number]")
+        box.fill(str(value))  # fires "input", which the slider turns into input + change events
+        box.blur()
+    else:
+        page.evaluate(
+            """([id, v]) => {
+                const r = document.querySelector(`#${id} input[type=range]`);
+                const setter = Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set;
+                setter.call(r, String(v));
+                r.dispatchEvent(new Event("input", {bubbles: true}));
+                r.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
+            }""",
+            [elem_id, value],
+        )
+
+
+# --------------------------------------------------------------------------- the test
+
+
+def expected_state(model, text):
+    net, tok = model
+    ids = tok.encode(text)
+    with torch.inference_mode():
+        out = net(torch.tensor([ids]), trace=True)
+    return ids, out
+
+
+def test_explore_page_end_to_end(page, model):
+    from models.sampling import staged_distribution
+
+    # The page runs the default text on load; then we type our own and press Run.
+    wait_for_plot(page, "distribution-plot", "position")
+    page.locator("#text textarea").fill(TEXT)
+    page.locator("#run").click()
+    ids, out = expected_state(model, TEXT)
+    last = len(ids) - 1
+    plot = wait_for_plot(page, "distribution-plot", f"(position {last})")
+
+    # tokens strip: one chip per token, the text escaped and intact
+    chips = page.locator("#tokens .ap-tok")
+    assert chips.count() == len(ids)
+    assert chips.nth(0).get_attribute("title").startswith("#0 · id ")
+    assert page.locator("#status").inner_text().startswith("✓")
+
+    # distribution at T=1 equals the model's own
+    bar_ids, final = final_bars(plot)
+    expected = staged_distribution(out.logits[0, -1], 1.0).final[bar_ids].numpy()
+    np.testing.assert_allclose(final, expected, rtol=1e-5, atol=1e-7)
+
+    # attention: layer 0 head 0 on Run
+    att = wait_for_plot(page, "attention-plot", "Layer 0, head 0")
+    z = _array(att["data"][0]["z"])
+    np.testing.assert_allclose(z, out.trace.attentions[0][0, 0].numpy(), atol=1e-6)
+
+    # temperature 1 → 0.3 through the number box: the final bars change to the T=0.3 values
+    set_slider(page, "temperature", 0.3)
+    plot = wait_for_plot(page, "distribution-plot", "T=0.30")
+    bar_ids, final_cold = final_bars(plot)
+    assert not np.allclose(final_cold, final)
+    expected = staged_distribution(out.logits[0, -1], 0.3).final[bar_ids].numpy()
+    np.testing.assert_allclose(final_cold, expected, rtol=1e-5, atol=1e-7)
+
+    # top-k 0 → 5 by dragging the range input: exactly five tokens keep probability
+    set_slider(page, "top-k", 5, via="range")
+    plot = wait_for_plot(page, "distribution-plot", "top-k 5")
+    bar_ids, final_k = final_bars(plot)
+    expected = staged_distribution(out.logits[0, -1], 0.3, 5).final[bar_ids].numpy()
+    np.testing.assert_allclose(final_k, expected, rtol=1e-5, atol=1e-7)
+    assert int((final_k > 0).sum()) == 5
+
+    # the attention sliders redraw the chosen layer and head
+    set_slider(page, "layer", 2)
+    set_slider(page, "head", 3)
+    att = wait_for_plot(page, "attention-plot", "Layer 2, head 3")
+    np.testing.assert_allclose(_array(att["data"][0]["z"]), out.trace.attentions[2][0, 3].numpy(), atol=1e-6)
+
+    # Generate streams a continuation of the text (greedy at T=0 would be deterministic; any works)
+    set_slider(page, "max-new-tokens", 12)
+    page.locator("#generate").click()
+    wait_until(page, lambda: "Generated 12 tokens" in page.locator("#generate-status").inner_text()
+               or "stopped at the end" in page.locator("#generate-status").inner_text(), "generation")  # fmt: skip
+    assert page.locator("#generated textarea").input_value().startswith(TEXT)
+
+    # an empty text is reported on the page, and the server keeps serving
+    page.locator("#text textarea").fill("   ")
+    page.locator("#run").click()
+    wait_until(page, lambda: "Type some text" in page.locator("#status").inner_text(), "the empty-text message")
+    page.locator("#text textarea").fill(TEXT)
+    page.locator("#run").click()
+    wait_until(page, lambda: page.locator("#status").inner_text().startswith("✓"), "a successful rerun")
+    wait_for_plot(page, "distribution-plot", "top-k 5")
+
+    if os.environ.get("ARCHPLAY_SCREENSHOTS"):  # refresh the README's picture on request only
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, "browser console errors:\n" + "\n".join(errors)
