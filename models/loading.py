@@ -22,7 +22,9 @@ from torch import Tensor, nn
 
 from .decoder import Decoder, DecoderConfig, untrained_builtin
 from .encoder import Encoder, EncoderConfig
+from .encoder_decoder import EncoderDecoder, hf_config as _t5_config, hf_rename as _t5_rename
 from .moe import MoEConfig, MoEDecoder
+from .ssm import Mamba, hf_config as _mamba_config, hf_rename as _mamba_rename
 from .tokenizer import ByteTokenizer, HFTokenizer
 
 
@@ -241,6 +243,8 @@ CONVERTERS: dict[str, Converter] = {
     "mixtral": Converter(_mixtral_config, _mixtral_rename, MoEDecoder),
     "qwen2_moe": Converter(_qwen2_moe_config, _mixtral_rename, MoEDecoder),
     "bert": Converter(_bert_config, _bert_rename, Encoder),
+    "t5": Converter(_t5_config, _t5_rename, EncoderDecoder),
+    "mamba": Converter(_mamba_config, _mamba_rename, Mamba),
 }
 SUPPORTED = tuple(CONVERTERS)
 
@@ -352,6 +356,11 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu"):
     state = _convert_state(conv, _read_weights(folder))
     if conv.build is Encoder:
         cfg.has_mlm_head = any(k.startswith("mlm_head.") for k in state)
+    if conv.build is EncoderDecoder:
+        # transformers 5 writes tie_word_embeddings: true for every T5, even an untied (v1.1,
+        # Flan) one whose head it then stores: a distinct lm_head on disk is what says "untied".
+        head, shared = state.get("lm_head.weight"), state.get("shared.weight")
+        cfg.tie_embeddings = head is None or (shared is not None and torch.equal(head, shared))
     model = conv.build(cfg)
     _fill(model, state, folder)
     tokenizer = _load_tokenizer(folder, cfg.vocab_size)
