@@ -115,7 +115,10 @@ class HFTokenizer:
         special = set(self.hf.all_special_ids)
         out = []
         for i, tok in zip(ids, raw):
-            if i in special or self._wordpiece or tok is None:
+            if tok is None:  # an id of the model's (padded) vocabulary beyond the tokenizer's
+                out.append(f"<{i}>")
+                continue
+            if i in special or self._wordpiece:
                 out.append(str(tok))  # [CLS], ##ing: the WordPiece spelling is the clearest
                 continue
             piece = self.hf.decode([i], clean_up_tokenization_spaces=False)

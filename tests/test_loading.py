@@ -114,3 +114,13 @@ def test_broken_folder_gives_clear_error(hf_folder, case, message, capsys):
 def test_unknown_name_lists_builtins():
     with pytest.raises(LoadError, match="unknown model 'gtp': built-ins are gpt"):
         models.load("gtp")
+
+
+def test_labels_for_ids_beyond_the_tokenizer(hf_folder):
+    """A model's vocabulary is often padded past the tokenizer's: those ids get a readable label."""
+    folder, _ = hf_folder("gpt2")
+    _, tok = models.load(folder)
+    n = tok.vocab_size
+    labels = tok.tokens([tok.encode("cat")[0], n, n + 5])
+    assert labels[1:] == [f"<{n}>", f"<{n + 5}>"]
+    assert labels[0] not in ("None", "") and "None" not in labels
