@@ -71,7 +71,10 @@ def default_text_for(entry) -> str:
 def examples_for(registry: Registry) -> list[str]:
     """The example texts, plus a fill-in-the-blank one when an encoder with a mask token is loaded."""
     out = list(EXAMPLES)
-    for key in registry.keys():
+    keys = registry.keys()
+    if registry.default_key in keys:  # the page's own model's mask spelling first
+        keys.insert(0, keys.pop(keys.index(registry.default_key)))
+    for key in keys:
         entry = registry.get(key)
         mask_id = getattr(entry.tokenizer, "mask_token_id", None)
         if entry.family == "encoder" and mask_id is not None:

@@ -57,7 +57,10 @@ def describe(model) -> str:
     if not trained and "untrained" not in name:
         name += " (untrained)"
     layers = f"{cfg.n_layer} layer{'s' if cfg.n_layer != 1 else ''}"
-    heads = f"{cfg.n_head} head{'s' if cfg.n_head != 1 else ''}"
+    n_head = getattr(cfg, "n_head", None)
+    if n_head is None:  # a state-space model has no heads
+        return f"{name} — {cfg.family}, {layers}"
+    heads = f"{n_head} head{'s' if n_head != 1 else ''}"
     return f"{name} — {cfg.family}, {layers} × {heads}"
 
 

@@ -20,11 +20,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .decoder import Decoder, DecoderConfig, untrained_builtin
+from .decoder import Decoder, DecoderConfig
+from .decoder import untrained_builtin as decoder_placeholder
 from .encoder import Encoder, EncoderConfig
 from .encoder_decoder import EncoderDecoder, hf_config as _t5_config, hf_rename as _t5_rename
+from .encoder_decoder import untrained_builtin as t5_placeholder
 from .moe import MoEConfig, MoEDecoder
 from .ssm import Mamba, hf_config as _mamba_config, hf_rename as _mamba_rename
+from .ssm import untrained_builtin as mamba_placeholder
 from .tokenizer import ByteTokenizer, HFTokenizer
 
 
@@ -32,7 +35,7 @@ class LoadError(ValueError):
     """A model could not be loaded; the message says why and what would work."""
 
 
-BUILTIN_NAMES = ("gpt",)
+BUILTIN_NAMES = ("gpt", "bert", "t5", "moe", "mamba")
 
 
 @dataclass
@@ -385,11 +388,34 @@ def _load_tokenizer(folder: Path, vocab_size: int) -> HFTokenizer:
     return tokenizer
 
 
+def _placeholder(name: str) -> tuple[nn.Module, ByteTokenizer]:
+    """A small random-weight model of the built-in's family, on a byte tokenizer (seeded)."""
+    tok = ByteTokenizer()
+    V = tok.vocab_size
+    if name == "gpt":
+        return decoder_placeholder(V), tok
+    if name == "t5":
+        return t5_placeholder(V, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id), tok
+    if name == "mamba":
+        return mamba_placeholder(V), tok
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        if name == "bert":
+            cfg = EncoderConfig(vocab_size=V, d_model=128, n_layer=4, n_head=4, pad_token_id=tok.pad_token_id,
+                                name="bert (untrained)", trained=False)  # fmt: skip
+            return Encoder(cfg).eval(), tok
+        if name == "moe":
+            cfg = MoEConfig.mixtral_tiny(vocab_size=V, d_model=128, n_layer=4, n_head=4, n_kv_head=2, d_ff=256,
+                                         max_seq_len=512, name="moe (untrained)", trained=False)  # fmt: skip
+            return MoEDecoder(cfg).eval(), tok
+    raise LoadError(f"unknown built-in {name!r}")
+
+
 def load(name: str | Path, device: str | torch.device = "cpu"):
     """A built-in model by name, or a local Hugging Face checkpoint folder -> (model, tokenizer)."""
     if isinstance(name, str) and name in BUILTIN_NAMES:
-        tok = ByteTokenizer()
-        return untrained_builtin(tok.vocab_size).to(device), tok
+        model, tok = _placeholder(name)
+        return model.to(device), tok
     if isinstance(name, str) and not any(c in name for c in "/\\.") and not Path(name).exists():
         raise LoadError(
             f"unknown model {name!r}: built-ins are {', '.join(BUILTIN_NAMES)}; "

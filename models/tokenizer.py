@@ -44,17 +44,21 @@ def _int_ids(ids) -> list[int]:
 
 
 class ByteTokenizer:
-    """Bytes 0..255 are ids 0..255; then <bos>, <eos>, <pad>."""
+    """Bytes 0..255 are ids 0..255; then <bos>, <eos>, <pad>, <mask> (typed as "<mask>")."""
 
-    SPECIALS = ("<bos>", "<eos>", "<pad>")
+    SPECIALS = ("<bos>", "<eos>", "<pad>", "<mask>")
 
     def __init__(self) -> None:
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = 256, 257, 258
-        self.mask_token_id = None
+        self.bos_token_id, self.eos_token_id, self.pad_token_id, self.mask_token_id = 256, 257, 258, 259
         self.vocab_size = 256 + len(self.SPECIALS)
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        out: list[int] = []
+        for i, part in enumerate(text.split("<mask>")):
+            if i:
+                out.append(self.mask_token_id)
+            out.extend(part.encode("utf-8"))
+        return out
 
     def decode(self, ids) -> str:
         return bytes(i for i in _int_ids(ids) if i < 256).decode("utf-8", errors="replace")

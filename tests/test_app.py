@@ -14,6 +14,7 @@ import torch
 
 from app import handlers
 from app.main import build_app, parse_args, resolve_device
+from models import BUILTIN_NAMES
 from app.registry import Registry, UnknownModelError, describe
 from models.sampling import staged_distribution
 
@@ -63,11 +64,14 @@ def final_bars(fig):
 # --------------------------------------------------------------------------- registry and CLI
 
 
-def test_registry_offers_the_builtin_labelled_untrained(registry):
-    assert registry.keys() == ["gpt"] and registry.default_key == "gpt"
-    (label, key), = registry.choices()  # fmt: skip
-    assert key == "gpt" and "(untrained)" in label and "decoder" in label
-    assert label.count("untrained") == 1
+def test_registry_offers_the_builtins_and_starts_with_the_decoder(registry):
+    assert registry.keys() == list(BUILTIN_NAMES) and registry.default_key == "gpt"
+    labels = dict((key, label) for label, key in registry.choices())
+    families = {"gpt": "decoder", "bert": "encoder", "t5": "encoder-decoder", "moe": "moe", "mamba": "ssm"}
+    for key, family in families.items():
+        assert f"— {family}," in labels[key]
+        if not registry.get(key).trained:
+            assert labels[key].count("untrained") == 1
 
 
 def test_describe_marks_untrained_once():
@@ -83,7 +87,7 @@ def test_describe_marks_untrained_once():
 def test_a_folder_that_fails_is_reported_and_the_rest_still_load(tmp_path):
     logged = []
     reg = Registry.from_names([str(tmp_path / "missing"), "nonsense"], log=logged.append)
-    assert reg.keys() == ["gpt"]
+    assert reg.keys() == list(BUILTIN_NAMES)
     assert len(reg.errors) == 2 and len(logged) == 2
     assert "no such folder" in reg.errors[0]
     assert "unknown model 'nonsense'" in reg.errors[1]
@@ -290,12 +294,12 @@ def bert_registry(tmp_path_factory):
     make_hf_model("bert", folder)
     reg = Registry.from_names([str(folder)])
     assert not reg.errors, reg.errors
-    return reg, reg.keys()[1]
+    return reg, reg.keys()[-1]
 
 
 def test_a_model_from_the_command_line_is_the_default(bert_registry, registry):
     reg, key = bert_registry
-    assert reg.keys() == ["gpt", key] and reg.default_key == key
+    assert reg.keys() == [*BUILTIN_NAMES, key] and reg.default_key == key
     assert registry.default_key == "gpt"
     from app.explore import default_text_for
 

@@ -247,8 +247,9 @@ def test_explore_page_end_to_end(page, model):
     # Generate streams a continuation of the text (greedy at T=0 would be deterministic; any works)
     set_slider(page, "max-new-tokens", 12)
     page.locator("#generate").click()
-    wait_until(page, lambda: "Generated 12 tokens" in page.locator("#generate-status").inner_text()
-               or "stopped at the end" in page.locator("#generate-status").inner_text(), "generation")  # fmt: skip
+    status = wait_until(page, lambda: (t := page.locator("#generate-status").inner_text()).startswith("✓") and t,
+                        "the end of generation", timeout=60)  # fmt: skip
+    assert "Generated 12 tokens" in status or "stopped at the end" in status, status
     assert page.locator("#generated textarea").input_value().startswith(TEXT)
 
     # an empty text is reported on the page, and the server keeps serving

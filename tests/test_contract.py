@@ -44,7 +44,8 @@ FAMILY = {"bert-style": "encoder", "mixtral-style": "moe", "t5-style": "encoder-
 BUILTINS = [f"builtin-{n}" for n in models.BUILTIN_NAMES]
 NAMES = ["gpt2-style", "llama-style", "sliding-window", "sinusoidal", "bert-style", "mixtral-style", "t5-style",
          "mamba-style", *BUILTINS]  # fmt: skip
-GENERATORS = ["gpt2-style", "llama-style", "sliding-window", "mixtral-style", "t5-style", "mamba-style", *BUILTINS]
+GENERATORS = ["gpt2-style", "llama-style", "sliding-window", "mixtral-style", "t5-style", "mamba-style",
+              *(b for b in BUILTINS if b != "builtin-bert")]  # fmt: skip
 # Trace fields each family fills beyond hidden_states (and attentions, except the ssm).
 SPECIAL = {
     "moe": {"router_logits", "expert_indices"},
@@ -89,7 +90,8 @@ def test_trace_contract(name):
     family = cfg.family
     T_out = Td if family == "encoder-decoder" else T
     assert out.logits.shape == (B, T_out, cfg.vocab_size)
-    torch.testing.assert_close(fast.logits, out.logits, atol=1e-5, rtol=0)  # fused path == eager path
+    scale = max(1.0, float(out.logits.abs().max()))  # float32 rounding grows with the logits' size
+    torch.testing.assert_close(fast.logits, out.logits, atol=1e-5 * scale, rtol=0)  # fused path == eager path
     assert fast.trace is None
 
     tr = out.trace
