@@ -23,10 +23,10 @@ from torch import Tensor, nn
 from .decoder import Decoder, DecoderConfig
 from .decoder import untrained_builtin as decoder_placeholder
 from .encoder import Encoder, EncoderConfig
-from .encoder_decoder import EncoderDecoder, hf_config as _t5_config, hf_rename as _t5_rename
+from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig, hf_config as _t5_config, hf_rename as _t5_rename
 from .encoder_decoder import untrained_builtin as t5_placeholder
 from .moe import MoEConfig, MoEDecoder
-from .ssm import Mamba, hf_config as _mamba_config, hf_rename as _mamba_rename
+from .ssm import Mamba, MambaConfig, hf_config as _mamba_config, hf_rename as _mamba_rename
 from .ssm import untrained_builtin as mamba_placeholder
 from .tokenizer import ByteTokenizer, HFTokenizer
 
@@ -388,6 +388,61 @@ def _load_tokenizer(folder: Path, vocab_size: int) -> HFTokenizer:
     return tokenizer
 
 
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
+_FAMILIES = {
+    "decoder": (DecoderConfig, Decoder), "encoder": (EncoderConfig, Encoder),
+    "encoder-decoder": (EncoderDecoderConfig, EncoderDecoder), "moe": (MoEConfig, MoEDecoder),
+    "ssm": (MambaConfig, Mamba),
+}  # fmt: skip
+
+
+def save_builtin(model: nn.Module, tokenizer, folder: str | Path, *, training: dict | None = None) -> Path:
+    """Write a built-in checkpoint: ``config.json`` (family, config, tokenizer wrapping and its
+    fingerprint), ``model.safetensors`` (tied weights stored once) and ``training.json``."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    meta = {
+        "format": "archplay-builtin/1",
+        "family": cfg.family,
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "family"},
+        "tokenizer": {"prefix": list(tokenizer.prefix), "suffix": list(tokenizer.suffix),
+                      "sha256": tokenizer.fingerprint()},
+    }  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    save_model(model, str(folder / "model.safetensors"))
+    if training is not None:
+        (folder / "training.json").write_text(json.dumps(training) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
+    """A checkpoint written by ``save_builtin`` -> (model, tokenizer)."""
+    from safetensors.torch import load_model
+
+    from .tokenizer import SPTokenizer
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config_cls, build = _FAMILIES[meta["family"]]
+        cfg = config_cls.from_dict(meta["config"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise LoadError(f"the built-in checkpoint in {folder} is damaged ({e}); retrain it with "
+                        "python -m models.train") from None  # fmt: skip
+    tok = SPTokenizer.builtin(prefix=tuple(meta["tokenizer"]["prefix"]), suffix=tuple(meta["tokenizer"]["suffix"]))
+    if tok.fingerprint() != meta["tokenizer"]["sha256"]:
+        raise LoadError(f"{folder} was trained with another tokenizer than assets/tokenizer/; retrain it")
+    model = build(cfg)
+    try:
+        load_model(model, str(folder / "model.safetensors"), strict=True)
+    except (OSError, RuntimeError) as e:
+        raise LoadError(f"the weights in {folder} do not fit its config: {e}") from None
+    return model.eval().to(device), tok
+
+
 def _placeholder(name: str) -> tuple[nn.Module, ByteTokenizer]:
     """A small random-weight model of the built-in's family, on a byte tokenizer (seeded)."""
     tok = ByteTokenizer()
@@ -414,6 +469,8 @@ def _placeholder(name: str) -> tuple[nn.Module, ByteTokenizer]:
 def load(name: str | Path, device: str | torch.device = "cpu"):
     """A built-in model by name, or a local Hugging Face checkpoint folder -> (model, tokenizer)."""
     if isinstance(name, str) and name in BUILTIN_NAMES:
+        if (BUILTIN_DIR / name / "config.json").is_file():
+            return load_builtin(BUILTIN_DIR / name, device)
         model, tok = _placeholder(name)
         return model.to(device), tok
     if isinstance(name, str) and not any(c in name for c in "/\\.") and not Path(name).exists():
