@@ -1,32 +1,50 @@
 """The Explore page: layout and wiring around the pure handlers in ``app.handlers``.
 
-Events and their API names (a script can drive them with ``gradio_client``):
+Events and their API names (a script can drive them with ``gradio_client``; parameters after
+the first ones are optional and default to the page's initial values):
 
-* ``analyse``      (model, text, layer, head, temperature, top_k, top_p) → the one model run
-* ``attention``    (layer, head) → the heatmap of that layer and head, from the cached trace
-* ``distribution`` (temperature, top_k, top_p) → the sampling figure, from the cached logits
-* ``generate``     (model, text, max_new_tokens, temperature, top_k, top_p, seed) → streamed text
+* ``analyse``        (model, text, layer, head, temperature, top_k, top_p, attention_kind, step, moe_layer)
+                     → the one model run (an encoder-decoder also translates); returns status,
+                     tokens, attention figure, help, layer, head, distribution figure and note,
+                     generate button, generate note, then attention kind, translation, step,
+                     Δ figure, MoE layer, routing chips, routing figure, load figure, routing note
+* ``attention``      (layer, head, attention_kind) → the heatmap of that layer and head (of that
+                     kind, for an encoder-decoder; the hidden attention, for a state-space model)
+* ``attention_kind`` (attention_kind, layer, head) → layer (clamped into the kind's range),
+                     heatmap, help
+* ``distribution``   (temperature, top_k, top_p, step) → the sampling figure and a summary, from
+                     the cached logits; ``step`` is an encoder-decoder's translation step
+* ``routing``        (moe_layer) → a mixture of experts' routing chips, heatmap, load figure, note
+* ``delta``          (layer) → a state-space model's step size Δ per token
+* ``generate``       (model, text, max_new_tokens, temperature, top_k, top_p, seed) → streamed
+                     text (an encoder-decoder: a sampled translation)
 
-Per-session state is one ``gr.State`` holding the last ``handlers.Analysis``; models stay in
-the shared ``Registry``.
+Every event but ``analyse`` and ``generate`` redraws from the session's cached Run, never
+calling the model. Per-session state is one ``gr.State`` holding the last
+``handlers.Analysis``; models stay in the shared ``Registry``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import gradio as gr
 
-from . import handlers
-from .handlers import Analysis
+from . import handlers, routing, translate
+from .handlers import Analysis, AnalyseResult
 from .registry import Registry
 
 INTRO = """
 Type a sentence, pick a model and press **Run**. The model reads your text once and archplay
 shows what happened inside: how the text was cut into **tokens**, where each token **looked**
 while it was being processed (attention), and which token the model would **pick next** and
-how temperature, top-k and top-p reshape that choice. The sliders redraw instantly from that
-one run; **Generate** lets the model keep writing.
+how temperature, top-k and top-p reshape that choice. Each architecture adds its own view:
+**T5** translates your text and shows its encoder, decoder and cross-attention; the
+**mixture of experts** shows which experts each token was sent to; **Mamba**, which has no
+attention, shows the attention hidden in its recurrence. The sliders redraw instantly from
+that one run; **Generate** lets the model keep writing.
 """
 
 SAMPLING_HELP = (
@@ -34,6 +52,7 @@ SAMPLING_HELP = (
     "Top-k keeps only the k likeliest tokens; top-p keeps the likeliest until together they hold p. "
     "Bars: raw → after temperature → final (what is actually sampled)."
 )
+STEP_INFO = "T5: which translation token's candidates to show (step 0 = the first)"
 
 EXAMPLES = [
     handlers.DEFAULT_TEXT,
@@ -53,7 +72,12 @@ CSS = """
 .ap-tok:hover { border-color: var(--color-accent); }
 .ap-tok .ap-idx { font-size: 0.68em; color: var(--body-text-color-subdued); }
 .ap-tok.ap-focus { border: 2px solid var(--color-accent); }
+.ap-tok.ap-exp { border-width: 2px; }
 .ap-tokens-meta { margin-top: 4px; font-size: 0.85em; color: var(--body-text-color-subdued); }
+.ap-strip-title { margin: 6px 0 2px; font-size: 0.85em; font-weight: 600; color: var(--body-text-color-subdued); }
+.ap-legend { display: flex; flex-wrap: wrap; gap: 4px 12px; margin-top: 6px; font-size: 0.85em; }
+.ap-legend-item { display: inline-flex; align-items: center; gap: 4px; }
+.ap-swatch { display: inline-block; width: 12px; height: 12px; border-radius: 3px; }
 .ap-empty { color: var(--body-text-color-subdued); font-family: var(--font); }
 .ap-help { font-size: 0.92em; color: var(--body-text-color-subdued); }
 .ap-status { min-height: 1.6em; }
@@ -94,7 +118,8 @@ def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
 def layout(registry: Registry) -> SimpleNamespace:
     """Create the components (no events); they are returned by name in a namespace."""
     default = registry.get(registry.default_key)
-    n_layer, n_head = default.config.n_layer, default.config.n_head
+    family = default.family
+    n_layer, n_head = default.config.n_layer, getattr(default.config, "n_head", 1)
     ui = SimpleNamespace()
 
     gr.Markdown("# archplay — look inside a language model")
@@ -118,23 +143,51 @@ def layout(registry: Registry) -> SimpleNamespace:
     ui.status = gr.Markdown(startup, label="Status", elem_id="status", elem_classes="ap-status")
     ui.tokens = gr.HTML(handlers.tokens_html([], []), label="Tokens",
                         show_label=True, container=True, padding=True, elem_id="tokens")  # fmt: skip
+    ui.translation = gr.Textbox(
+        label="Translation (greedy)", info="What the decoder wrote, always taking the likeliest token.",
+        lines=2, interactive=False, buttons=["copy"], visible=family == "encoder-decoder", elem_id="translation",
+    )  # fmt: skip
 
     # Each section: controls and their explanation on the left, the figure on the right.
     gr.Markdown("### Attention: where each token looks")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
-            ui.layer = gr.Slider(0, max(n_layer - 1, 0), value=0, step=1, precision=0, label="Layer",
+            ui.attention_kind = gr.Radio(
+                translate.KIND_CHOICES, value=translate.KINDS[0], label="Attention kind",
+                info="An encoder-decoder attends three ways", visible=family == "encoder-decoder",
+                elem_id="attention-kind",
+            )  # fmt: skip
+            ui.layer = gr.Slider(0, max(n_layer - 1, 1), value=0, step=1, precision=0, label="Layer",
                                  info="0 = nearest the input", elem_id="layer")  # fmt: skip
-            ui.head = gr.Slider(0, max(n_head - 1, 0), value=0, step=1, precision=0, label="Head",
-                                info="each head has its own pattern", elem_id="head")  # fmt: skip
+            ui.head = gr.Slider(0, max(n_head - 1, 1), value=0, step=1, precision=0, label="Head",
+                                info=handlers.HEAD_INFO, elem_id="head")  # fmt: skip
             ui.attention_help = gr.Markdown(handlers.ATTENTION_HELP["causal"], label="Attention help",
                                             elem_id="attention-help", elem_classes="ap-help")  # fmt: skip
         with gr.Column(scale=3, min_width=420):
             ui.attention_plot = gr.Plot(label="Attention", show_label=False, elem_id="attention-plot")
+            ui.delta_plot = gr.Plot(label="Step size Δ", show_label=False, visible=family == "ssm",
+                                    elem_id="delta-plot")  # fmt: skip
+
+    with gr.Column(visible=family == "moe", elem_id="routing-section") as ui.routing_section:
+        gr.Markdown("### Experts: where the router sent each token")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=260):
+                ui.moe_layer = gr.Slider(0, max(n_layer - 1, 1), value=0, step=1, precision=0, label="MoE layer",
+                                         info="each layer has its own router", elem_id="moe-layer")  # fmt: skip
+                gr.Markdown(routing.HELP, elem_classes="ap-help")
+                ui.routing_note = gr.Markdown("", label="Routing summary", elem_id="routing-note")
+            with gr.Column(scale=3, min_width=420):
+                ui.routing_chips = gr.HTML("", label="Tokens by expert", show_label=True, container=True,
+                                           padding=True, elem_id="routing-chips")  # fmt: skip
+                with gr.Row(equal_height=False):
+                    ui.routing_plot = gr.Plot(label="Router", show_label=False, scale=3, elem_id="routing-plot")
+                    ui.load_plot = gr.Plot(label="Expert load", show_label=False, scale=2, elem_id="load-plot")
 
     gr.Markdown("### Next token: how sampling settings reshape the choice")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
+            ui.step = gr.Slider(0, 1, value=0, step=1, precision=0, label="Translation step", info=STEP_INFO,
+                                visible=family == "encoder-decoder", elem_id="step")  # fmt: skip
             ui.temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature",
                                        info="0 = greedy", elem_id="temperature")  # fmt: skip
             ui.top_k = gr.Slider(0, 200, value=0, step=1, precision=0, label="Top-k",
@@ -165,41 +218,90 @@ def layout(registry: Registry) -> SimpleNamespace:
 # --------------------------------------------------------------------------- wiring
 
 
+def analyse_outputs(ui: SimpleNamespace) -> list:
+    """The components ``analyse`` updates, in the order ``analyse_updates`` returns them."""
+    return [
+        ui.state, ui.status, ui.tokens, ui.attention_plot, ui.attention_help, ui.layer, ui.head,
+        ui.distribution_plot, ui.distribution_note, ui.generate, ui.generate_note,
+        # added with the encoder-decoder, MoE and state-space views
+        ui.attention_kind, ui.translation, ui.step, ui.delta_plot, ui.routing_section, ui.moe_layer,
+        ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note,
+    ]  # fmt: skip
+
+
+def analyse_updates(r: AnalyseResult) -> tuple:
+    """``r`` as updates for ``analyse_outputs``: every family-specific view shown or hidden."""
+    a: Analysis | None = r.analysis
+    generate_button = gr.update(interactive=r.can_generate)
+    if a is None:  # a message only: every drawing is cleared, the controls keep their place
+        keep = gr.update()
+        return (None, r.status, r.tokens_html, None, r.attention_help, keep, keep, None, r.distribution_note,
+                generate_button, r.generate_note, keep, "", keep, None, keep, keep, "", None, None, "")  # fmt: skip
+    seq2seq, moe, ssm = a.translation is not None, a.routing is not None, a.ssm is not None
+    n_layer = a.layer_count(r.attention_kind)
+    view = r.routing
+    return (
+        a,
+        r.status,
+        r.tokens_html,
+        r.attention,
+        r.attention_help,
+        index_slider(n_layer, r.layer),
+        index_slider(a.n_head, r.head, info=r.head_info),
+        r.distribution,
+        r.distribution_note,
+        generate_button,
+        r.generate_note,
+        gr.update(visible=seq2seq, value=r.attention_kind) if seq2seq else gr.update(visible=False),
+        gr.update(visible=seq2seq, value=a.translation.text if seq2seq else ""),
+        index_slider(a.n_steps, r.step, visible=seq2seq),
+        gr.update(visible=ssm, value=r.delta),
+        gr.update(visible=moe),
+        index_slider(a.routing.n_layer, r.moe_layer) if moe else gr.update(),
+        view.chips if view else "",
+        view.heatmap if view else None,
+        view.load if view else None,
+        view.note if view else "",
+    )
+
+
+def index_slider(count: int, value: int, **update) -> dict:
+    """An update for a slider over 0..count-1; with one choice or none it stays put, greyed out
+    (a Gradio slider needs its maximum above its minimum)."""
+    return gr.update(maximum=max(count - 1, 1), value=value, interactive=count > 1, **update)
+
+
 def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> None:
     """Connect events to thin adapters over ``app.handlers``; parameter names become the API's."""
 
-    def analyse(model, text, layer, head, temperature, top_k, top_p):
-        r = handlers.analyse(registry, model, text, layer, head, temperature, top_k, top_p)
-        generate_button = gr.update(interactive=r.can_generate)
-        if not r.ok:
-            return (None, r.status, r.tokens_html, None, r.attention_help, gr.update(), gr.update(),
-                    None, r.distribution_note, generate_button, r.generate_note)  # fmt: skip
-        a: Analysis = r.analysis
-        return (
-            a,
-            r.status,
-            r.tokens_html,
-            r.attention,
-            r.attention_help,
-            gr.update(maximum=max(a.n_layer - 1, 0), value=r.layer, interactive=a.n_layer > 1),
-            gr.update(maximum=max(a.n_head - 1, 0), value=r.head, interactive=a.n_head > 1),
-            r.distribution,
-            r.distribution_note,
-            generate_button,
-            r.generate_note,
-        )
+    def analyse(model, text, layer, head, temperature, top_k, top_p, attention_kind=None, step=0, moe_layer=0):
+        r = handlers.analyse(registry, model, text, layer, head, temperature, top_k, top_p,
+                             attention_kind, step, moe_layer)  # fmt: skip
+        return analyse_updates(r)
 
-    def attention(analysis, layer, head):
-        try:
-            return handlers.attention_figure(analysis, layer, head)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+    def attention(analysis, layer, head, attention_kind=None):
+        with _as_page_error():
+            return handlers.attention_figure(analysis, layer, head, attention_kind)
 
-    def distribution(analysis, temperature, top_k, top_p):
-        try:
-            return handlers.distribution(registry, analysis, temperature, top_k, top_p)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+    def attention_kind(analysis, attention_kind, layer, head):
+        with _as_page_error():
+            layer, n_layer, fig, help_text = handlers.attention_kind(analysis, attention_kind, layer, head)
+        return (index_slider(n_layer, layer) if n_layer else gr.update()), fig, help_text
+
+    def distribution(analysis, temperature, top_k, top_p, step=None):
+        with _as_page_error():
+            return handlers.distribution(registry, analysis, temperature, top_k, top_p, step)
+
+    def routing_view(analysis, moe_layer):
+        with _as_page_error():
+            view = handlers.routing(analysis, moe_layer)
+        if view is None:
+            return "", None, None, ""
+        return view.chips, view.heatmap, view.load, view.note
+
+    def delta(analysis, layer):
+        with _as_page_error():
+            return handlers.delta_figure(analysis, layer)
 
     def generate(model, text, max_new_tokens, temperature, top_k, top_p, seed):
         yield from handlers.generate(registry, model, text, max_new_tokens, temperature, top_k, top_p, seed)
@@ -207,31 +309,29 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> None:
     gr.on(
         triggers=[demo.load, ui.run.click, ui.text.submit, ui.model.input],
         fn=analyse,
-        inputs=[ui.model, ui.text, ui.layer, ui.head, ui.temperature, ui.top_k, ui.top_p],
-        outputs=[ui.state, ui.status, ui.tokens, ui.attention_plot, ui.attention_help, ui.layer, ui.head,
-                 ui.distribution_plot, ui.distribution_note, ui.generate, ui.generate_note],  # fmt: skip
+        inputs=[ui.model, ui.text, ui.layer, ui.head, ui.temperature, ui.top_k, ui.top_p,
+                ui.attention_kind, ui.step, ui.moe_layer],  # fmt: skip
+        outputs=analyse_outputs(ui),
         api_name="analyse",
         trigger_mode="always_last",
     )
     # Live redraws from the cached Analysis: never a model call, so no spinner.
-    gr.on(
-        triggers=[ui.layer.change, ui.head.change],
-        fn=attention,
-        inputs=[ui.state, ui.layer, ui.head],
-        outputs=[ui.attention_plot],
-        api_name="attention",
-        trigger_mode="always_last",
-        show_progress="hidden",
-    )
-    gr.on(
-        triggers=[ui.temperature.change, ui.top_k.change, ui.top_p.change],
-        fn=distribution,
-        inputs=[ui.state, ui.temperature, ui.top_k, ui.top_p],
-        outputs=[ui.distribution_plot, ui.distribution_note],
-        api_name="distribution",
-        trigger_mode="always_last",
-        show_progress="hidden",
-    )
+    redraw = dict(trigger_mode="always_last", show_progress="hidden")
+    gr.on(triggers=[ui.layer.change, ui.head.change], fn=attention,
+          inputs=[ui.state, ui.layer, ui.head, ui.attention_kind], outputs=[ui.attention_plot],
+          api_name="attention", **redraw)  # fmt: skip
+    # .input, not .change: only a user's choice switches the kind (Run sets it without redrawing twice).
+    gr.on(triggers=[ui.attention_kind.input], fn=attention_kind,
+          inputs=[ui.state, ui.attention_kind, ui.layer, ui.head],
+          outputs=[ui.layer, ui.attention_plot, ui.attention_help], api_name="attention_kind", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.temperature.change, ui.top_k.change, ui.top_p.change, ui.step.change], fn=distribution,
+          inputs=[ui.state, ui.temperature, ui.top_k, ui.top_p, ui.step],
+          outputs=[ui.distribution_plot, ui.distribution_note], api_name="distribution", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.moe_layer.change], fn=routing_view, inputs=[ui.state, ui.moe_layer],
+          outputs=[ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note],
+          api_name="routing", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.layer.change], fn=delta, inputs=[ui.state, ui.layer], outputs=[ui.delta_plot],
+          api_name="delta", **redraw)  # fmt: skip
     generating = ui.generate.click(
         generate,
         inputs=[ui.model, ui.text, ui.max_new_tokens, ui.temperature, ui.top_k, ui.top_p, ui.seed],
@@ -240,3 +340,12 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> None:
         show_progress="minimal",
     )
     ui.stop.click(None, cancels=[generating], api_visibility="private")
+
+
+@contextmanager
+def _as_page_error() -> Iterator[None]:
+    """Turn a handler's ValueError (a value out of range) into a message on the page."""
+    try:
+        yield
+    except ValueError as e:
+        raise gr.Error(str(e)) from None

@@ -4,14 +4,17 @@ Nothing here imports gradio, so every handler can be called (and tested) without
 ``explore.py`` turns the results into component updates.
 
 The model runs in exactly two places: ``analyse`` (one traced forward pass per model and
-text) and ``generate``. Everything a slider changes (``attention_figure``,
-``distribution``) is redrawn from the ``Analysis`` that ``analyse`` cached.
+text; an encoder-decoder first translates greedily, then traces its translation) and
+``generate``. Everything a slider changes (``attention_figure``, ``distribution``,
+``routing``, ``delta_figure``) is redrawn from the ``Analysis`` that ``analyse`` cached.
+
+The family-specific parts live beside this module: ``app.translate`` (encoder-decoder),
+``app.routing`` (mixture of experts), ``app.state_space`` (Mamba).
 """
 
 from __future__ import annotations
 
 import html
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,14 +27,22 @@ from models.sampling import check_settings, staged_distribution
 from viz.attention import attention_heatmap
 from viz.sampling import distribution_figure
 
+from . import routing as moe
+from . import state_space as ssm
+from . import translate as seq2seq
+from .messages import error, md_escape, note, ok, plural, quote, short, warn  # noqa: F401  (re-exported)
 from .registry import Entry, Registry, UnknownModelError
+from .routing import Routing, RoutingView
+from .state_space import StateSpace
+from .translate import Translation
 
 DEFAULT_TEXT = "Mia has a red ball. She throws it to her dog, and the dog brings it back to"
 TOP_N = 20  # bars in the distribution figure
+PAGE_MAX_TOKENS = 512  # the most tokens one Run analyses: a T × T heatmap stays drawable
 
 # Families this page can show; the others get a clear message.
-SUPPORTED_FAMILIES = ("decoder", "encoder", "moe", "ssm")
-GENERATING_FAMILIES = ("decoder", "moe", "ssm")
+SUPPORTED_FAMILIES = ("decoder", "encoder", "encoder-decoder", "moe", "ssm")
+GENERATING_FAMILIES = ("decoder", "encoder-decoder", "moe", "ssm")
 
 ATTENTION_HELP = {
     "causal": (
@@ -43,7 +54,10 @@ ATTENTION_HELP = {
         "this encoder is bidirectional, so every token may look at every other one."
     ),
     "none": "This architecture has no attention weights to show.",
+    "ssm": ssm.HELP + "\n\n" + ssm.DELTA_HELP,
+    **{f"seq2seq-{kind}": text for kind, text in seq2seq.KIND_HELP.items()},
 }
+HEAD_INFO = "each head has its own pattern"
 
 
 # --------------------------------------------------------------------------- session state
@@ -57,17 +71,46 @@ class Analysis:
     model_label: str
     family: str
     text: str  # the text as typed
-    ids: list[int]  # the analysed token ids (after any truncation)
+    ids: list[int]  # the analysed token ids (after any truncation); an encoder-decoder's source
     labels: list[str]  # one display label per id
-    attentions: list[Tensor] | None  # per layer (H, T, T) float32 on the CPU; None without attention
-    logits: Tensor | None  # (T, V) float32 on the CPU; None for an encoder without an MLM head
-    predict_at: int | None  # the position whose distribution is shown; None when there is none
+    attentions: list[Tensor] | None  # per layer (H, T, T) float32 on the CPU (enc-dec: the encoder's)
+    logits: Tensor | None  # (T, V) float32 on the CPU (enc-dec: the decoder's, one row per target step)
+    predict_at: int | None  # the position (enc-dec: target step) whose distribution is shown first
     truncated_from: int | None = None  # the token count before truncation, when the text was cut
     mask_token: str | None = None  # the encoder's mask token, for messages
+    translation: Translation | None = None  # encoder-decoder only
+    routing: Routing | None = None  # mixture of experts only
+    ssm: StateSpace | None = None  # state-space models only
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The attention kinds this Run can show: an encoder-decoder's three, else one ("self")."""
+        return seq2seq.KINDS if self.translation is not None else ("self",)
+
+    def kind(self, kind: str | None) -> str:
+        """``kind`` checked against ``kinds``; None picks the first. Other families ignore it."""
+        if self.translation is None:
+            return "self"
+        if kind is None:
+            return seq2seq.KINDS[0]
+        if kind not in seq2seq.KINDS:
+            raise ValueError(f"attention kind must be one of {', '.join(seq2seq.KINDS)}, got {kind!r}")
+        return kind
+
+    def layer_count(self, kind: str | None = None) -> int:
+        """How many layers the layer slider spans for ``kind`` (a T5 decoder may be deeper)."""
+        kind = self.kind(kind)
+        if kind == "decoder":
+            return self.translation.n_decoder_layer
+        if kind == "cross":
+            return len(self.translation.cross_attentions)
+        if self.ssm is not None:
+            return self.ssm.n_layer
+        return len(self.attentions) if self.attentions else 0
 
     @property
     def n_layer(self) -> int:
-        return len(self.attentions) if self.attentions else 0
+        return self.layer_count(None)
 
     @property
     def n_head(self) -> int:
@@ -76,6 +119,11 @@ class Analysis:
     @property
     def causal(self) -> bool:
         return self.family != "encoder"
+
+    @property
+    def n_steps(self) -> int:
+        """Target steps of an encoder-decoder's translation (0 for other families)."""
+        return len(self.translation.ids) if self.translation is not None else 0
 
 
 @dataclass
@@ -91,47 +139,16 @@ class AnalyseResult:
     distribution_note: str  # markdown
     can_generate: bool
     generate_note: str  # markdown
+    attention_kind: str | None = None  # enc-dec: the kind drawn; None for other families
+    step: int = 0  # enc-dec: the translation step the distribution shows
+    delta: go.Figure | None = None  # ssm: Δ per token for ``layer``
+    routing: RoutingView | None = None  # moe: the routing view of ``moe_layer``
+    moe_layer: int = 0
+    head_info: str = HEAD_INFO  # the head slider's explanation (why it is off, for an ssm)
 
     @property
     def ok(self) -> bool:
         return self.analysis is not None
-
-
-# --------------------------------------------------------------------------- messages
-
-
-_MD_SPECIAL = re.compile(r"([\\`*|~])")
-
-
-def md_escape(text: str) -> str:
-    """``text`` shown literally inside one markdown line: HTML escaped, emphasis and code marks
-    backslashed. (Mid-line brackets, parentheses and intraword underscores are literal already.)"""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
-
-
-# Plain text symbols (no emoji presentation), so they render with ordinary fonts.
-OK, NOTE, WARN, ERROR = "✓", "ℹ", "⚠", "✕"
-
-
-def ok(text: str) -> str:
-    return f"{OK} {text}"
-
-
-def note(text: str) -> str:
-    return f"{NOTE} {text}"
-
-
-def warn(text: str) -> str:
-    return f"{WARN} {text}"
-
-
-def error(text: str) -> str:
-    return f"{ERROR} **Problem:** {text}"
-
-
-def quote(label: str) -> str:
-    """A token label in curly quotes, markdown-safe."""
-    return f"‘{md_escape(label)}’"
 
 
 # --------------------------------------------------------------------------- tokens strip
@@ -158,6 +175,18 @@ def tokens_html(labels: list[str], ids: list[int], *, focus: int | None = None, 
     )
 
 
+def seq2seq_tokens_html(analysis: Analysis, note_text: str = "") -> str:
+    """Two strips: the source the encoder read and the translation the decoder wrote."""
+    t = analysis.translation
+    ending = "stopped at the end-of-text token" if t.stopped_at_eos else f"stopped at the {t.budget}-token limit"
+    return (
+        '<div class="ap-strip-title">Source: what the encoder reads</div>'
+        + tokens_html(analysis.labels, analysis.ids, note_text=note_text)
+        + '<div class="ap-strip-title">Translation: what the decoder wrote (greedy, one token per step)</div>'
+        + tokens_html(t.labels, t.ids, note_text=ending)
+    )
+
+
 # --------------------------------------------------------------------------- analyse
 
 
@@ -170,7 +199,12 @@ def _empty_result(status: str, *, layer: int = 0, head: int = 0, can_generate: b
 
 
 def generate_note(entry: Entry) -> tuple[bool, str]:
-    """Whether ``entry`` can continue text, and a note for the Generate panel when it cannot."""
+    """Whether ``entry`` can generate, and a note for the Generate panel (why not, or what it does)."""
+    if entry.family == "encoder-decoder":
+        return True, note(
+            "An encoder-decoder does not continue your text: Generate translates it again, token by "
+            "token, with the sampling settings above (Run shows the greedy translation)."
+        )
     if entry.family in GENERATING_FAMILIES:
         return True, ""
     if entry.family == "encoder":
@@ -186,10 +220,15 @@ def generate_note(entry: Entry) -> tuple[bool, str]:
     return False, note(f"Generation for the {md_escape(entry.family)} family is not on this page yet.")
 
 
+def token_limit(entry: Entry) -> int:
+    """The most tokens a Run analyses: the model's context, or the page's limit if smaller."""
+    return min(int(entry.config.max_seq_len), PAGE_MAX_TOKENS)
+
+
 def encode(entry: Entry, text: str) -> tuple[list[int], int | None]:
-    """Token ids for ``text``, cut to the model's context; also the length before cutting (or None)."""
+    """Token ids for ``text``, cut to ``token_limit``; also the length before cutting (or None)."""
     ids = [int(i) for i in entry.tokenizer.encode(text)]
-    limit = int(entry.config.max_seq_len)
+    limit = token_limit(entry)
     if len(ids) > limit:
         return ids[:limit], len(ids)
     return ids, None
@@ -197,7 +236,7 @@ def encode(entry: Entry, text: str) -> tuple[list[int], int | None]:
 
 @torch.inference_mode()
 def run_model(entry: Entry, ids: list[int]):
-    """One traced forward pass; the only model call ``analyse`` makes."""
+    """One traced forward pass; the only model call ``analyse`` makes (beside a translation's)."""
     x = torch.tensor([ids], dtype=torch.long, device=entry.device)
     return entry.model(x, trace=True)
 
@@ -211,10 +250,14 @@ def analyse(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    attention_kind: str | None = None,
+    step: int = 0,
+    moe_layer: int = 0,
 ) -> AnalyseResult:
-    """Tokenise ``text``, run the model once with tracing, and draw both figures.
+    """Tokenise ``text``, run the model once with tracing, and draw every view.
 
-    ``layer``/``head`` are clamped into the new model's range; the sampling settings only
+    ``layer``/``head`` (for an encoder-decoder: of ``attention_kind``), ``step`` (the translation
+    step) and ``moe_layer`` are clamped into the new Run's range; the sampling settings only
     shape the first drawing of the distribution. Problems come back as a status message.
     """
     layer, head = int(layer or 0), int(head or 0)
@@ -236,12 +279,58 @@ def analyse(
         return _empty_result(error("This text produced no tokens."), layer=layer, head=head, can_generate=can_gen)
 
     started = time.perf_counter()
+    translation = None
     try:
-        out = run_model(entry, ids)
+        if entry.family == "encoder-decoder":
+            translation, out = seq2seq.translate(entry, ids)
+        else:
+            out = run_model(entry, ids)
     except (ValueError, RuntimeError) as e:  # e.g. a context limit the config did not state
         return _empty_result(error(f"The model failed on this text: {md_escape(str(e))}"), can_generate=can_gen)
     elapsed = time.perf_counter() - started
 
+    analysis = _analysis(entry, text, ids, truncated_from, out, translation, step)
+    kind = analysis.kind(attention_kind if attention_kind in analysis.kinds else None)
+    layer = _clamp(layer, analysis.layer_count(kind))
+    head = _clamp(head, analysis.n_head)
+    moe_layer = _clamp(int(moe_layer or 0), analysis.routing.n_layer if analysis.routing else 0)
+    try:
+        dist_fig, dist_note = distribution(registry, analysis, temperature, top_k, top_p)
+    except ValueError as e:
+        dist_fig, dist_note = None, error(md_escape(str(e)))
+
+    status, trunc_note = _status(entry, analysis, elapsed)
+    if translation is not None:
+        strip = seq2seq_tokens_html(analysis, note_text=trunc_note)
+    else:
+        strip = tokens_html(analysis.labels, ids, focus=analysis.predict_at, note_text=trunc_note)
+    return AnalyseResult(
+        analysis=analysis,
+        status=status,
+        tokens_html=strip,
+        attention=attention_figure(analysis, layer, head, kind),
+        attention_help=attention_help(analysis, kind),
+        layer=layer,
+        head=head,
+        distribution=dist_fig,
+        distribution_note=dist_note,
+        can_generate=can_gen,
+        generate_note=gen_note,
+        attention_kind=kind if translation is not None else None,
+        step=analysis.predict_at if translation is not None else 0,
+        delta=delta_figure(analysis, layer),
+        routing=routing(analysis, moe_layer),
+        moe_layer=moe_layer,
+        head_info=ssm.HEAD_INFO if analysis.ssm is not None else HEAD_INFO,
+    )
+
+
+def _clamp(value: int, count: int) -> int:
+    return min(max(int(value), 0), max(count - 1, 0))
+
+
+def _analysis(entry: Entry, text: str, ids: list[int], truncated_from, out, translation, step) -> Analysis:
+    """The session's copy of one Run: float32 on the CPU, only what the redraws need."""
     tok = entry.tokenizer
     trace = out.trace
     attentions = None
@@ -251,77 +340,137 @@ def analyse(
 
     mask_id = getattr(tok, "mask_token_id", None)
     mask_token = tok.tokens([mask_id])[0] if mask_id is not None else None
-    if entry.family == "encoder":
+    if logits is None:
+        predict_at = None
+    elif translation is not None:
+        predict_at = _clamp(int(step or 0), len(translation.ids))
+    elif entry.family == "encoder":
         masks = [i for i, t in enumerate(ids) if mask_id is not None and t == mask_id]
-        predict_at = masks[0] if masks and logits is not None else None
+        predict_at = masks[0] if masks else None
     else:
-        predict_at = len(ids) - 1 if logits is not None else None
+        predict_at = len(ids) - 1
 
-    analysis = Analysis(
+    return Analysis(
         model_key=entry.key, model_label=entry.label, family=entry.family, text=text, ids=ids,
         labels=list(tok.tokens(ids)), attentions=attentions, logits=logits, predict_at=predict_at,
-        truncated_from=truncated_from, mask_token=mask_token,
+        truncated_from=truncated_from, mask_token=mask_token, translation=translation,
+        routing=Routing.from_trace(trace, entry.config), ssm=StateSpace.from_trace(trace),
     )  # fmt: skip
 
-    layer = min(max(layer, 0), max(analysis.n_layer - 1, 0))
-    head = min(max(head, 0), max(analysis.n_head - 1, 0))
-    try:
-        dist_fig, dist_note = distribution(registry, analysis, temperature, top_k, top_p)
-    except ValueError as e:
-        dist_fig, dist_note = None, error(md_escape(str(e)))
 
-    status = ok(
-        f"Ran **{md_escape(entry.label)}** on {len(ids)} token{'s' if len(ids) != 1 else ''} "
-        f"in {elapsed * 1000:.0f} ms."
-    )
+def _status(entry: Entry, analysis: Analysis, elapsed: float) -> tuple[str, str]:
+    """The status markdown and the tokens strip's truncation note."""
+    n = len(analysis.ids)
+    t = analysis.translation
+    if t is None:
+        status = ok(f"Ran **{md_escape(entry.label)}** on {plural(n, 'token')} in {elapsed * 1000:.0f} ms.")
+    else:
+        ending = "it wrote the end-of-text token" if t.stopped_at_eos else f"it reached the {t.budget}-token limit"
+        status = ok(
+            f"Ran **{md_escape(entry.label)}** on {plural(n, 'source token')} and translated it greedily into "
+            f"{plural(len(t.ids), 'token')} ({ending}) in {elapsed * 1000:.0f} ms."
+        )
     if not entry.trained:
         status += " Its weights are random, so the patterns show the mechanics, not learned language."
-    trunc_note = ""
-    if truncated_from is not None:
-        limit = len(ids)
-        status += "\n\n" + warn(
-            f"Your text is {truncated_from} tokens long but this model reads at most {limit}; "
-            f"only the first {limit} were analysed."
-        )
-        trunc_note = f"cut to the first {limit} of {truncated_from}"
-
-    return AnalyseResult(
-        analysis=analysis,
-        status=status,
-        tokens_html=tokens_html(analysis.labels, ids, focus=predict_at, note_text=trunc_note),
-        attention=attention_figure(analysis, layer, head),
-        attention_help=attention_help(analysis),
-        layer=layer,
-        head=head,
-        distribution=dist_fig,
-        distribution_note=dist_note,
-        can_generate=can_gen,
-        generate_note=gen_note,
+    if analysis.truncated_from is None:
+        return status, ""
+    context = int(entry.config.max_seq_len)
+    if n >= context:
+        why = f"this model reads at most {n}"
+    else:
+        why = f"this page analyses at most {n} (the model reads {context}, but the maps would be too big to draw)"
+    status += "\n\n" + warn(
+        f"Your text is {analysis.truncated_from} tokens long but {why}; only the first {n} were analysed."
     )
+    return status, f"cut to the first {n} of {analysis.truncated_from}"
 
 
 # --------------------------------------------------------------------------- redraws (no model calls)
 
 
-def attention_help(analysis: Analysis) -> str:
-    """How to read the heatmap: the causal or bidirectional wording, or why there is none."""
+def attention_help(analysis: Analysis, kind: str | None = None) -> str:
+    """How to read the heatmap for this family and kind, or why there is none."""
+    if analysis.ssm is not None:
+        return ATTENTION_HELP["ssm"]
+    if analysis.translation is not None:
+        return ATTENTION_HELP[f"seq2seq-{analysis.kind(kind)}"]
     if analysis.attentions is None:
         return ATTENTION_HELP["none"]
     return ATTENTION_HELP["causal" if analysis.causal else "bidirectional"]
 
 
-def attention_figure(analysis: Analysis | None, layer: int, head: int) -> go.Figure | None:
-    """The heatmap of one layer and head from the cached trace; None before a Run or without attention."""
-    if analysis is None or analysis.attentions is None:
+def attention_figure(analysis: Analysis | None, layer: int, head: int, kind: str | None = None) -> go.Figure | None:
+    """The heatmap of one layer and head (of ``kind``, for an encoder-decoder) from the cached trace.
+
+    A state-space model has no heads: its hidden attention of ``layer`` (``head`` is ignored).
+    None before a Run or without attention; ValueError for a layer, head or kind out of range.
+    """
+    if analysis is None:
         return None
+    if analysis.ssm is not None:
+        return ssm.attention_figure(analysis.ssm, analysis.labels, layer)
+    if analysis.attentions is None:
+        return None
+    kind = analysis.kind(kind)
     layer, head = int(layer), int(head)
-    if not (0 <= layer < analysis.n_layer):
-        raise ValueError(f"layer must be between 0 and {analysis.n_layer - 1}, got {layer}")
+    n_layer = analysis.layer_count(kind)
+    if not (0 <= layer < n_layer):
+        raise ValueError(f"layer must be between 0 and {n_layer - 1}, got {layer}")
     if not (0 <= head < analysis.n_head):
         raise ValueError(f"head must be between 0 and {analysis.n_head - 1}, got {head}")
-    weights = analysis.attentions[layer][head]  # (T, T)
-    title = f"Layer {layer}, head {head} of {analysis.n_layer} × {analysis.n_head}"
-    return attention_heatmap(weights, analysis.labels, analysis.labels, title=title)
+    if analysis.translation is None:
+        weights = analysis.attentions[layer][head]  # (T, T)
+        title = f"Layer {layer}, head {head} of {analysis.n_layer} × {analysis.n_head}"
+        return attention_heatmap(weights, analysis.labels, analysis.labels, title=title)
+    return _seq2seq_figure(analysis, kind, layer, head)
+
+
+def _seq2seq_figure(analysis: Analysis, kind: str, layer: int, head: int) -> go.Figure:
+    t = analysis.translation
+    title = (
+        f"{seq2seq.KIND_NAMES[kind]}: layer {layer}, head {head} "
+        f"of {analysis.layer_count(kind)} × {analysis.n_head}"
+    )
+    if kind == "encoder":
+        return attention_heatmap(
+            analysis.attentions[layer][head], analysis.labels, analysis.labels, title=title,
+            query_title="source token (looking)", key_title="source token (looked at)",
+        )  # fmt: skip
+    maps = t.decoder_attentions if kind == "decoder" else t.cross_attentions
+    keys = t.input_labels if kind == "decoder" else analysis.labels
+    return attention_heatmap(
+        maps[layer][head], t.labels, keys, title=title,
+        query_title="translation token being chosen",
+        key_title="decoder input (written so far)" if kind == "decoder" else "source token",
+        query_word="step", key_word="input" if kind == "decoder" else "source",
+    )  # fmt: skip
+
+
+def attention_kind(analysis: Analysis | None, kind: str | None, layer: int, head: int):
+    """Switch an encoder-decoder's attention kind -> ``(layer, layer count, figure, help)``: the
+    layer is clamped into the new kind's range (a T5 decoder may be deeper than its encoder).
+    Other families have one kind and keep their view. ValueError for an unknown kind."""
+    if analysis is None:
+        return 0, 0, None, ""
+    kind = analysis.kind(kind)
+    n = analysis.layer_count(kind)
+    layer = _clamp(layer or 0, n)
+    fig = attention_figure(analysis, layer, _clamp(head or 0, analysis.n_head), kind)
+    return layer, n, fig, attention_help(analysis, kind)
+
+
+def delta_figure(analysis: Analysis | None, layer: int) -> go.Figure | None:
+    """A state-space model's mean step size Δ per token in ``layer``; None for other families."""
+    if analysis is None or analysis.ssm is None:
+        return None
+    return ssm.delta_figure(analysis.ssm, analysis.labels, layer)
+
+
+def routing(analysis: Analysis | None, layer: int) -> RoutingView | None:
+    """A mixture of experts' routing in MoE layer ``layer``; None for other families."""
+    if analysis is None or analysis.routing is None:
+        return None
+    return moe.view(analysis.routing, analysis.labels, analysis.ids, layer)
 
 
 def _settings(temperature, top_k, top_p) -> tuple[float, int, float]:
@@ -334,11 +483,17 @@ def _settings(temperature, top_k, top_p) -> tuple[float, int, float]:
 
 
 def distribution(
-    registry: Registry, analysis: Analysis | None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+    registry: Registry,
+    analysis: Analysis | None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    step: int | None = None,
 ) -> tuple[go.Figure | None, str]:
     """The sampling stages at the analysed position, from the cached logits, and a one-line summary.
 
-    Raises ValueError for settings outside their ranges.
+    For an encoder-decoder ``step`` picks the translation step (None: the Run's). Raises
+    ValueError for settings or a step outside their ranges.
     """
     temperature, top_k, top_p = _settings(temperature, top_k, top_p)
     if analysis is None:
@@ -352,13 +507,20 @@ def distribution(
         return None, note(f"Add {mask} to your text: an encoder predicts the token hidden behind a mask.")
 
     pos = analysis.predict_at
+    if analysis.translation is not None and step is not None:
+        pos = int(step)
+        if not 0 <= pos < analysis.n_steps:
+            raise ValueError(f"step must be between 0 and {analysis.n_steps - 1}, got {pos}")
     staged = staged_distribution(analysis.logits[pos], temperature, top_k, top_p)
     labels_for = _labels_for(registry, analysis)
-    here = analysis.labels[pos]
-    if analysis.family == "encoder":
-        title = f"What fills {html.escape(here)} at position {pos}"
+    if analysis.translation is not None:
+        wrote = analysis.translation.labels[pos]
+        wrote_label = html.escape(short(wrote))
+        title = f"Translation step {pos}: candidates for target token {pos} (greedy wrote ‘{wrote_label}’)"
+    elif analysis.family == "encoder":
+        title = f"What fills {html.escape(analysis.labels[pos])} at position {pos}"
     else:
-        title = f"Next token after ‘{html.escape(_short(here))}’ (position {pos})"
+        title = f"Next token after ‘{html.escape(short(analysis.labels[pos]))}’ (position {pos})"
     fig = distribution_figure(staged, labels_for, top_n=TOP_N, title=title)
 
     final = staged.final
@@ -371,6 +533,8 @@ def distribution(
         f"(before sampling settings: {float(staged.raw[best]):.1%}). "
         f"{kept:,} of {vocab:,} tokens can still be drawn."
     )
+    if analysis.translation is not None:
+        summary += f" Step {pos} of {analysis.n_steps}: the greedy translation wrote {quote(wrote)} here."
     return fig, summary
 
 
@@ -380,10 +544,6 @@ def _labels_for(registry: Registry, analysis: Analysis):
     except UnknownModelError:
         return lambda ids: [f"<{i}>" for i in ids]
     return lambda ids: list(tok.tokens(list(ids)))
-
-
-def _short(label: str, limit: int = 16) -> str:
-    return label if len(label) <= limit else label[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------- generate
@@ -399,10 +559,12 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
 ) -> Iterator[tuple[str, str]]:
-    """Continue ``text`` token by token, yielding (text so far, status markdown) after each one.
+    """Continue ``text`` token by token (an encoder-decoder: translate it), yielding
+    (text so far, status markdown) after each token.
 
-    The prompt keeps its last tokens when prompt + new tokens would overflow the context.
-    Errors are yielded as a status message (with an empty text), never raised.
+    The prompt keeps its last tokens when prompt + new tokens would overflow the context; an
+    encoder-decoder's source keeps its first ones. Errors are yielded as a status message
+    (with an empty text), never raised.
     """
     try:
         entry = registry.get(model_key)
@@ -433,18 +595,27 @@ def generate(
         return
     notes = []
     limit = int(entry.config.max_seq_len)
-    if max_new_tokens >= limit:
-        notes.append(warn(f"This model's context is {limit} tokens, so at most {limit - 1} new ones."))
-        max_new_tokens = limit - 1
-    if len(prompt) + max_new_tokens > limit:
-        keep = limit - max_new_tokens
-        notes.append(warn(f"The prompt was cut to its last {keep} tokens to leave room in {limit}-token context."))
-        prompt = prompt[-keep:]
+    seq2seq_model = entry.family == "encoder-decoder"
+    if seq2seq_model:
+        # The decoder's length is free (relative positions); only the source is bounded.
+        if len(prompt) > limit:
+            notes.append(warn(f"The text was cut to its first {limit} tokens, as much as this model reads."))
+            prompt = prompt[:limit]
+    else:
+        if max_new_tokens >= limit:
+            notes.append(warn(f"This model's context is {limit} tokens, so at most {limit - 1} new ones."))
+            max_new_tokens = limit - 1
+        if len(prompt) + max_new_tokens > limit:
+            keep = limit - max_new_tokens
+            notes.append(warn(f"The prompt was cut to its last {keep} tokens to leave room in {limit}-token context."))
+            prompt = prompt[-keep:]
 
     ids = torch.tensor([prompt], dtype=torch.long, device=entry.device)
     new: list[int] = []
     probs: list[float] = []
-    eos = getattr(tok, "eos_token_id", None)
+    eos = seq2seq.eos_id(entry) if seq2seq_model else getattr(tok, "eos_token_id", None)
+    shown = (lambda: tok.decode(new)) if seq2seq_model else (lambda: tok.decode(prompt + new))
+    verb = ("Translating…", "Translated into") if seq2seq_model else ("Generating…", "Generated")
     started = time.perf_counter()
     stream = entry.model.generate_stream(
         ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -454,22 +625,19 @@ def generate(
         for token_id, prob in stream:
             new.append(int(token_id))
             probs.append(float(prob))
-            status = _gen_status(new, probs, started, notes, done=False, greedy=temperature == 0)
-            yield tok.decode(prompt + new), status
+            yield shown(), _gen_status(new, probs, started, notes, verb, done=False, greedy=temperature == 0)
     except (ValueError, RuntimeError) as e:
-        yield tok.decode(prompt + new), error(f"Generation stopped: {md_escape(str(e))}")
+        yield shown(), error(f"Generation stopped: {md_escape(str(e))}")
         return
     stopped = bool(new) and eos is not None and new[-1] == eos
-    yield tok.decode(prompt + new), _gen_status(
-        new, probs, started, notes, done=True, greedy=temperature == 0, stopped_at_eos=stopped
-    )
+    final = _gen_status(new, probs, started, notes, verb, done=True, greedy=temperature == 0, stopped_at_eos=stopped)
+    yield shown(), final
 
 
-def _gen_status(new, probs, started, notes, *, done: bool, greedy: bool, stopped_at_eos: bool = False) -> str:
+def _gen_status(new, probs, started, notes, verb, *, done: bool, greedy: bool, stopped_at_eos: bool = False) -> str:
     secs = max(time.perf_counter() - started, 1e-9)
     n = len(new)
-    head = "Generated" if done else "Generating…"
-    line = f"{head} {n} token{'s' if n != 1 else ''} · {n / secs:.1f} tokens/s"
+    line = f"{verb[1] if done else verb[0]} {plural(n, 'token')} · {n / secs:.1f} tokens/s"
     if greedy:
         line += " · greedy (temperature 0): always the likeliest token"
     elif probs:

@@ -81,6 +81,10 @@ class Registry:
         if key in self._entries:
             return self._entries[key]
         model, tokenizer = load(key, device=self.device)
+        return self.put(key, model, tokenizer)
+
+    def put(self, key: str, model: torch.nn.Module, tokenizer) -> Entry:
+        """Offer a model that is already built (tests, or a program embedding the page) under ``key``."""
         model.eval()
         entry = Entry(key=key, model=model, tokenizer=tokenizer, label=describe(model))
         self._entries[key] = entry

@@ -6,6 +6,7 @@ recomputed here from the model itself and compared with what the page would show
 
 from __future__ import annotations
 
+import re
 import socket
 
 import numpy as np
@@ -110,7 +111,12 @@ def test_cli_defaults_and_repeatable_model():
 def test_app_exposes_the_named_endpoints(registry):
     demo = build_app(registry)
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
-    assert {"analyse", "attention", "distribution", "generate"} <= names
+    assert {"analyse", "attention", "attention_kind", "distribution", "routing", "delta", "generate"} <= names
+    params = {fn.api_name: [getattr(c, "label", None) for c in fn.inputs] for fn in demo.fns.values() if fn.api_name}
+    # the original parameters first, in their order; new ones only appended
+    assert params["analyse"][:7] == ["Model", "Text", "Layer", "Head", "Temperature", "Top-k", "Top-p"]
+    assert params["attention"][1:3] == ["Layer", "Head"]
+    assert params["distribution"][1:4] == ["Temperature", "Top-k", "Top-p"]
 
 
 # --------------------------------------------------------------------------- analyse
@@ -395,6 +401,25 @@ def test_named_endpoints_through_gradio_client(registry):
 
         text, status = client.predict("gpt", TEXT, 5, 0.0, 0, 1.0, 0, api_name="/generate")
         assert text.startswith(TEXT) and "Generated 5 tokens" in status
+
+        # the encoder-decoder: translate, then switch to cross-attention by name
+        status, *_ = client.predict("t5", TEXT, 0, 1, 1.0, 0, 1.0, "encoder", 0, 0, api_name="/analyse")
+        assert "translated" in status
+        _, t5_out = translate_in_test(registry.get("t5"), TEXT)
+        layer, fig, help_text = client.predict("cross", 3, 1, api_name="/attention_kind")
+        z = _decode(json.loads(fig["plot"])["data"][0]["z"])
+        np.testing.assert_allclose(z, t5_out.trace.cross_attentions[3][0, 1].numpy(), atol=1e-7)
+        assert layer["value"] == 3 and "Cross-attention" in help_text  # a slider update: value and range
+
+        # the mixture of experts: its routing by MoE layer, with no model run
+        client.predict("moe", TEXT, 0, 0, 1.0, 0, 1.0, api_name="/analyse")
+        chips, routing_fig, load_fig, note_text = client.predict(2, api_name="/routing")
+        moe = registry.get("moe")
+        with torch.inference_mode():
+            moe_out = moe.model(torch.tensor([moe.tokenizer.encode(TEXT)]), trace=True)
+        marks = next(t for t in json.loads(routing_fig["plot"])["data"] if t.get("name") == "chosen")
+        np.testing.assert_array_equal(_decode(marks["x"]), moe_out.trace.expert_indices[2][0].reshape(-1).numpy())
+        assert "ap-exp" in chips and "routed slots" in note_text
     finally:
         demo.close()
 
@@ -409,3 +434,289 @@ def _decode(value):
             arr = arr.reshape([int(s) for s in str(value["shape"]).split(",")])
         return arr.astype(np.float64)
     return np.asarray(value, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- the other families
+
+
+@pytest.fixture()
+def model_calls(registry, monkeypatch):
+    """Factory: model_calls("t5") -> a list that records every model call of that built-in
+    (forward passes, generation, and an encoder-decoder's encode/decode halves)."""
+
+    def watch(key):
+        model = registry.get(key).model
+        calls = []
+        for name in ("forward", "generate", "generate_stream", "encode", "decode"):
+            if hasattr(model, name):
+                original = getattr(model, name)
+
+                def counting(*args, _name=name, _original=original, **kwargs):
+                    calls.append(_name)
+                    return _original(*args, **kwargs)
+
+                monkeypatch.setattr(model, name, counting)
+        return calls
+
+    return watch
+
+
+def translate_in_test(entry, text):
+    """The greedy translation and the traced pass over it, computed here from the model itself."""
+    from app.translate import budget
+
+    tok, model = entry.tokenizer, entry.model
+    ids = torch.tensor([tok.encode(text)])
+    eos = tok.eos_token_id
+    with torch.inference_mode():
+        new = model.generate(ids, max_new_tokens=budget(ids.shape[1]), temperature=0.0, eos_token_id=eos)
+        decoder_input = torch.cat([torch.full((1, 1), model.config.decoder_start_token_id), new[:, :-1]], dim=1)
+        out = model(ids, decoder_input_ids=decoder_input, trace=True)
+    return new[0].tolist(), out
+
+
+def z_of(fig):
+    return np.asarray(fig.data[0].z, dtype=np.float64)
+
+
+def test_t5_translates_and_shows_encoder_decoder_and_cross_attention(registry):
+    entry = registry.get("t5")
+    r = handlers.analyse(registry, "t5", TEXT, layer=1, head=2, attention_kind="cross")
+    a = r.analysis
+    new, out = translate_in_test(entry, TEXT)
+    assert r.ok and r.status.startswith("✓") and "translated it greedily" in r.status
+    assert a.ids == entry.tokenizer.encode(TEXT)  # the source
+    assert a.translation.ids == new and a.translation.text == entry.tokenizer.decode(new)
+    assert r.attention_kind == "cross" and (r.layer, r.head) == (1, 2)
+    # cross-attention: rows = target steps, columns = source tokens, the traced pass's values
+    z = z_of(r.attention)
+    assert z.shape == (len(new), len(a.ids))
+    np.testing.assert_allclose(z, out.trace.cross_attentions[1][0, 2].numpy(), rtol=0, atol=1e-7)
+    assert "Cross-attention: layer 1, head 2" in r.attention.layout.title.text
+    assert list(r.attention.layout.xaxis.ticktext[:3]) == a.labels[:3]
+    assert "Cross-attention" in r.attention_help
+    # the other two kinds from the same Run
+    enc = handlers.attention_figure(a, 0, 3, "encoder")
+    np.testing.assert_allclose(z_of(enc), out.trace.attentions[0][0, 3].numpy(), rtol=0, atol=1e-7)
+    assert np.all(z_of(enc)[np.triu_indices(len(a.ids), 1)] > 0)  # the encoder looks both ways
+    dec = handlers.attention_figure(a, 3, 1, "decoder")
+    np.testing.assert_allclose(z_of(dec), out.trace.decoder_attentions[3][0, 1].numpy(), rtol=0, atol=1e-7)
+    assert np.all(z_of(dec)[np.triu_indices(len(new), 1)] == 0)  # causal
+    assert a.translation.input_labels[0] == entry.tokenizer.tokens([entry.config.decoder_start_token_id])[0]
+    assert a.translation.input_labels[1:] == entry.tokenizer.tokens(new[:-1])
+    # the tokens strip shows the source and the translation
+    assert r.tokens_html.count('<span class="ap-tok') == len(a.ids) + len(new)
+    assert "Source" in r.tokens_html and "Translation" in r.tokens_html
+
+
+def test_t5_distribution_is_the_decoders_choice_at_each_translation_step(registry):
+    r = handlers.analyse(registry, "t5", TEXT, step=2)
+    a = r.analysis
+    new, out = translate_in_test(registry.get("t5"), TEXT)
+    assert r.step == 2 and a.predict_at == 2 and "Translation step 2" in r.distribution.layout.title.text
+    for step in (0, 2, len(new) - 1):
+        fig, summary = handlers.distribution(registry, a, 0.7, 5, 1.0, step)
+        ids, final = final_bars(fig)
+        expected = staged_distribution(out.logits[0, step], 0.7, 5).final[ids].double().numpy()
+        np.testing.assert_allclose(final, expected, rtol=1e-5, atol=1e-7)
+        assert f"Translation step {step}" in fig.layout.title.text and f"Step {step} of {len(new)}" in summary
+        # greedy: the raw favourite at each step is the token the translation wrote there
+        raw = trace_by_name(fig, "raw")
+        assert int(raw.customdata[0][1]) == new[step]
+    with pytest.raises(ValueError, match="step must be between 0 and"):
+        handlers.distribution(registry, a, 1.0, 0, 1.0, len(new))
+
+
+def test_t5_layer_range_follows_the_attention_kind():
+    from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+    from models.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    cfg = EncoderDecoderConfig.t5_tiny(
+        vocab_size=tok.vocab_size, n_layer=2, n_decoder_layer=5, eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )  # a decoder deeper than its encoder, as some T5 checkpoints have
+    torch.manual_seed(0)
+    reg = Registry()
+    reg.put("deep-t5", EncoderDecoder(cfg), tok)
+    r = handlers.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="decoder")
+    a = r.analysis
+    assert r.layer == 4 and [a.layer_count(k) for k in ("encoder", "decoder", "cross")] == [2, 5, 5]
+    assert a.n_layer == 2  # the first kind, the encoder's
+    layer, n, fig, help_text = handlers.attention_kind(a, "encoder", 4, 0)
+    assert (layer, n) == (1, 2) and "Encoder self-attention: layer 1" in fig.layout.title.text
+    assert "both ways" in help_text
+    layer, n, fig, _ = handlers.attention_kind(a, "cross", 4, 0)
+    assert (layer, n) == (4, 5) and "Cross-attention: layer 4" in fig.layout.title.text
+    with pytest.raises(ValueError, match="layer must be between 0 and 1"):
+        handlers.attention_figure(a, 4, 0, "encoder")
+    with pytest.raises(ValueError, match="attention kind"):
+        handlers.attention_figure(a, 0, 0, "sideways")
+    # analyse clamps the layer into the chosen kind's range
+    assert handlers.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="encoder").layer == 1
+
+
+def test_t5_redraws_never_call_the_model(registry, model_calls):
+    calls = model_calls("t5")
+    a = handlers.analyse(registry, "t5", TEXT).analysis
+    assert calls.count("generate") == 1 and calls.count("forward") == 1  # translate, then trace it
+    ran = len(calls)
+    for kind in ("encoder", "decoder", "cross"):
+        for layer in range(a.layer_count(kind)):
+            handlers.attention_figure(a, layer, 1, kind)
+        handlers.attention_kind(a, kind, 3, 0)
+    for step in range(a.n_steps):
+        handlers.distribution(registry, a, 0.5, 3, 0.9, step)
+    assert len(calls) == ran
+
+
+def test_t5_generate_streams_a_translation(registry):
+    entry = registry.get("t5")
+    steps = list(handlers.generate(registry, "t5", TEXT, max_new_tokens=6, temperature=0.0))
+    ids = torch.tensor([entry.tokenizer.encode(TEXT)])
+    expected = entry.model.generate(ids, max_new_tokens=6, temperature=0.0, eos_token_id=entry.tokenizer.eos_token_id)
+    assert steps[-1][0] == entry.tokenizer.decode(expected[0].tolist())
+    assert steps[-1][1].startswith("✓") and "Translated into" in steps[-1][1]
+    assert not steps[-1][0].startswith(TEXT)  # a translation, not a continuation
+    assert len(steps) == expected.shape[1] + 1
+    r = handlers.analyse(registry, "t5", TEXT)
+    assert r.can_generate and "translates it again" in r.generate_note
+
+
+def test_t5_bad_input_is_a_message(registry):
+    from app.translate import TRANSLATION_LIMIT
+
+    r = handlers.analyse(registry, "t5", "  ", attention_kind="cross")
+    assert not r.ok and "Type some text" in r.status
+    limit = registry.get("t5").config.max_seq_len
+    r = handlers.analyse(registry, "t5", "ab" * limit, attention_kind="cross")
+    assert r.ok and len(r.analysis.ids) == limit and "⚠" in r.status and f"first {limit}" in r.status
+    assert r.analysis.n_steps <= TRANSLATION_LIMIT
+    # an unknown kind from a script falls back to the first kind on Run
+    assert handlers.analyse(registry, "t5", TEXT, attention_kind="nope").attention_kind == "encoder"
+
+
+def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(registry):
+    from models.moe import expert_load
+
+    entry = registry.get("moe")
+    r = handlers.analyse(registry, "moe", TEXT, moe_layer=1)
+    a = r.analysis
+    ids = torch.tensor([entry.tokenizer.encode(TEXT)])
+    with torch.inference_mode():
+        out = entry.model(ids, trace=True)
+    E, k = entry.config.n_experts, entry.config.top_k
+    assert r.moe_layer == 1 and a.routing.n_layer == len(out.trace.router_logits)
+    for layer in range(a.routing.n_layer):
+        view = handlers.routing(a, layer)
+        probs = torch.softmax(out.trace.router_logits[layer][0].float(), dim=-1).numpy()
+        z = np.asarray(trace_by_name(view.heatmap, "router probability").z, dtype=np.float64)
+        np.testing.assert_allclose(z, probs, rtol=0, atol=1e-7)
+        np.testing.assert_allclose(z.sum(1), 1.0, atol=1e-6)
+        marks = trace_by_name(view.heatmap, "chosen")
+        chosen = out.trace.expert_indices[layer][0]  # (T, k)
+        np.testing.assert_array_equal(np.asarray(marks.x), chosen.reshape(-1).numpy())
+        np.testing.assert_array_equal(np.asarray(marks.y), np.repeat(np.arange(len(a.ids)), k))
+        load = np.asarray(trace_by_name(view.load, "load").y, dtype=np.float64)
+        np.testing.assert_allclose(load, expert_load(chosen, E).numpy(), rtol=0, atol=1e-7)
+        assert load.sum() == pytest.approx(1.0)
+        slots = [int(row[1]) for row in trace_by_name(view.load, "load").customdata]
+        assert slots == torch.bincount(chosen.reshape(-1), minlength=E).tolist() and sum(slots) == len(a.ids) * k
+        # the chips: one per token, coloured by the chosen expert with the largest probability
+        first = [int(c[np.argmax(probs[t, c])]) for t, c in enumerate(chosen.numpy())]
+        assert [int(e) for e in re.findall(r'data-expert="(\d+)"', view.chips)] == first
+        assert f"layer {layer}" in view.heatmap.layout.title.text
+    assert r.routing is not None and "routed slots" in r.routing.note
+    with pytest.raises(ValueError, match="MoE layer must be between"):
+        handlers.routing(a, a.routing.n_layer)
+    assert handlers.routing(handlers.analyse(registry, "gpt", TEXT).analysis, 0) is None
+
+
+def test_moe_chips_escape_the_text(registry):
+    r = handlers.analyse(registry, "moe", "<b>&</b>")
+    chips = r.routing.chips
+    assert "<b>" not in chips and "</b>" not in chips
+    assert "&lt;" in chips and "&amp;" in chips and chips.count('class="ap-tok ap-exp"') == len(r.analysis.ids)
+
+
+def test_moe_redraws_never_call_the_model(registry, model_calls):
+    calls = model_calls("moe")
+    a = handlers.analyse(registry, "moe", TEXT).analysis
+    assert calls == ["forward"]
+    for layer in range(a.routing.n_layer):
+        handlers.routing(a, layer)
+        handlers.attention_figure(a, layer, 1)
+    handlers.distribution(registry, a, 0.3, 4, 0.8)
+    assert calls == ["forward"]
+
+
+def test_mamba_shows_hidden_attention_and_step_sizes_without_heads(registry):
+    entry = registry.get("mamba")
+    r = handlers.analyse(registry, "mamba", TEXT, layer=2, head=3)
+    a = r.analysis
+    ids = torch.tensor([entry.tokenizer.encode(TEXT)])
+    with torch.inference_mode():
+        out = entry.model(ids, trace=True)
+    assert r.ok and (r.layer, r.head) == (2, 0) and a.n_head == 0 and a.n_layer == entry.config.n_layer
+    assert r.head_info.startswith("Mamba has no heads")
+    assert "Hidden attention" in r.attention_help and "Step size" in r.attention_help
+    for layer in range(a.n_layer):
+        z = z_of(handlers.attention_figure(a, layer, 0))
+        np.testing.assert_allclose(z, out.trace.ssm_attention[layer][0].numpy(), rtol=0, atol=0)
+        assert np.all(z[np.triu_indices(len(a.ids), 1)] == 0)
+        delta = trace_by_name(handlers.delta_figure(a, layer), "mean Δ")
+        np.testing.assert_allclose(np.asarray(delta.y, dtype=np.float64),
+                                   out.trace.ssm_delta[layer][0].mean(-1).numpy(), rtol=1e-6, atol=0)  # fmt: skip
+    assert "hidden attention" in r.attention.layout.title.text
+    np.testing.assert_allclose(np.asarray(trace_by_name(r.delta, "mean Δ").y, dtype=np.float64),
+                               out.trace.ssm_delta[2][0].mean(-1).numpy(), rtol=1e-6)  # fmt: skip
+    # the session keeps the mean of Δ, not the (T, D_inner) tensor
+    assert a.ssm.delta_mean[0].shape == (len(a.ids),)
+    assert handlers.delta_figure(handlers.analyse(registry, "gpt", TEXT).analysis, 0) is None
+
+
+def test_mamba_redraws_never_call_the_model(registry, model_calls):
+    calls = model_calls("mamba")
+    a = handlers.analyse(registry, "mamba", TEXT).analysis
+    assert calls == ["forward"]
+    for layer in range(a.n_layer):
+        handlers.attention_figure(a, layer, 0)
+        handlers.delta_figure(a, layer)
+    handlers.distribution(registry, a, 1.5, 0, 0.5)
+    assert calls == ["forward"]
+
+
+def test_long_text_for_a_long_context_model_is_cut_to_the_page_limit(registry):
+    limit = handlers.PAGE_MAX_TOKENS
+    assert registry.get("mamba").config.max_seq_len > limit
+    r = handlers.analyse(registry, "mamba", "a" * (limit + 40))
+    assert r.ok and len(r.analysis.ids) == limit and "this page analyses at most" in r.status
+    assert z_of(r.attention).shape == (limit, limit)
+
+
+def test_page_updates_show_only_the_views_of_the_models_family(registry):
+    from app.explore import analyse_updates
+
+    def updates(key, **kw):
+        return analyse_updates(handlers.analyse(registry, key, TEXT, **kw))
+
+    # positions after the original eleven outputs: kind, translation, step, Δ, routing section, MoE layer
+    t5 = updates("t5", attention_kind="cross")
+    kind, translation, step, delta, section = t5[11:16]
+    assert kind["visible"] and kind["value"] == "cross"
+    assert translation["visible"] and translation["value"] == t5[0].translation.text
+    assert step["visible"] and step["maximum"] == t5[0].n_steps - 1
+    assert not delta["visible"] and not section["visible"]
+    head = updates("mamba")[6]
+    assert head["interactive"] is False and head["maximum"] >= 1  # a Gradio slider needs max > min
+    assert head["info"].startswith("Mamba has no heads") and head["value"] == 0
+    mamba = updates("mamba")
+    assert mamba[14]["visible"] and mamba[14]["value"] is not None and not mamba[15]["visible"]
+    moe = updates("moe")
+    assert moe[15]["visible"] and not moe[11]["visible"] and not moe[12]["visible"]
+    assert moe[16]["maximum"] == registry.get("moe").config.n_layer - 1
+    gpt = updates("gpt")
+    assert gpt[6]["interactive"] is True and gpt[6]["info"] == handlers.HEAD_INFO
+    # an error clears the drawings and the state
+    bad = analyse_updates(handlers.analyse(registry, "moe", ""))
+    assert bad[0] is None and bad[18] is None and "Type some text" in bad[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,6 +116,7 @@ _READ_PLOT = """
     title: (gd.layout && gd.layout.title && gd.layout.title.text) || "",
     data: gd.data.map(t => ({
       name: t.name ?? null,
+      x: t.x && t.x.bdata ? t.x : (t.x ? Array.from(t.x) : null),
       y: t.y && t.y.bdata ? t.y : (t.y ? Array.from(t.y) : null),
       z: t.z && t.z.bdata ? t.z : (t.z ? Array.from(t.z, r => Array.from(r)) : null),
       customdata: t.customdata && !t.customdata.bdata ? Array.from(t.customdata, r => Array.from(r)) : null,
@@ -136,6 +138,12 @@ def _array(value) -> np.ndarray:
 
 def read_plot(page, elem_id: str) -> dict | None:
     return page.evaluate(_READ_PLOT, elem_id)
+
+
+def plot_trace(plot: dict, name: str) -> dict:
+    matches = [t for t in plot["data"] if t["name"] == name]
+    assert len(matches) == 1, [t["name"] for t in plot["data"]]
+    return matches[0]
 
 
 def final_bars(plot: dict) -> tuple[list[int], np.ndarray]:
@@ -163,6 +171,13 @@ def wait_until(page, predicate, what: str, timeout: float = 30.0):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def choose_model(page, key: str) -> None:
+    """Pick the built-in ``key`` in the model dropdown, as a user does (this runs the model too)."""
+    page.locator("#model input").click()
+    # an option reads "✓ t5 (untrained) — encoder-decoder, …": the key comes first after the mark
+    page.get_by_role("option").filter(has_text=re.compile(rf"^\W*{re.escape(key)}\b")).first.click()
 
 
 def set_slider(page, elem_id: str, value, *, via: str = "number") -> None:
@@ -265,6 +280,83 @@ def test_explore_page_end_to_end(page, model):
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.wait_for_timeout(500)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, "browser console errors:\n" + "\n".join(errors)
+
+
+# --------------------------------------------------------------------------- the other families
+
+
+def test_t5_translation_and_cross_attention_in_the_page(page):
+    from app.translate import budget
+    from models import load
+
+    net, tok = load("t5", device="cpu")
+    ids = torch.tensor([tok.encode(TEXT)])
+    with torch.inference_mode():
+        new = net.generate(ids, max_new_tokens=budget(ids.shape[1]), temperature=0.0, eos_token_id=tok.eos_token_id)
+        start = torch.full((1, 1), net.config.decoder_start_token_id)
+        out = net(ids, decoder_input_ids=torch.cat([start, new[:, :-1]], dim=1), trace=True)
+    translation = tok.decode(new[0].tolist())
+
+    page.locator("#text textarea").fill(TEXT)
+    choose_model(page, "t5")
+    page.locator("#run").click()
+    wait_until(page, lambda: "translated it greedily" in page.locator("#status").inner_text(), "the translation")
+    shown = page.locator("#translation textarea").input_value()
+    assert shown == translation.replace("\r\n", "\n").replace("\r", "\n")  # a textarea normalises line breaks
+    wait_for_plot(page, "attention-plot", "Encoder self-attention: layer")
+
+    # the layer and head sliders keep their places across Runs: read them off the title
+    page.locator("#attention-kind label").filter(has_text="cross-attention").click()
+    plot = wait_for_plot(page, "attention-plot", "Cross-attention: layer")
+    layer, head = map(int, re.search(r"layer (\d+), head (\d+)", plot["title"]).groups())
+    z = _array(plot["data"][0]["z"])
+    assert z.shape == (new.shape[1], ids.shape[1])  # rows: target steps, columns: source tokens
+    np.testing.assert_allclose(z, out.trace.cross_attentions[layer][0, head].numpy(), atol=1e-6)
+
+    set_slider(page, "layer", 3)
+    set_slider(page, "head", 1)
+    plot = wait_for_plot(page, "attention-plot", "Cross-attention: layer 3, head 1")
+    np.testing.assert_allclose(_array(plot["data"][0]["z"]), out.trace.cross_attentions[3][0, 1].numpy(), atol=1e-6)
+
+    # the distribution panel follows the translation step
+    set_slider(page, "step", 1)
+    plot = wait_for_plot(page, "distribution-plot", "Translation step 1")
+    bar_ids, _ = final_bars(plot)
+    assert bar_ids[0] == int(new[0, 1])  # greedy: step 1's favourite is the token it wrote
+
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, "browser console errors:\n" + "\n".join(errors)
+
+
+def test_moe_routing_marks_in_the_page(page):
+    from models import load
+
+    net, tok = load("moe", device="cpu")
+    ids = tok.encode(TEXT)
+    with torch.inference_mode():
+        out = net(torch.tensor([ids]), trace=True)
+
+    choose_model(page, "moe")
+    page.locator("#run").click()
+    plot = wait_for_plot(page, "routing-plot", "Router, layer 0")
+    marks = plot_trace(plot, "chosen")
+    chosen = out.trace.expert_indices[0][0]  # (T, k)
+    np.testing.assert_array_equal(_array(marks["x"]), chosen.reshape(-1).numpy())
+    np.testing.assert_array_equal(_array(marks["y"]), np.repeat(np.arange(len(ids)), chosen.shape[1]))
+    probs = torch.softmax(out.trace.router_logits[0][0].float(), dim=-1).numpy()
+    np.testing.assert_allclose(_array(plot_trace(plot, "router probability")["z"]), probs, atol=1e-6)
+    assert page.locator("#routing-chips .ap-exp").count() == len(ids)
+
+    set_slider(page, "moe-layer", 2)
+    plot = wait_for_plot(page, "routing-plot", "Router, layer 2")
+    marks = plot_trace(plot, "chosen")
+    np.testing.assert_array_equal(_array(marks["x"]), out.trace.expert_indices[2][0].reshape(-1).numpy())
+    load_plot = wait_for_plot(page, "load-plot", "Load, layer 2")
+    shares = _array(plot_trace(load_plot, "load")["y"])
+    assert shares.sum() == pytest.approx(1.0, abs=1e-6)
 
     errors = [e for e in page.console_errors if "favicon" not in e]
     assert not errors, "browser console errors:\n" + "\n".join(errors)

@@ -12,7 +12,16 @@ import pytest
 import torch
 
 from models.sampling import entropy, staged_distribution
-from viz import attention_heatmap, attention_mask_heatmap, distribution_figure
+from viz import (
+    attention_heatmap,
+    attention_mask_heatmap,
+    delta_bars,
+    distribution_figure,
+    expert_load_bars,
+    hidden_attention_heatmap,
+    routing_heatmap,
+)
+from viz.style import expert_colour
 
 SENTENCE = "the cat sat on the mat because the cat was tired".split()  # "the" x3, "cat" x2
 
@@ -315,9 +324,137 @@ def test_labels_for_must_return_one_label_per_id():
 
 def test_viz_imports_no_gradio_or_models():
     import viz.attention
+    import viz.moe
     import viz.sampling
+    import viz.ssm
     import viz.style
 
-    for module in (viz.attention, viz.sampling, viz.style):
+    for module in (viz.attention, viz.moe, viz.sampling, viz.ssm, viz.style):
         source = open(module.__file__, encoding="utf-8").read()
         assert not re.search(r"^\s*(import|from)\s+(gradio|models)\b", source, re.M), module.__name__
+
+
+def test_heatmap_axis_titles_and_hover_words_are_configurable():
+    w = random_attention(3, 5, seed=6)
+    fig = attention_heatmap(w, ["a", "b", "c"], list("vwxyz"), value_name="p", query_title="target",
+                            key_title="source", query_word="step", key_word="src")  # fmt: skip
+    assert fig.layout.yaxis.title.text == "target" and fig.layout.xaxis.title.text == "source"
+    assert fig.data[0].hovertemplate.startswith("step %{y:d} → src %{x:d}<br>")
+    assert "p %{z:.4f}" in fig.data[0].hovertemplate and fig.data[0].colorbar.title.text == "p"
+    np.testing.assert_array_equal(np.asarray(fig.data[0].z), w.numpy())
+
+
+# ---------------------------------------------------------------- mixture-of-experts routing
+
+
+def router(tokens: int, experts: int, k: int, seed: int = 0):
+    """Router probabilities (T, E) and the top-k experts (T, k), largest first, as the model picks them."""
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(tokens, experts, generator=g) * 2, dim=-1)
+    return probs, torch.topk(probs, k, dim=-1).indices
+
+
+def test_routing_heatmap_z_is_the_probabilities_and_rings_are_exactly_the_chosen_experts():
+    probs, chosen = router(7, 5, 2, seed=1)
+    labels = ["the", "cat", "<b>", "sat", "on", "the", "mat"]
+    fig = routing_heatmap(probs, chosen, labels, title="Router")
+    hm = trace(fig, "router probability")
+    z = np.asarray(hm.z)
+    assert z.shape == (7, 5)  # row = token, column = expert
+    np.testing.assert_array_equal(z, probs.numpy())
+    np.testing.assert_allclose(z.sum(1), 1.0, rtol=1e-6)
+    assert hm.zmin == 0 and hm.zmax == pytest.approx(float(probs.max()))
+    assert fig.layout.yaxis.autorange == "reversed"  # first token at the top
+
+    marks = trace(fig, "chosen")
+    xs, ys = np.asarray(marks.x), np.asarray(marks.y)
+    assert len(xs) == 7 * 2
+    np.testing.assert_array_equal(xs, chosen.reshape(-1).numpy())  # row-major over (token, slot)
+    np.testing.assert_array_equal(ys, np.repeat(np.arange(7), 2))
+    assert {(int(y), int(x)) for x, y in zip(xs, ys)} == {(t, int(e)) for t in range(7) for e in chosen[t]}
+    cd = np.asarray(marks.customdata, dtype=object)
+    assert [row[0] for row in cd[4:6]] == ["&lt;b&gt;", "&lt;b&gt;"]  # labels escaped
+    np.testing.assert_allclose(cd[:, 2].astype(float), probs[ys, xs].numpy(), rtol=1e-6)
+    # rank 1 = the larger probability of the token's two; topk already orders them so
+    assert list(cd[:, 1]) == [1, 2] * 7
+    assert list(marks.marker.symbol) == ["circle", "circle-open"] * 7
+
+
+def test_routing_heatmap_ranks_follow_probability_not_slot_order_and_hover_names_cells():
+    probs, chosen = router(4, 3, 2, seed=2)
+    swapped = chosen.flip(-1)  # smallest first: the ranks must still put the larger one first
+    fig = routing_heatmap(probs, swapped, ["a", "b", "c", "d"], experts=["E0", "E<1>", "E2"])
+    cd = np.asarray(trace(fig, "chosen").customdata, dtype=object)
+    assert list(cd[:, 1]) == [2, 1] * 4
+    cells = np.asarray(trace(fig, "router probability").customdata)
+    assert cells[2][1] == "‘c’ → ‘E&lt;1&gt;’"
+    assert "router probability %{z:.4f}" in trace(fig, "router probability").hovertemplate
+    assert "E&lt;1&gt;" in fig.layout.xaxis.ticktext[1] and expert_colour(1) in fig.layout.xaxis.ticktext[1]
+
+
+def test_routing_heatmap_rejects_mismatched_inputs():
+    probs, chosen = router(4, 3, 2)
+    with pytest.raises(ValueError):
+        routing_heatmap(probs, chosen[:3], list("abcd"))
+    with pytest.raises(ValueError):
+        routing_heatmap(probs, chosen, list("abc"))
+    with pytest.raises(ValueError):
+        routing_heatmap(probs, chosen + 5, list("abcd"))  # no expert 5
+    with pytest.raises(ValueError):
+        routing_heatmap(probs, chosen.float(), list("abcd"))
+
+
+def test_expert_load_bars_are_the_shares_with_counts_and_the_even_line():
+    slots = torch.tensor([5, 0, 2, 1])
+    load = slots.float() / slots.sum()
+    fig = expert_load_bars(load, slots=slots, title="Load")
+    bars = trace(fig, "load")
+    np.testing.assert_array_equal(np.asarray(bars.y), load.numpy())
+    np.testing.assert_array_equal(np.asarray(bars.x), np.arange(4))
+    assert [int(row[1]) for row in bars.customdata] == [5, 0, 2, 1]
+    assert [row[0] for row in bars.customdata] == ["expert 0", "expert 1", "expert 2", "expert 3"]
+    assert list(bars.marker.color) == [expert_colour(e) for e in range(4)]
+    (even,) = fig.layout.shapes
+    assert even.y0 == even.y1 == 0.25
+    assert "balanced 25%" in fig.layout.annotations[0].text
+    with pytest.raises(ValueError):
+        expert_load_bars(torch.ones(2, 2))
+
+
+def test_expert_colours_repeat_after_ten():
+    assert expert_colour(0) == expert_colour(10) and expert_colour(0) != expert_colour(1)
+    assert re.fullmatch(r"#[0-9a-f]{6}", expert_colour(13))
+
+
+# ---------------------------------------------------------------- state-space: hidden attention and Δ
+
+
+def test_hidden_attention_heatmap_is_the_matrix_with_an_empty_upper_triangle():
+    g = torch.Generator().manual_seed(5)
+    alpha = (torch.rand(6, 6, generator=g) * 3).tril()  # not a probability: may exceed 1
+    labels = ["a", "<i>", "c", "a", "&", "f"]
+    fig = hidden_attention_heatmap(alpha, labels, title="Layer 1")
+    hm = fig.data[0]
+    z = np.asarray(hm.z)
+    np.testing.assert_array_equal(z, alpha.numpy())
+    assert np.all(z[np.triu_indices(6, 1)] == 0)
+    assert hm.zmax == pytest.approx(float(alpha.max()))
+    assert hm.hovertemplate.startswith("output %{y:d} → input %{x:d}") and "mean |α|" in hm.hovertemplate
+    assert np.asarray(hm.customdata)[3][1] == "‘a’ → ‘&lt;i&gt;’"
+    assert list(fig.layout.xaxis.ticktext) == ["a", "&lt;i&gt;", "c", "a", "&amp;", "f"]
+    assert fig.layout.title.text == "Layer 1"
+
+
+def test_delta_bars_are_one_value_per_token():
+    delta = torch.tensor([0.1, 0.5, 0.02, 1.3])
+    labels = ["x", "<br>", "y", "z"]
+    fig = delta_bars(delta, labels, title="Δ")
+    bars = trace(fig, "mean Δ")
+    np.testing.assert_array_equal(np.asarray(bars.y), delta.numpy())
+    np.testing.assert_array_equal(np.asarray(bars.x), np.arange(4))
+    assert list(bars.customdata) == ["x", "&lt;br&gt;", "y", "z"]
+    assert list(fig.layout.xaxis.ticktext) == ["x", "&lt;br&gt;", "y", "z"]
+    with pytest.raises(ValueError):
+        delta_bars(delta, labels[:3])
+    with pytest.raises(ValueError):
+        delta_bars(torch.ones(4, 2), labels)

@@ -1,4 +1,5 @@
-"""viz: turns archplay's traces (attention weights, staged sampling distributions) into Plotly figures.
+"""viz: turns archplay's traces (attention weights, staged sampling distributions, router choices,
+state-space step sizes) into Plotly figures.
 
 Every builder is a pure function, data in and ``plotly.graph_objects.Figure`` out. It accepts
 torch tensors or numpy arrays and objects duck-typed like ``models.sampling.StagedDistribution``;
@@ -6,6 +7,11 @@ it imports neither gradio nor any model class.
 """
 
 from viz.attention import attention_heatmap, attention_mask_heatmap
+from viz.moe import expert_load_bars, routing_heatmap
 from viz.sampling import distribution_figure
+from viz.ssm import delta_bars, hidden_attention_heatmap
 
-__all__ = ["attention_heatmap", "attention_mask_heatmap", "distribution_figure"]
+__all__ = [
+    "attention_heatmap", "attention_mask_heatmap", "delta_bars", "distribution_figure", "expert_load_bars",
+    "hidden_attention_heatmap", "routing_heatmap",
+]  # fmt: skip

@@ -16,18 +16,34 @@ import plotly.graph_objects as go
 from viz import style
 
 # ``%{x:d}`` formats the raw index; a bare ``%{x}`` would show the axis tick text where there is one.
-_ATTN_HOVER = "query %{y:d} → key %{x:d}<br>%{customdata}<br>weight %{z:.4f}<extra></extra>"
+_ATTN_HOVER = "QUERY %{y:d} → KEY %{x:d}<br>%{customdata}<br>VALUE %{z:.4f}<extra></extra>"
 _MASK_HOVER = "query %{y:d} → key %{x:d}<br>%{customdata}<extra></extra>"
+
+QUERY_TITLE = "query (attending token)"
+KEY_TITLE = "key (attended-to token)"
 
 
 def attention_heatmap(
-    weights, query_labels, key_labels, *, title: str = "Attention", max_ticks: int = 48
+    weights,
+    query_labels,
+    key_labels,
+    *,
+    title: str = "Attention",
+    max_ticks: int = 48,
+    value_name: str = "weight",
+    query_title: str = QUERY_TITLE,
+    key_title: str = KEY_TITLE,
+    query_word: str = "query",
+    key_word: str = "key",
 ) -> go.Figure:
     """Heatmap of attention probabilities: row i is query token i, column j is key token j.
 
     ``weights`` is a (Tq, Tk) array or tensor for one layer and head; ``z`` holds it unchanged.
     The colour runs from 0 (white; masked future positions are exactly 0) to the largest weight.
-    Hovering a cell names the query token, the key token and the weight.
+    Hovering a cell names the query token, the key token and the weight. ``value_name`` names
+    the value in the hover and on the colour bar; ``query_title``/``key_title`` title the axes
+    and ``query_word``/``key_word`` name the row and column in the hover (cross-attention:
+    target rows, source columns).
     """
     z = _matrix(weights, query_labels, key_labels)
     finite = z[np.isfinite(z)]
@@ -37,14 +53,18 @@ def attention_heatmap(
         z=z,
         x=np.arange(z.shape[1]),
         y=np.arange(z.shape[0]),
-        customdata=_pair_labels(query_labels, key_labels),
-        hovertemplate=_ATTN_HOVER,
+        customdata=pair_labels(query_labels, key_labels),
+        hovertemplate=(
+            _ATTN_HOVER.replace("QUERY", style.safe_label(query_word))
+            .replace("KEY", style.safe_label(key_word))
+            .replace("VALUE", style.safe_label(value_name))
+        ),
         colorscale=style.ATTENTION_SCALE,
         zmin=0.0,
         zmax=zmax if zmax > 0 else 1.0,
-        colorbar=dict(title=dict(text="weight"), thickness=14),
+        colorbar=dict(title=dict(text=style.safe_label(value_name)), thickness=14),
     )
-    return _token_figure(heatmap, query_labels, key_labels, title, max_ticks)
+    return _token_figure(heatmap, query_labels, key_labels, title, max_ticks, query_title, key_title)
 
 
 def attention_mask_heatmap(
@@ -56,7 +76,7 @@ def attention_mask_heatmap(
     """
     mask = _matrix(allowed, query_labels, key_labels).astype(bool)
     z = mask.astype(np.int8)
-    customdata = _pair_labels(query_labels, key_labels, np.where(mask, " · may attend", " · masked"))
+    customdata = pair_labels(query_labels, key_labels, np.where(mask, " · may attend", " · masked"))
     heatmap = dict(
         type="heatmap",
         z=z,
@@ -73,7 +93,7 @@ def attention_mask_heatmap(
             tickvals=[0.25, 0.75], ticktext=["masked", "may attend"], thickness=14, len=0.4
         ),
     )
-    return _token_figure(heatmap, query_labels, key_labels, title, max_ticks)
+    return _token_figure(heatmap, query_labels, key_labels, title, max_ticks, QUERY_TITLE, KEY_TITLE)
 
 
 def tick_positions(n: int, max_ticks: int) -> np.ndarray:
@@ -95,7 +115,7 @@ def _matrix(values, query_labels, key_labels) -> np.ndarray:
     return z
 
 
-def _pair_labels(query_labels, key_labels, suffix=None) -> np.ndarray:
+def pair_labels(query_labels, key_labels, suffix=None) -> np.ndarray:
     """Per-cell hover text ``‘query’ → ‘key’`` (plus ``suffix[i, j]`` when given), (Tq, Tk).
 
     Vectorised string arrays: 512 x 512 cells take milliseconds, not a Python loop's ~0.2 s.
@@ -106,7 +126,9 @@ def _pair_labels(query_labels, key_labels, suffix=None) -> np.ndarray:
     return text if suffix is None else np.strings.add(text, suffix)
 
 
-def _token_figure(heatmap: dict, query_labels, key_labels, title: str, max_ticks: int) -> go.Figure:
+def _token_figure(
+    heatmap: dict, query_labels, key_labels, title: str, max_ticks: int, query_title: str, key_title: str
+) -> go.Figure:
     """A figure of ``heatmap`` with token-labelled numeric axes, query 0 at the top, square cells.
 
     The trace is passed as a dict: plotly validates it once instead of deep-copying a ready
@@ -125,16 +147,16 @@ def _token_figure(heatmap: dict, query_labels, key_labels, title: str, max_ticks
     layout = dict(
         xaxis=dict(
             axis,
-            title_text="key (attended-to token)",
+            title_text=key_title,
             tickvals=xt.tolist(),
-            ticktext=_tick_text(key_labels, xt),
+            ticktext=tick_text(key_labels, xt),
             tickangle=-90 if crowded else (-45 if len(xt) > 12 else 0),
         ),
         yaxis=dict(
             axis,
-            title_text="query (attending token)",
+            title_text=query_title,
             tickvals=yt.tolist(),
-            ticktext=_tick_text(query_labels, yt),
+            ticktext=tick_text(query_labels, yt),
             autorange="reversed",
             scaleanchor="x",
             scaleratio=1,
@@ -143,6 +165,6 @@ def _token_figure(heatmap: dict, query_labels, key_labels, title: str, max_ticks
     return go.Figure(data=[heatmap], layout=style.base_layout(title, height=620, plot_bgcolor="white", **layout))
 
 
-def _tick_text(labels, positions) -> list[str]:
+def tick_text(labels, positions) -> list[str]:
     """Escaped, shortened labels at the tick positions."""
     return [style.safe_label(style.short_label(str(labels[i]))) for i in positions]

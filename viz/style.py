@@ -24,6 +24,24 @@ ATTENTION_SCALE = "Blues"
 MASK_OFF = "#e5e7eb"  # masked
 MASK_ON = "#2e86de"  # may attend
 
+# Mixture of experts: router probabilities on a sequential scale; each expert has its own
+# colour (chips, load bars, tick labels), cycling after ten.
+ROUTER_SCALE = "Purples"
+CHOSEN = "#1f2937"  # the ring around a chosen (token, expert) cell
+EXPERT_COLOURS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+BALANCED = "#6b7280"  # the dashed uniform-load line
+
+# State-space model: the step size Δ per token.
+DELTA = "#e67e22"
+
+
+def expert_colour(expert: int) -> str:
+    """The colour of expert ``expert`` (``#rrggbb``); the palette repeats after ten experts."""
+    return EXPERT_COLOURS[int(expert) % len(EXPERT_COLOURS)]
+
 
 def to_numpy(x) -> np.ndarray:
     """A numpy array from a torch tensor (as float32) or anything array-like (unchanged dtype)."""

@@ -1,0 +1,73 @@
+"""State-space models (Mamba) on the Explore page: hidden attention and the step size Δ.
+
+Mamba has no attention weights, but its selective scan can be unrolled into one: output r is
+a weighted sum of the inputs c ≤ r, with weights α[d, r, c] per channel d. The traced Run
+reports mean_d |α| per layer, (T, T), and the step sizes Δ (T, D_inner); the session keeps the
+former and the mean of Δ over the channels, (T,), which is all the page draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import plotly.graph_objects as go
+from torch import Tensor
+
+from viz.ssm import delta_bars, hidden_attention_heatmap
+
+HELP = (
+    "**Hidden attention.** Mamba has no attention layer: it carries a fixed-size state from token "
+    "to token. Unrolling that recurrence shows how much each earlier input (column) still counts in "
+    "each output (row): α = C · (the decay exp(Δ·A) of every step in between) · Δ·B, averaged here "
+    "over the layer's channels as mean |α|. It is lower-triangular because the scan only runs "
+    "forward, and it fades with distance because every step multiplies the old state by a decay "
+    "below 1."
+)
+HEAD_INFO = "Mamba has no heads: one hidden-attention map per layer (averaged over its channels)"
+DELTA_HELP = (
+    "**Step size Δ** (below the map) is chosen by the model for every token: a large Δ lets the "
+    "token overwrite the state (the past fades fast), a small Δ lets it pass almost unnoticed "
+    "(the past is kept). This selectivity is what makes Mamba's scan input-dependent."
+)
+
+
+@dataclass
+class StateSpace:
+    """A Run's hidden attention and mean step sizes, per layer, float32 on the CPU."""
+
+    hidden_attention: list[Tensor]  # per layer (T, T), lower triangular
+    delta_mean: list[Tensor]  # per layer (T,): Δ averaged over the D_inner channels
+    d_inner: int
+
+    @classmethod
+    def from_trace(cls, trace) -> "StateSpace | None":
+        if trace is None or not trace.ssm_attention:
+            return None
+        return cls(
+            hidden_attention=[a[0].detach().float().cpu() for a in trace.ssm_attention],
+            delta_mean=[d[0].detach().float().mean(-1).cpu() for d in trace.ssm_delta],
+            d_inner=int(trace.ssm_delta[0].shape[-1]),
+        )
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.hidden_attention)
+
+
+def check_layer(ssm: StateSpace, layer) -> int:
+    layer = int(layer)
+    if not 0 <= layer < ssm.n_layer:
+        raise ValueError(f"layer must be between 0 and {ssm.n_layer - 1}, got {layer}")
+    return layer
+
+
+def attention_figure(ssm: StateSpace, labels: list[str], layer) -> go.Figure:
+    layer = check_layer(ssm, layer)
+    title = f"Layer {layer} of {ssm.n_layer}: hidden attention, mean |α| over {ssm.d_inner} channels"
+    return hidden_attention_heatmap(ssm.hidden_attention[layer], labels, title=title)
+
+
+def delta_figure(ssm: StateSpace, labels: list[str], layer) -> go.Figure:
+    layer = check_layer(ssm, layer)
+    title = f"Layer {layer}: step size Δ per token (mean over {ssm.d_inner} channels)"
+    return delta_bars(ssm.delta_mean[layer], labels, title=title)
