@@ -18,13 +18,14 @@ configuration, not code:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from . import generation
 from .layers import (
+    ConfigDict,
     Attention,
     KVCache,
     ModelOutput,
@@ -40,7 +41,7 @@ POSITIONS = ("learned", "rotary", "sinusoidal")
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ConfigDict):
     vocab_size: int
     d_model: int
     n_layer: int
@@ -82,17 +83,6 @@ class DecoderConfig:
         assert set(self.layer_types) <= {"full", "sliding"}, "layer types are 'full' or 'sliding'"
         assert "sliding" not in self.layer_types or self.sliding_window, "sliding layers need a window"
         assert 0 < self.rotary_fraction <= 1
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DecoderConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ValueError(f"unknown DecoderConfig keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def rotary_dim(self) -> int:

@@ -11,16 +11,16 @@ encoder checkpoint still loads and traces, and then ``logits`` is None.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from .layers import MLP, Attention, ModelOutput, Trace, activation, padding_mask
+from .layers import ConfigDict, MLP, Attention, ModelOutput, Trace, activation, padding_mask
 
 
 @dataclass
-class EncoderConfig:
+class EncoderConfig(ConfigDict):
     vocab_size: int
     d_model: int
     n_layer: int
@@ -39,17 +39,6 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         self.d_ff = self.d_ff or 4 * self.d_model
         assert self.d_model % self.n_head == 0, "d_model must divide into n_head heads"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ValueError(f"unknown EncoderConfig keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def n_kv_head(self) -> int:

@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from . import generation
 from .layers import (
+    ConfigDict,
     GatedMLP,
     MLP,
     Attention,
@@ -65,7 +66,7 @@ from .layers import (
 
 
 @dataclass
-class EncoderDecoderConfig:
+class EncoderDecoderConfig(ConfigDict):
     vocab_size: int
     d_model: int
     d_kv: int  # width of each head (n_head * d_kv need not equal d_model)
@@ -94,17 +95,6 @@ class EncoderDecoderConfig:
         activation(self.ffn_activation)  # raises a ValueError naming the supported activations
         assert self.relative_attention_num_buckets >= 4, "T5 needs at least 4 relative position buckets"
         assert self.relative_attention_max_distance > self.relative_attention_num_buckets // 4
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderDecoderConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ValueError(f"unknown EncoderDecoderConfig keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def gated(self) -> bool:

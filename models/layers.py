@@ -17,6 +17,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class ConfigDict:
+    """``from_dict`` / ``to_dict`` for the config dataclasses: unknown keys are rejected (so a
+    typo or a key of another family fails loudly); ``family`` is derived, never read."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = set(d) - known - {"family"}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 # --------------------------------------------------------------------------- trace
 
 

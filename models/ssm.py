@@ -47,18 +47,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import generation
-from .layers import ACTIVATIONS, ModelOutput, Trace, activation, make_norm
+from .layers import ConfigDict, ACTIVATIONS, ModelOutput, Trace, activation, make_norm
 
 
 @dataclass
-class MambaConfig:
+class MambaConfig(ConfigDict):
     vocab_size: int
     d_model: int
     n_layer: int
@@ -88,17 +88,6 @@ class MambaConfig:
         assert isinstance(self.dt_rank, int) and self.dt_rank > 0, "dt_rank must be 'auto' or a positive int"
         assert self.d_state > 0 and self.d_conv > 0 and self.d_inner > 0
         assert self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}"
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MambaConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(d) - known - {"family"}
-        if unknown:
-            raise ValueError(f"unknown MambaConfig keys: {sorted(unknown)}")
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     # A tiny named preset, for tests.
     @classmethod
