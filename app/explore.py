@@ -56,8 +56,8 @@ STEP_INFO = "T5: which translation token's candidates to show (step 0 = the firs
 
 EXAMPLES = [
     handlers.DEFAULT_TEXT,
-    "The cat sat on the mat because it was tired.",
-    "Once upon a time, in a small village by the sea, there lived a",
+    "Sara calls Paul. He has a pink puzzle. Next Paul plays with",
+    "One day, Sam is angry. Then he reads a green map. Sam holds the",
 ]
 
 CSS = """
@@ -88,7 +88,7 @@ def default_text_for(entry) -> str:
     """The story sentence to continue, or for an encoder the same story with a blank to fill."""
     mask_id = getattr(entry.tokenizer, "mask_token_id", None)
     if entry.family == "encoder" and mask_id is not None:
-        return f"Mia has a red {entry.tokenizer.tokens([mask_id])[0]}. She throws it to her dog."
+        return f"Sara has a pink letter. Then Sara reads her {entry.tokenizer.tokens([mask_id])[0]}."
     return handlers.DEFAULT_TEXT
 
 
@@ -103,7 +103,7 @@ def examples_for(registry: Registry) -> list[str]:
         mask_id = getattr(entry.tokenizer, "mask_token_id", None)
         if entry.family == "encoder" and mask_id is not None:
             mask = entry.tokenizer.tokens([mask_id])[0]
-            out.append(f"The cat sat on the {mask} and fell asleep.")
+            out.append(f"Ben finds a small blue kite. He plays {mask} the kite.")
             break
     return out
 
@@ -136,7 +136,7 @@ def layout(registry: Registry) -> SimpleNamespace:
         with gr.Column(scale=2, min_width=260):
             ui.model = gr.Dropdown(
                 choices=registry.choices(), value=registry.default_key, label="Model", elem_id="model",
-                info="Untrained models have random weights: the mechanics are real, the language is not.",
+                info="The built-ins are small models trained on a synthetic story world: try its kind of sentences.",
             )  # fmt: skip
             ui.run = gr.Button("Run", variant="primary", elem_id="run")
     gr.Examples(examples_for(registry), inputs=[ui.text], label="Try")

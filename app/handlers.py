@@ -36,7 +36,8 @@ from .routing import Routing, RoutingView
 from .state_space import StateSpace
 from .translate import Translation
 
-DEFAULT_TEXT = "Mia has a red ball. She throws it to her dog, and the dog brings it back to"
+# From the built-ins' story world (models/corpus.py), so the trained models have something to say.
+DEFAULT_TEXT = "Mia finds a big red ball. She throws the ball to Tom. Then Tom"
 TOP_N = 20  # bars in the distribution figure
 PAGE_MAX_TOKENS = 512  # the most tokens one Run analyses: a T × T heatmap stays drawable
 

@@ -21,14 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from .decoder import Decoder, DecoderConfig
-from .decoder import untrained_builtin as decoder_placeholder
 from .encoder import Encoder, EncoderConfig
 from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig, hf_config as _t5_config, hf_rename as _t5_rename
-from .encoder_decoder import untrained_builtin as t5_placeholder
 from .moe import MoEConfig, MoEDecoder
 from .ssm import Mamba, MambaConfig, hf_config as _mamba_config, hf_rename as _mamba_rename
-from .ssm import untrained_builtin as mamba_placeholder
-from .tokenizer import ByteTokenizer, HFTokenizer
+from .tokenizer import HFTokenizer
 
 
 class LoadError(ValueError):
@@ -443,36 +440,13 @@ def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
     return model.eval().to(device), tok
 
 
-def _placeholder(name: str) -> tuple[nn.Module, ByteTokenizer]:
-    """A small random-weight model of the built-in's family, on a byte tokenizer (seeded)."""
-    tok = ByteTokenizer()
-    V = tok.vocab_size
-    if name == "gpt":
-        return decoder_placeholder(V), tok
-    if name == "t5":
-        return t5_placeholder(V, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id), tok
-    if name == "mamba":
-        return mamba_placeholder(V), tok
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        if name == "bert":
-            cfg = EncoderConfig(vocab_size=V, d_model=128, n_layer=4, n_head=4, pad_token_id=tok.pad_token_id,
-                                name="bert (untrained)", trained=False)  # fmt: skip
-            return Encoder(cfg).eval(), tok
-        if name == "moe":
-            cfg = MoEConfig.mixtral_tiny(vocab_size=V, d_model=128, n_layer=4, n_head=4, n_kv_head=2, d_ff=256,
-                                         max_seq_len=512, name="moe (untrained)", trained=False)  # fmt: skip
-            return MoEDecoder(cfg).eval(), tok
-    raise LoadError(f"unknown built-in {name!r}")
-
-
 def load(name: str | Path, device: str | torch.device = "cpu"):
     """A built-in model by name, or a local Hugging Face checkpoint folder -> (model, tokenizer)."""
     if isinstance(name, str) and name in BUILTIN_NAMES:
-        if (BUILTIN_DIR / name / "config.json").is_file():
-            return load_builtin(BUILTIN_DIR / name, device)
-        model, tok = _placeholder(name)
-        return model.to(device), tok
+        if not (BUILTIN_DIR / name / "config.json").is_file():
+            raise LoadError(f"the built-in {name!r} is missing from {BUILTIN_DIR}; "
+                            f"train it with: python -m models.train --model {name}")  # fmt: skip
+        return load_builtin(BUILTIN_DIR / name, device)
     if isinstance(name, str) and not any(c in name for c in "/\\.") and not Path(name).exists():
         raise LoadError(
             f"unknown model {name!r}: built-ins are {', '.join(BUILTIN_NAMES)}; "

@@ -142,7 +142,7 @@ def test_analyse_caches_the_trace_and_draws_the_chosen_layer_and_head(registry):
     assert np.all(np.triu(z, k=1) == 0)  # causal: nothing above the diagonal
     assert "upper triangle" in r.attention_help
     assert r.can_generate and r.generate_note == ""
-    assert "untrained" in r.status.lower() or "random" in r.status
+    assert ("untrained" in r.status.lower() or "random" in r.status) == (not registry.get("gpt").trained)
 
 
 def test_analyse_clamps_layer_and_head_into_the_model(registry):
