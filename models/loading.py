@@ -417,6 +417,7 @@ def save_builtin(model: nn.Module, tokenizer, folder: str | Path, *, training: d
 
 def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
     """A checkpoint written by ``save_builtin`` -> (model, tokenizer)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     from .tokenizer import SPTokenizer
@@ -435,7 +436,7 @@ def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
     model = build(cfg)
     try:
         load_model(model, str(folder / "model.safetensors"), strict=True)
-    except (OSError, RuntimeError) as e:
+    except (OSError, RuntimeError, SafetensorError) as e:
         raise LoadError(f"the weights in {folder} do not fit its config: {e}") from None
     return model.eval().to(device), tok
 

@@ -92,7 +92,8 @@ def _moe_config(tok: SPTokenizer) -> MoEConfig:
 
 def _mamba_config(tok: SPTokenizer) -> MambaConfig:
     return MambaConfig(
-        vocab_size=tok.vocab_size, d_model=128, n_layer=6, d_state=16, max_seq_len=CONTEXT,
+        vocab_size=tok.vocab_size, d_model=128, n_layer=6, d_state=16,
+        max_seq_len=2048,  # no positions to run out of: the page may offer long inputs (trained on 128-token windows)
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, name="mamba",
     )  # fmt: skip
 

@@ -25,7 +25,7 @@ import torch
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "assets" / "screenshots" / "explore.png"
-TEXT = "The dog ran to the park and"
+TEXT = "Sara has a pink letter. Then she reads her letter. Sara goes to the"
 
 pytestmark = [
     pytest.mark.browser,
@@ -163,14 +163,15 @@ def wait_for_plot(page, elem_id: str, contains: str, timeout: float = 30.0) -> d
     raise AssertionError(f"#{elem_id} never showed {contains!r}; last title: {plot and plot['title']!r}")
 
 
-def wait_until(page, predicate, what: str, timeout: float = 30.0):
+def wait_until(page, predicate, what: str, timeout: float = 30.0, show=None):
+    """Poll ``predicate`` until truthy; on timeout the message includes ``show()`` (what the page shows)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}" + (f"; the page shows: {show()!r}" if show else ""))
 
 
 def choose_model(page, key: str) -> None:
@@ -219,7 +220,8 @@ def test_explore_page_end_to_end(page, model):
     page.locator("#run").click()
     ids, out = expected_state(model, TEXT)
     last = len(ids) - 1
-    plot = wait_for_plot(page, "distribution-plot", f"(position {last})")
+    last_label = model[1].tokens([ids[-1]])[0]  # the title names the token: a stale plot cannot pass
+    plot = wait_for_plot(page, "distribution-plot", f"{last_label}’ (position {last})")
 
     # tokens strip: one chip per token, the text escaped and intact
     chips = page.locator("#tokens .ap-tok")
@@ -263,7 +265,10 @@ def test_explore_page_end_to_end(page, model):
     set_slider(page, "max-new-tokens", 12)
     page.locator("#generate").click()
     status = wait_until(page, lambda: (t := page.locator("#generate-status").inner_text()).startswith("✓") and t,
-                        "the end of generation", timeout=60)  # fmt: skip
+                        "the end of generation", timeout=60,
+                        show=lambda: (page.locator("#generate-status").inner_text(),
+                                      page.locator("#generate-note").inner_text(),
+                                      page.locator("#generated textarea").input_value()))  # fmt: skip
     assert "Generated 12 tokens" in status or "stopped at the end" in status, status
     assert page.locator("#generated textarea").input_value().startswith(TEXT)
 
@@ -316,10 +321,12 @@ def test_t5_translation_and_cross_attention_in_the_page(page):
     assert z.shape == (new.shape[1], ids.shape[1])  # rows: target steps, columns: source tokens
     np.testing.assert_allclose(z, out.trace.cross_attentions[layer][0, head].numpy(), atol=1e-6)
 
-    set_slider(page, "layer", 3)
+    last = net.config.n_decoder_layer - 1  # the deepest cross-attention layer
+    set_slider(page, "layer", last)
     set_slider(page, "head", 1)
-    plot = wait_for_plot(page, "attention-plot", "Cross-attention: layer 3, head 1")
-    np.testing.assert_allclose(_array(plot["data"][0]["z"]), out.trace.cross_attentions[3][0, 1].numpy(), atol=1e-6)
+    plot = wait_for_plot(page, "attention-plot", f"Cross-attention: layer {last}, head 1")
+    np.testing.assert_allclose(_array(plot["data"][0]["z"]), out.trace.cross_attentions[last][0, 1].numpy(),
+                               atol=1e-6)  # fmt: skip
 
     # the distribution panel follows the translation step
     set_slider(page, "step", 1)
