@@ -122,7 +122,7 @@ def translation(model, tok, pairs) -> dict:
     head_counts = None
     align_total = 0
     for batch in _chunks(pairs):
-        src = [tok.encode(p.source) for p in batch]  # ends in </s>
+        src, src_spans = zip(*(tok.encode_with_offsets(p.source) for p in batch))  # ids end in </s>
         ids, mask = _pad(src, pad), _pad([[1] * len(r) for r in src], 0)
         out = model.generate(ids, max_new_tokens=max(len(r) for r in src) * 2 + 8, attention_mask=mask,
                              eos_token_id=eos)  # fmt: skip
@@ -135,7 +135,6 @@ def translation(model, tok, pairs) -> dict:
 
         # alignment: teacher-forced pass over the gold translation
         tgt_ids, tgt_spans = zip(*(tok.encode_with_offsets(p.target) for p in batch))
-        src_spans = [tok.encode_with_offsets(p.source)[1] for p in batch]
         labels = [list(t) + [eos] for t in tgt_ids]
         dec = _pad([[model.config.decoder_start_token_id] + r[:-1] for r in labels], pad)
         cross = model(ids, decoder_input_ids=dec, attention_mask=mask, trace=True).trace.cross_attentions
