@@ -259,15 +259,4 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def untrained_builtin(vocab_size: int, seed: int = 0) -> Decoder:
-    """The small random-weight decoder offered before trained built-ins exist."""
-    cfg = DecoderConfig(
-        vocab_size=vocab_size, d_model=128, n_layer=4, n_head=4, max_seq_len=512,
-        name="gpt (untrained)", trained=False,
-    )  # fmt: skip
-    with torch.random.fork_rng():  # seeded without disturbing the caller's random state
-        torch.manual_seed(seed)
-        return Decoder(cfg).eval()
-
-
-__all__ = ["Decoder", "DecoderBlock", "DecoderConfig", "LayerTrace", "untrained_builtin"]
+__all__ = ["Decoder", "DecoderBlock", "DecoderConfig", "LayerTrace"]

@@ -519,19 +519,7 @@ def hf_rename(key: str, t: Tensor) -> dict[str, Tensor]:
     return {f"{stack}.layers.{i}.{ours}.weight": t}
 
 
-def untrained_builtin(vocab_size: int, *, pad_token_id: int, eos_token_id: int, seed: int = 0) -> EncoderDecoder:
-    """A small random-weight T5 (v1.1 style) for when no trained checkpoint is at hand."""
-    cfg = EncoderDecoderConfig(
-        vocab_size=vocab_size, d_model=128, d_kv=32, d_ff=256, n_layer=4, n_head=4, ffn="gated-gelu",
-        tie_embeddings=False, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
-        decoder_start_token_id=pad_token_id, name="t5 (untrained)", trained=False,
-    )  # fmt: skip
-    with torch.random.fork_rng():  # seeded without disturbing the caller's random state
-        torch.manual_seed(seed)
-        return EncoderDecoder(cfg).eval()
-
-
 __all__ = [
     "DecoderBlock", "EncoderBlock", "EncoderDecoder", "EncoderDecoderConfig", "hf_config", "hf_rename",
-    "relative_position_bucket", "untrained_builtin",
+    "relative_position_bucket",
 ]  # fmt: skip

@@ -386,7 +386,7 @@ def _load_tokenizer(folder: Path, vocab_size: int) -> HFTokenizer:
 
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
-_FAMILIES = {
+FAMILIES = {  # family -> (config class, model class)
     "decoder": (DecoderConfig, Decoder), "encoder": (EncoderConfig, Encoder),
     "encoder-decoder": (EncoderDecoderConfig, EncoderDecoder), "moe": (MoEConfig, MoEDecoder),
     "ssm": (MambaConfig, Mamba),
@@ -425,13 +425,14 @@ def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
     folder = Path(folder)
     try:
         meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        config_cls, build = _FAMILIES[meta["family"]]
+        config_cls, build = FAMILIES[meta["family"]]
         cfg = config_cls.from_dict(meta["config"])
+        wrap, fingerprint = meta["tokenizer"], meta["tokenizer"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LoadError(f"the built-in checkpoint in {folder} is damaged ({e}); retrain it with "
                         "python -m models.train") from None  # fmt: skip
-    tok = SPTokenizer.builtin(prefix=tuple(meta["tokenizer"]["prefix"]), suffix=tuple(meta["tokenizer"]["suffix"]))
-    if tok.fingerprint() != meta["tokenizer"]["sha256"]:
+    tok = SPTokenizer.builtin(prefix=tuple(wrap["prefix"]), suffix=tuple(wrap["suffix"]))
+    if tok.fingerprint() != fingerprint:
         raise LoadError(f"{folder} was trained with another tokenizer than assets/tokenizer/; retrain it")
     model = build(cfg)
     try:

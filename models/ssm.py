@@ -436,14 +436,6 @@ def _init_weights(m: nn.Module) -> None:
             m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
 
 
-def untrained_builtin(vocab_size: int, seed: int = 0) -> Mamba:
-    """A small random-weight Mamba for when no trained checkpoint is at hand."""
-    cfg = MambaConfig(vocab_size=vocab_size, d_model=128, n_layer=4, name="mamba (untrained)", trained=False)
-    with torch.random.fork_rng():  # seeded without disturbing the caller's random state
-        torch.manual_seed(seed)
-        return Mamba(cfg).eval()
-
-
 # --------------------------------------------------------------------------- Hugging Face checkpoints
 
 
@@ -498,5 +490,5 @@ def hf_rename(key: str, t: Tensor) -> dict[str, Tensor]:
 __all__ = [
     "LayerState", "Mamba", "MambaBlock", "MambaConfig", "MambaMixer", "SSMInputs", "SSMLayerTrace",
     "hf_config", "hf_rename", "hidden_attention", "hidden_attention_full", "selective_scan",
-    "selective_scan_chunked", "selective_scan_sequential", "untrained_builtin",
+    "selective_scan_chunked", "selective_scan_sequential",
 ]  # fmt: skip

@@ -1,7 +1,7 @@
 """Tokenizers behind one small interface: encode, decode, and display labels.
 
 * ``ByteTokenizer``: every UTF-8 byte is a token, plus a few specials. Encodes any text
-  exactly; used by the untrained built-in model.
+  exactly; handy for tiny test models that need no trained vocabulary.
 * ``HFTokenizer``: wraps a Hugging Face tokenizer loaded from a checkpoint folder.
 * ``SPTokenizer``: the built-in models' SentencePiece BPE vocabulary (``assets/tokenizer/``),
   trained on the story corpus and its translation by ``train_tokenizer``

@@ -36,12 +36,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import corpus
-from .decoder import Decoder, DecoderConfig
-from .encoder import Encoder, EncoderConfig
-from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from .loading import BUILTIN_DIR, save_builtin
-from .moe import MoEConfig, MoEDecoder, Router, load_balancing_loss
-from .ssm import Mamba, MambaConfig
+from .decoder import DecoderConfig
+from .encoder import EncoderConfig
+from .encoder_decoder import EncoderDecoderConfig
+from .loading import BUILTIN_DIR, FAMILIES, save_builtin
+from .moe import MoEConfig, Router, load_balancing_loss
+from .ssm import MambaConfig
 from .tokenizer import SPTokenizer
 
 IGNORE = -100  # label of positions that carry no loss
@@ -122,7 +122,6 @@ RECIPES: dict[str, Recipe] = {
     "moe": Recipe("moe", "causal", _moe_config, prefix=("<s>",), steps=2200, aux_loss_coef=0.02),
     "mamba": Recipe("mamba", "causal", _mamba_config, prefix=("<s>",), steps=1000, lr=5e-3, warmup=60),
 }
-BUILD = {"decoder": Decoder, "encoder": Encoder, "encoder-decoder": EncoderDecoder, "moe": MoEDecoder, "ssm": Mamba}
 
 
 # --------------------------------------------------------------------------- data
@@ -314,7 +313,7 @@ def train(recipe: Recipe, *, splits: dict | None = None, steps: int | None = Non
     tok = SPTokenizer.builtin(prefix=recipe.prefix, suffix=recipe.suffix)
     torch.manual_seed(seed)
     cfg = recipe.make_config(tok)
-    model = BUILD[cfg.family](cfg).train()
+    model = FAMILIES[cfg.family][1](cfg).train()
     train_batches, valid_batches = data_for(recipe, tok, splits, seed)
     opt = optimizer_for(model, recipe)
     tap = RouterTap(model) if recipe.aux_loss_coef else None
