@@ -177,6 +177,16 @@ def selective_scan_chunked(
 selective_scan = selective_scan_chunked  # the fast path's scan
 
 
+def compiled_scan():
+    """``selective_scan_chunked`` through ``torch.compile``, for training.
+
+    Inductor fuses each step's element-wise ops into one loop, so the (b, T/L, Di, N) state makes
+    one trip through memory per step instead of five: a Mamba training step on 2 CPU cores runs
+    about 1.6× faster. The first call compiles (~40 s) and needs a C++ compiler.
+    """
+    return torch.compile(selective_scan_chunked, dynamic=False)
+
+
 # --------------------------------------------------------------------------- hidden attention
 
 
@@ -288,6 +298,8 @@ class SSMLayerTrace:
 class MambaMixer(nn.Module):
     """The selective SSM with its gate: what replaces attention. Names follow the checkpoints."""
 
+    scan = None  # None: the module's ``selective_scan``; training may set a compiled one (Mamba.use_scan)
+
     def __init__(self, cfg: MambaConfig):
         super().__init__()
         Di, N, R = cfg.d_inner, cfg.d_state, cfg.dt_rank
@@ -328,7 +340,7 @@ class MambaMixer(nn.Module):
     ) -> tuple[Tensor, LayerState, SSMInputs]:
         """x̂ (b, T, D) -> (out (b, T, D), the state after these tokens, the scan's inputs)."""
         s = self.ssm_inputs(x_hat, state.conv if state is not None else None)
-        scan = selective_scan_sequential if sequential else selective_scan
+        scan = selective_scan_sequential if sequential else (self.scan or selective_scan)
         y, h_last = scan(s.u, s.delta, self.A, s.B, s.C, self.D.float(), state.ssm if state is not None else None)
         out = self.out_proj((y * F.silu(s.z)).to(x_hat.dtype))  # (b, T, D)
         return out, LayerState(conv=s.conv_state, ssm=h_last), s
@@ -394,6 +406,11 @@ class Mamba(nn.Module):
                 ssm_delta=[lt.delta for lt in layer_traces],
             )
         return ModelOutput(logits=logits, trace=tr, cache=new_state, last_hidden_state=h)
+
+    def use_scan(self, scan=None) -> None:
+        """Run every mixer's untraced scan through ``scan`` (e.g. ``compiled_scan()``); None: the default."""
+        for layer in self.layers:
+            layer.mixer.scan = scan
 
     # ------------------------------------------------------------------ generation
 
@@ -489,6 +506,6 @@ def hf_rename(key: str, t: Tensor) -> dict[str, Tensor]:
 
 __all__ = [
     "LayerState", "Mamba", "MambaBlock", "MambaConfig", "MambaMixer", "SSMInputs", "SSMLayerTrace",
-    "hf_config", "hf_rename", "hidden_attention", "hidden_attention_full", "selective_scan",
+    "compiled_scan", "hf_config", "hf_rename", "hidden_attention", "hidden_attention_full", "selective_scan",
     "selective_scan_chunked", "selective_scan_sequential",
 ]  # fmt: skip

@@ -41,7 +41,7 @@ from .encoder import EncoderConfig
 from .encoder_decoder import EncoderDecoderConfig
 from .loading import BUILTIN_DIR, FAMILIES, save_builtin
 from .moe import MoEConfig, Router, load_balancing_loss
-from .ssm import MambaConfig
+from .ssm import MambaConfig, compiled_scan
 from .tokenizer import SPTokenizer
 
 IGNORE = -100  # label of positions that carry no loss
@@ -68,6 +68,7 @@ class Recipe:
     weight_decay: float = 0.1
     aux_loss_coef: float = 0.0  # MoE load balancing
     eval_every: int = 100
+    compile_scan: bool = False  # Mamba: train through ssm.compiled_scan() (~1.6x faster steps on CPU)
     extra: dict = field(default_factory=dict)
 
 
@@ -119,8 +120,9 @@ RECIPES: dict[str, Recipe] = {
     "gpt": Recipe("gpt", "causal", _gpt_config, prefix=("<s>",), steps=2000),
     "bert": Recipe("bert", "mlm", _bert_config, prefix=("<cls>",), suffix=("<sep>",), steps=4000, lr=2e-3),
     "t5": Recipe("t5", "translation", _t5_config, suffix=("</s>",), steps=1200, batch_size=48),
-    "moe": Recipe("moe", "causal", _moe_config, prefix=("<s>",), steps=2200, aux_loss_coef=0.02),
-    "mamba": Recipe("mamba", "causal", _mamba_config, prefix=("<s>",), steps=1000, lr=5e-3, warmup=60),
+    "moe": Recipe("moe", "causal", _moe_config, prefix=("<s>",), steps=1800, aux_loss_coef=0.02),
+    "mamba": Recipe("mamba", "causal", _mamba_config, prefix=("<s>",), steps=1600, lr=5e-3, warmup=60,
+                    compile_scan=True),
 }
 
 
@@ -301,11 +303,12 @@ def data_for(recipe: Recipe, tok: SPTokenizer, splits: dict, seed: int) -> tuple
 
 
 def train(recipe: Recipe, *, splits: dict | None = None, steps: int | None = None, seed: int = 0,
-          log: Callable[[str], None] | None = None, tty_progress: bool = False,
+          log: Callable[[str], None] | None = None, tty_progress: bool = False, compile_scan: bool | None = None,
           ) -> tuple[nn.Module, SPTokenizer, dict]:  # fmt: skip
     """Train one built-in from scratch; returns (model, tokenizer, training record).
 
-    ``log`` gets a progress line at every validation (every step with ``tty_progress``)."""
+    ``log`` gets a progress line at every validation (every step with ``tty_progress``).
+    ``compile_scan`` (None: the recipe's choice) trains a Mamba through the compiled scan."""
     if steps is not None:
         recipe = Recipe(**{**asdict(recipe), "steps": steps, "warmup": min(recipe.warmup, max(1, steps // 5)),
                            "make_config": recipe.make_config})  # fmt: skip
@@ -314,6 +317,9 @@ def train(recipe: Recipe, *, splits: dict | None = None, steps: int | None = Non
     torch.manual_seed(seed)
     cfg = recipe.make_config(tok)
     model = FAMILIES[cfg.family][1](cfg).train()
+    compiled = recipe.compile_scan if compile_scan is None else compile_scan
+    if compiled:
+        model.use_scan(compiled_scan())
     train_batches, valid_batches = data_for(recipe, tok, splits, seed)
     opt = optimizer_for(model, recipe)
     tap = RouterTap(model) if recipe.aux_loss_coef else None
@@ -335,14 +341,18 @@ def train(recipe: Recipe, *, splits: dict | None = None, steps: int | None = Non
             curve["validation_step"].append(step + 1)
             curve["validation_loss"].append(round(validation_loss(model, recipe, valid_batches), 5))
         if log and (tty_progress or (step + 1) % recipe.eval_every == 0 or last):
-            log(_progress(recipe.name, step + 1, recipe.steps, float(loss), curve, time.perf_counter() - started))
+            loss_now = curve["train_loss"][-1]
+            log(_progress(recipe.name, step + 1, recipe.steps, loss_now, curve, time.perf_counter() - started))
     if tap is not None:
         for h in tap.handles:
             h.remove()
+    if compiled:
+        model.use_scan(None)  # the model leaves training with the plain scan
     record = {
         "objective": recipe.objective, "steps": recipe.steps, "batch_size": recipe.batch_size,
         "seq_len": recipe.seq_len, "lr": recipe.lr, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "curve": curve,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "compiled_scan": bool(compiled),
+        "curve": curve,
     }  # fmt: skip
     return model.eval(), tok, record
 
@@ -361,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=BUILTIN_DIR, help=f"where checkpoints go (default: {BUILTIN_DIR})")
+    p.add_argument("--no-compile", action="store_true",
+                   help="train Mamba with the eager scan (slower; for machines without a C++ compiler)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args(argv)
     if args.threads:
@@ -376,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = corpus.make_splits(seed=0)
     for name in names:
         model, tok, record = train(RECIPES[name], splits=splits, steps=args.steps, seed=args.seed, log=log,
-                                   tty_progress=tty)
+                                   tty_progress=tty, compile_scan=False if args.no_compile else None)
         folder = save_builtin(model, tok, args.out / name, training=record)
         if tty:
             print(file=sys.stderr)

@@ -14,6 +14,7 @@ from models import LoadError
 from models.ssm import (
     Mamba,
     MambaConfig,
+    compiled_scan,
     hf_config,
     hf_rename,
     hidden_attention,
@@ -165,6 +166,40 @@ def test_chunked_scan_is_stable_under_strong_decay():
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_scan_equals_sequential_with_gradients():
+    """Training's compiled scan: the same outputs, final state and gradients as the reference."""
+    args = [a.requires_grad_() for a in _scan_inputs(2, 40, 12, 5, seed=11)]
+    y_ref, h_ref = selective_scan_sequential(*args)
+    grads_ref = torch.autograd.grad((y_ref.square().sum() + h_ref.sum()), args)
+    y, h = compiled_scan()(*args)
+    grads = torch.autograd.grad((y.square().sum() + h.sum()), args)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_use_scan_routes_the_fast_path_and_resets(tiny):
+    ours, _ = tiny
+    calls = []
+
+    def counting_scan(*a, **kw):
+        calls.append(1)
+        return selective_scan_chunked(*a, **kw)
+
+    ids = torch.randint(0, 99, (1, 20), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = ours(ids).logits
+        ours.use_scan(counting_scan)
+        try:
+            routed = ours(ids).logits
+        finally:
+            ours.use_scan(None)
+        ours(ids)
+    assert len(calls) == ours.config.n_layer  # once per layer while set, never after the reset
+    torch.testing.assert_close(routed, before)
 
 
 def test_traced_logits_equal_untraced(tiny):

@@ -32,8 +32,9 @@ def _weights(model):
 
 @pytest.mark.parametrize("name", list(train.RECIPES))
 def test_short_training_is_deterministic_and_learns(name, small_splits):
-    a, tok, rec = train.train(train.RECIPES[name], splits=small_splits, steps=12, seed=0)
-    b, _, rec_b = train.train(train.RECIPES[name], splits=small_splits, steps=12, seed=0)
+    # The eager scan for Mamba here (compiling takes ~40 s); test_mamba checks the compiled scan's values.
+    a, tok, rec = train.train(train.RECIPES[name], splits=small_splits, steps=12, seed=0, compile_scan=False)
+    b, _, rec_b = train.train(train.RECIPES[name], splits=small_splits, steps=12, seed=0, compile_scan=False)
     wa, wb = _weights(a), _weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "same seed, same weights"
     assert rec["curve"]["train_loss"] == rec_b["curve"]["train_loss"]
