@@ -53,6 +53,13 @@ SAMPLING_HELP = (
     "Bars: raw → after temperature → final (what is actually sampled)."
 )
 STEP_INFO = "T5: which translation token's candidates to show (step 0 = the first)"
+POSITION_INFO = "which token's prediction to show: a decoder's guess for the token after it, an encoder's for it"
+GRID_HELP = (
+    "Each small map is one layer (row) and head (column), shrunk to at most 32 × 32 cells by "
+    "averaging; the framed one is the layer and head chosen above, shown full size. Heads of one "
+    "layer often split the work: one looks at the previous token, one at the start, one at a name. "
+    "The mask is the rule the architecture imposes before any learning: who *may* look at whom."
+)
 
 EXAMPLES = [
     handlers.DEFAULT_TEXT,
@@ -81,6 +88,10 @@ CSS = """
 .ap-empty { color: var(--body-text-color-subdued); font-family: var(--font); }
 .ap-help { font-size: 0.92em; color: var(--body-text-color-subdued); }
 .ap-status { min-height: 1.6em; }
+.ap-gen-text { font-family: var(--font-mono); white-space: pre-wrap; line-height: 1.7; }
+.ap-gen { border-radius: 3px; padding: 1px 0; color: #111827; }
+.ap-gen-legend { margin-top: 6px; font-size: 0.85em; color: var(--body-text-color-subdued); }
+.ap-gen-legend span { color: #111827; padding: 0 4px; border-radius: 3px; }
 """
 
 
@@ -127,6 +138,7 @@ def layout(registry: Registry) -> SimpleNamespace:
     startup = "\n\n".join(handlers.warn(handlers.md_escape(e)) for e in registry.errors)
 
     ui.state = gr.State(None)  # handlers.Analysis | None: the last Run of this session
+    ui.draws = gr.State(0)  # how many times this session sampled: each click draws afresh
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             ui.text = gr.Textbox(
@@ -167,6 +179,14 @@ def layout(registry: Registry) -> SimpleNamespace:
             ui.attention_plot = gr.Plot(label="Attention", show_label=False, elem_id="attention-plot")
             ui.delta_plot = gr.Plot(label="Step size Δ", show_label=False, visible=family == "ssm",
                                     elem_id="delta-plot")  # fmt: skip
+    with gr.Accordion("Every layer and head, and the mask pattern", open=True, elem_id="grid-section"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=420):
+                ui.grid_plot = gr.Plot(label="All layers and heads", show_label=False, elem_id="grid-plot")
+            with gr.Column(scale=2, min_width=300):
+                ui.mask_plot = gr.Plot(label="Mask pattern", show_label=False, elem_id="mask-plot")
+                ui.mask_help = gr.Markdown("", elem_id="mask-help", elem_classes="ap-help")
+        gr.Markdown(GRID_HELP, elem_classes="ap-help")
 
     with gr.Column(visible=family == "moe", elem_id="routing-section") as ui.routing_section:
         gr.Markdown("### Experts: where the router sent each token")
@@ -182,12 +202,19 @@ def layout(registry: Registry) -> SimpleNamespace:
                 with gr.Row(equal_height=False):
                     ui.routing_plot = gr.Plot(label="Router", show_label=False, scale=3, elem_id="routing-plot")
                     ui.load_plot = gr.Plot(label="Expert load", show_label=False, scale=2, elem_id="load-plot")
+        ui.corpus_note = gr.Markdown("", elem_id="corpus-note", elem_classes="ap-help")
+        with gr.Row(equal_height=False):
+            ui.pos_plot = gr.Plot(label="Expert by part of speech", show_label=False, scale=3, elem_id="pos-plot")
+            ui.corpus_load_plot = gr.Plot(label="Load over validation stories", show_label=False, scale=2,
+                                          elem_id="corpus-load-plot")  # fmt: skip
 
     gr.Markdown("### Next token: how sampling settings reshape the choice")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             ui.step = gr.Slider(0, 1, value=0, step=1, precision=0, label="Translation step", info=STEP_INFO,
                                 visible=family == "encoder-decoder", elem_id="step")  # fmt: skip
+            ui.position = gr.Slider(0, 1, value=0, step=1, precision=0, label="Position", info=POSITION_INFO,
+                                    visible=family != "encoder-decoder", elem_id="position")  # fmt: skip
             ui.temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature",
                                        info="0 = greedy", elem_id="temperature")  # fmt: skip
             ui.top_k = gr.Slider(0, 200, value=0, step=1, precision=0, label="Top-k",
@@ -199,6 +226,11 @@ def layout(registry: Registry) -> SimpleNamespace:
         with gr.Column(scale=3, min_width=420):
             ui.distribution_plot = gr.Plot(label="Distribution", show_label=False,
                                            elem_id="distribution-plot")  # fmt: skip
+            with gr.Row():
+                ui.sample_once = gr.Button("Sample once", elem_id="sample-once")
+                ui.sample_many = gr.Button(f"Sample {handlers.SAMPLE_COUNTS[1]} times", elem_id="sample-many")
+            ui.sample_note = gr.Markdown("", elem_id="sample-note")
+            ui.sample_plot = gr.Plot(label="Samples", show_label=False, elem_id="sample-plot")
 
     gr.Markdown("### Generate: let the model keep writing")
     with gr.Row(equal_height=True):
@@ -211,6 +243,8 @@ def layout(registry: Registry) -> SimpleNamespace:
     ui.generate_note = gr.Markdown("", label="Generation note", elem_id="generate-note", elem_classes="ap-help")
     ui.generated = gr.Textbox(label="Generated text", info="Sampled with the temperature, top-k and top-p above.",
                               lines=5, interactive=False, buttons=["copy"], elem_id="generated")  # fmt: skip
+    ui.generated_html = gr.HTML("", label="New tokens by probability", show_label=True, container=True,
+                                padding=True, elem_id="generated-html")  # fmt: skip
     ui.generate_status = gr.Markdown("", label="Generation status", elem_id="generate-status", elem_classes="ap-help")
     return ui
 
@@ -226,6 +260,8 @@ def analyse_outputs(ui: SimpleNamespace) -> list:
         # added with the encoder-decoder, MoE and state-space views
         ui.attention_kind, ui.translation, ui.step, ui.delta_plot, ui.routing_section, ui.moe_layer,
         ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note,
+        # the grid, the mask and the position of the prediction shown
+        ui.grid_plot, ui.mask_plot, ui.mask_help, ui.position, ui.sample_plot, ui.sample_note,
     ]  # fmt: skip
 
 
@@ -236,7 +272,8 @@ def analyse_updates(r: AnalyseResult) -> tuple:
     if a is None:  # a message only: every drawing is cleared, the controls keep their place
         keep = gr.update()
         return (None, r.status, r.tokens_html, None, r.attention_help, keep, keep, None, r.distribution_note,
-                generate_button, r.generate_note, keep, "", keep, None, keep, keep, "", None, None, "")  # fmt: skip
+                generate_button, r.generate_note, keep, "", keep, None, keep, keep, "", None, None, "",
+                None, None, "", keep, None, "")  # fmt: skip
     seq2seq, moe, ssm = a.translation is not None, a.routing is not None, a.ssm is not None
     n_layer = a.layer_count(r.attention_kind)
     view = r.routing
@@ -262,6 +299,12 @@ def analyse_updates(r: AnalyseResult) -> tuple:
         view.heatmap if view else None,
         view.load if view else None,
         view.note if view else "",
+        r.grid,
+        r.mask,
+        r.mask_help,
+        index_slider(len(a.ids), a.predict_at if a.predict_at is not None else 0, visible=not seq2seq),
+        None,
+        "",
     )
 
 
@@ -271,7 +314,7 @@ def index_slider(count: int, value: int, **update) -> dict:
     return gr.update(maximum=max(count - 1, 1), value=value, interactive=count > 1, **update)
 
 
-def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> None:
+def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamespace:
     """Connect events to thin adapters over ``app.handlers``; parameter names become the API's."""
 
     def analyse(model, text, layer, head, temperature, top_k, top_p, attention_kind=None, step=0, moe_layer=0):
@@ -292,12 +335,33 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> None:
         with _as_page_error():
             return handlers.distribution(registry, analysis, temperature, top_k, top_p, step)
 
+    def position(analysis, position, temperature=1.0, top_k=0, top_p=1.0):
+        with _as_page_error():
+            return handlers.at_position(registry, analysis, position, temperature, top_k, top_p)
+
+    def sample(analysis, draws, temperature, top_k, top_p, step=None, n=1, seed=0):
+        draws = int(draws or 0) + 1
+        with _as_page_error():
+            fig, text = handlers.samples(registry, analysis, temperature, top_k, top_p, step, None, n,
+                                         int(seed or 0) * 100_003 + draws)  # fmt: skip
+        return draws, fig, text
+
+    def grid(analysis, layer, head, attention_kind=None):
+        with _as_page_error():
+            fig = handlers.grid_figure(analysis, layer, head, attention_kind)
+            mask, help_text = handlers.mask_figure(analysis, layer, attention_kind)
+        return fig, mask, help_text
+
     def routing_view(analysis, moe_layer):
         with _as_page_error():
             view = handlers.routing(analysis, moe_layer)
         if view is None:
             return "", None, None, ""
         return view.chips, view.heatmap, view.load, view.note
+
+    def corpus_routing(analysis, moe_layer):
+        with _as_page_error():
+            return handlers.corpus_routing(registry, analysis, moe_layer)
 
     def delta(analysis, layer):
         with _as_page_error():
@@ -306,7 +370,7 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> None:
     def generate(model, text, max_new_tokens, temperature, top_k, top_p, seed):
         yield from handlers.generate(registry, model, text, max_new_tokens, temperature, top_k, top_p, seed)
 
-    gr.on(
+    ui.analysed = gr.on(
         triggers=[demo.load, ui.run.click, ui.text.submit, ui.model.input],
         fn=analyse,
         inputs=[ui.model, ui.text, ui.layer, ui.head, ui.temperature, ui.top_k, ui.top_p,
@@ -327,19 +391,39 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> None:
     gr.on(triggers=[ui.temperature.change, ui.top_k.change, ui.top_p.change, ui.step.change], fn=distribution,
           inputs=[ui.state, ui.temperature, ui.top_k, ui.top_p, ui.step],
           outputs=[ui.distribution_plot, ui.distribution_note], api_name="distribution", **redraw)  # fmt: skip
+    # .input: only the user's choice moves the shown position (Run sets the slider to its own).
+    gr.on(triggers=[ui.position.input], fn=position, inputs=[ui.state, ui.position, ui.temperature, ui.top_k, ui.top_p],
+          outputs=[ui.state, ui.distribution_plot, ui.distribution_note], api_name="position", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.layer.change, ui.head.change], fn=grid,
+          inputs=[ui.state, ui.layer, ui.head, ui.attention_kind], outputs=[ui.grid_plot, ui.mask_plot, ui.mask_help],
+          api_name="grid", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.attention_kind.input], fn=grid,
+          inputs=[ui.state, ui.layer, ui.head, ui.attention_kind], outputs=[ui.grid_plot, ui.mask_plot, ui.mask_help],
+          api_visibility="private", **redraw)  # fmt: skip
+    sample_inputs = [ui.state, ui.draws, ui.temperature, ui.top_k, ui.top_p, ui.step]
+    for button, n, name in ((ui.sample_once, handlers.SAMPLE_COUNTS[0], "sample_once"),
+                            (ui.sample_many, handlers.SAMPLE_COUNTS[1], "sample_many")):  # fmt: skip
+        button.click(lambda *a, n=n: sample(*a[:6], n, a[6]), inputs=[*sample_inputs, ui.seed],
+                     outputs=[ui.draws, ui.sample_plot, ui.sample_note], api_name=name, show_progress="hidden")  # fmt: skip
     gr.on(triggers=[ui.moe_layer.change], fn=routing_view, inputs=[ui.state, ui.moe_layer],
           outputs=[ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note],
           api_name="routing", **redraw)  # fmt: skip
+    corpus_outputs = [ui.pos_plot, ui.corpus_load_plot, ui.corpus_note]
+    ui.analysed.then(corpus_routing, inputs=[ui.state, ui.moe_layer], outputs=corpus_outputs,
+                     show_progress="hidden")  # fmt: skip
+    gr.on(triggers=[ui.moe_layer.input], fn=corpus_routing, inputs=[ui.state, ui.moe_layer], outputs=corpus_outputs,
+          api_name="corpus_routing", **redraw)  # fmt: skip
     gr.on(triggers=[ui.layer.change], fn=delta, inputs=[ui.state, ui.layer], outputs=[ui.delta_plot],
           api_name="delta", **redraw)  # fmt: skip
     generating = ui.generate.click(
         generate,
         inputs=[ui.model, ui.text, ui.max_new_tokens, ui.temperature, ui.top_k, ui.top_p, ui.seed],
-        outputs=[ui.generated, ui.generate_status],
+        outputs=[ui.generated, ui.generate_status, ui.generated_html],
         api_name="generate",
         show_progress="minimal",
     )
     ui.stop.click(None, cancels=[generating], api_visibility="private")
+    return ui
 
 
 @contextmanager

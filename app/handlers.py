@@ -14,6 +14,7 @@ The family-specific parts live beside this module: ``app.translate`` (encoder-de
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import time
 from collections.abc import Iterator
@@ -24,8 +25,10 @@ import torch
 from torch import Tensor
 
 from models.sampling import check_settings, staged_distribution
-from viz.attention import attention_heatmap
-from viz.sampling import distribution_figure
+from models.layers import attention_mask
+from models.sampling import sample_many
+from viz.attention import attention_grid, attention_heatmap, attention_mask_heatmap
+from viz.sampling import distribution_figure, sample_histogram
 
 from . import routing as moe
 from . import state_space as ssm
@@ -82,6 +85,8 @@ class Analysis:
     translation: Translation | None = None  # encoder-decoder only
     routing: Routing | None = None  # mixture of experts only
     ssm: StateSpace | None = None  # state-space models only
+    hidden_states: list[Tensor] | None = None  # [embeddings, layer 1, ...] each (T, D) (enc-dec: the encoder's)
+    windows: list[int | None] | None = None  # per layer: the sliding window, None = full attention
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -146,6 +151,9 @@ class AnalyseResult:
     routing: RoutingView | None = None  # moe: the routing view of ``moe_layer``
     moe_layer: int = 0
     head_info: str = HEAD_INFO  # the head slider's explanation (why it is off, for an ssm)
+    grid: go.Figure | None = None  # every layer × head, thumbnails
+    mask: go.Figure | None = None  # the mask pattern of ``layer``
+    mask_help: str = ""
 
     @property
     def ok(self) -> bool:
@@ -301,6 +309,7 @@ def analyse(
         dist_fig, dist_note = None, error(md_escape(str(e)))
 
     status, trunc_note = _status(entry, analysis, elapsed)
+    mask_fig, mask_help = mask_figure(analysis, layer, kind)
     if translation is not None:
         strip = seq2seq_tokens_html(analysis, note_text=trunc_note)
     else:
@@ -323,6 +332,9 @@ def analyse(
         routing=routing(analysis, moe_layer),
         moe_layer=moe_layer,
         head_info=ssm.HEAD_INFO if analysis.ssm is not None else HEAD_INFO,
+        grid=grid_figure(analysis, layer, head, kind),
+        mask=mask_fig,
+        mask_help=mask_help,
     )
 
 
@@ -351,11 +363,18 @@ def _analysis(entry: Entry, text: str, ids: list[int], truncated_from, out, tran
     else:
         predict_at = len(ids) - 1
 
+    hidden = None
+    if trace is not None and trace.hidden_states:
+        hidden = [h[0].detach().float().cpu() for h in trace.hidden_states]  # each (T, D)
+    cfg = entry.config
+    layer_types = getattr(cfg, "layer_types", None) or []
+    windows = [getattr(cfg, "sliding_window", None) if kind == "sliding" else None for kind in layer_types]
     return Analysis(
         model_key=entry.key, model_label=entry.label, family=entry.family, text=text, ids=ids,
         labels=list(tok.tokens(ids)), attentions=attentions, logits=logits, predict_at=predict_at,
         truncated_from=truncated_from, mask_token=mask_token, translation=translation,
         routing=Routing.from_trace(trace, entry.config), ssm=StateSpace.from_trace(trace),
+        hidden_states=hidden, windows=windows or None,
     )  # fmt: skip
 
 
@@ -460,6 +479,72 @@ def attention_kind(analysis: Analysis | None, kind: str | None, layer: int, head
     return layer, n, fig, attention_help(analysis, kind)
 
 
+def attention_maps(analysis: Analysis, kind: str | None = None) -> Tensor | None:
+    """Every layer's and head's attention of ``kind`` as one (L, H, Tq, Tk) tensor (a state-space
+    model: its hidden attention as (L, 1, T, T)); None without attention."""
+    if analysis.ssm is not None:
+        return torch.stack(analysis.ssm.hidden_attention)[:, None]
+    kind = analysis.kind(kind)
+    if analysis.translation is not None and kind != "encoder":
+        t = analysis.translation
+        return torch.stack(t.decoder_attentions if kind == "decoder" else t.cross_attentions)
+    return torch.stack(analysis.attentions) if analysis.attentions else None
+
+
+def grid_figure(analysis: Analysis | None, layer: int, head: int, kind: str | None = None) -> go.Figure | None:
+    """Thumbnails of every layer × head (of ``kind``), the chosen one framed; None without attention."""
+    if analysis is None:
+        return None
+    maps = attention_maps(analysis, kind)
+    if maps is None:
+        return None
+    name = "hidden attention" if analysis.ssm is not None else seq2seq.KIND_NAMES.get(analysis.kind(kind), "attention")
+    title = f"Every layer × head: {name} (rows = layers, 0 at the top; click the sliders to enlarge one)"
+    col = "channel mean" if analysis.ssm is not None else "head"
+    return attention_grid(maps, selected=(int(layer), 0 if analysis.ssm is not None else int(head)), title=title,
+                          col_name=col)  # fmt: skip
+
+
+MASK_HELP = {
+    "causal": "Causal: each token may look at itself and the tokens before it, never ahead.",
+    "sliding": "Sliding window: causal, and only the last {w} tokens (this layer's window).",
+    "bidirectional": "Bidirectional: every token may look at every token, before and after.",
+    "cross": "Cross-attention: every translation step may look at every source token.",
+    "ssm": "No attention mask: the recurrence is causal by construction (each state mixes only earlier tokens).",
+}
+
+
+def mask_figure(analysis: Analysis | None, layer: int, kind: str | None = None) -> tuple[go.Figure | None, str]:
+    """The mask pattern the architecture applies in ``layer`` (of ``kind``) and a sentence on it."""
+    if analysis is None:
+        return None, ""
+    kind = analysis.kind(kind)
+    t = analysis.translation
+    if t is not None and kind != "encoder":
+        queries, keys = t.labels, (t.input_labels if kind == "decoder" else analysis.labels)
+    else:
+        queries = keys = analysis.labels
+    window = None
+    if analysis.windows and 0 <= int(layer) < len(analysis.windows):
+        window = analysis.windows[int(layer)]
+    if kind == "cross":
+        pattern, help_text = "cross", MASK_HELP["cross"]
+    elif analysis.ssm is not None:
+        pattern, help_text = "causal", MASK_HELP["ssm"]
+    elif kind == "encoder" or not analysis.causal:
+        pattern, help_text = "bidirectional", MASK_HELP["bidirectional"]
+    elif window is not None:
+        pattern, help_text = "sliding", MASK_HELP["sliding"].format(w=window)
+    else:
+        pattern, help_text = "causal", MASK_HELP["causal"]
+    q, k = torch.arange(len(queries)), torch.arange(len(keys))
+    allowed = attention_mask(q, k, causal=pattern in ("causal", "sliding"), window=window)
+    if allowed is None:
+        allowed = torch.ones(len(queries), len(keys), dtype=torch.bool)
+    title = f"Mask pattern: {pattern}" + (f" (window {window})" if window else "")
+    return attention_mask_heatmap(allowed, queries, keys, title=title), help_text
+
+
 def delta_figure(analysis: Analysis | None, layer: int) -> go.Figure | None:
     """A state-space model's mean step size Δ per token in ``layer``; None for other families."""
     if analysis is None or analysis.ssm is None:
@@ -472,6 +557,18 @@ def routing(analysis: Analysis | None, layer: int) -> RoutingView | None:
     if analysis is None or analysis.routing is None:
         return None
     return moe.view(analysis.routing, analysis.labels, analysis.ids, layer)
+
+
+def corpus_routing(registry: Registry, analysis: Analysis | None, layer: int):
+    """A mixture of experts' MoE layer ``layer`` over the validation stories (specialisation by part of
+    speech, load): ``(heatmap, load figure, note)``; Nones and "" for other families."""
+    if analysis is None or analysis.routing is None:
+        return None, None, ""
+    try:
+        entry = registry.get(analysis.model_key)
+    except UnknownModelError as e:
+        return None, None, error(md_escape(str(e)))
+    return moe.corpus_view(entry, layer)
 
 
 def _settings(temperature, top_k, top_p) -> tuple[float, int, float]:
@@ -490,39 +587,21 @@ def distribution(
     top_k: int = 0,
     top_p: float = 1.0,
     step: int | None = None,
+    position: int | None = None,
 ) -> tuple[go.Figure | None, str]:
-    """The sampling stages at the analysed position, from the cached logits, and a one-line summary.
+    """The sampling stages at one position, from the cached logits, and a one-line summary.
 
-    For an encoder-decoder ``step`` picks the translation step (None: the Run's). Raises
-    ValueError for settings or a step outside their ranges.
+    ``position`` picks the token whose prediction is shown (None: the Run's, the last token or an
+    encoder's first mask); for an encoder-decoder ``step`` picks the translation step instead.
+    Raises ValueError for settings, a step or a position outside their ranges.
     """
     temperature, top_k, top_p = _settings(temperature, top_k, top_p)
-    if analysis is None:
-        return None, note("Press Run to see what the model predicts.")
-    if analysis.logits is None:
-        return None, note("This checkpoint has no prediction head (a bare encoder), so there is nothing to show.")
-    if analysis.predict_at is None:
-        mask = md_escape(analysis.mask_token or "[MASK]")
-        if analysis.mask_token is None:
-            return None, note("This encoder's tokenizer has no mask token, so there is nothing to fill in.")
-        return None, note(f"Add {mask} to your text: an encoder predicts the token hidden behind a mask.")
-
-    pos = analysis.predict_at
-    if analysis.translation is not None and step is not None:
-        pos = int(step)
-        if not 0 <= pos < analysis.n_steps:
-            raise ValueError(f"step must be between 0 and {analysis.n_steps - 1}, got {pos}")
+    pos, message = predicted_position(analysis, step, position)
+    if pos is None:
+        return None, message
     staged = staged_distribution(analysis.logits[pos], temperature, top_k, top_p)
     labels_for = _labels_for(registry, analysis)
-    if analysis.translation is not None:
-        wrote = analysis.translation.labels[pos]
-        wrote_label = html.escape(short(wrote))
-        title = f"Translation step {pos}: candidates for target token {pos} (greedy wrote ‘{wrote_label}’)"
-    elif analysis.family == "encoder":
-        title = f"What fills {html.escape(analysis.labels[pos])} at position {pos}"
-    else:
-        title = f"Next token after ‘{html.escape(short(analysis.labels[pos]))}’ (position {pos})"
-    fig = distribution_figure(staged, labels_for, top_n=TOP_N, title=title)
+    fig = distribution_figure(staged, labels_for, top_n=TOP_N, title=_distribution_title(analysis, pos))
 
     final = staged.final
     best = int(torch.argmax(final))
@@ -532,11 +611,97 @@ def distribution(
     summary = (
         f"Most likely: {quote(best_label)} at {float(final[best]):.1%} "
         f"(before sampling settings: {float(staged.raw[best]):.1%}). "
-        f"{kept:,} of {vocab:,} tokens can still be drawn."
+        f"{kept:,} of {vocab:,} tokens can still be drawn; entropy {float(staged.entropy):.2f} nats."
     )
     if analysis.translation is not None:
+        wrote = analysis.translation.labels[pos]
         summary += f" Step {pos} of {analysis.n_steps}: the greedy translation wrote {quote(wrote)} here."
     return fig, summary
+
+
+def predicted_position(analysis: Analysis | None, step: int | None, position: int | None) -> tuple[int | None, str]:
+    """(the logits row to show, "") or (None, why there is none); ValueError for one out of range."""
+    if analysis is None:
+        return None, note("Press Run to see what the model predicts.")
+    if analysis.logits is None:
+        return None, note("This checkpoint has no prediction head (a bare encoder), so there is nothing to show.")
+    if analysis.translation is not None:
+        if step is None:
+            return analysis.predict_at, ""
+        if not 0 <= int(step) < analysis.n_steps:
+            raise ValueError(f"step must be between 0 and {analysis.n_steps - 1}, got {int(step)}")
+        return int(step), ""
+    if position is not None and int(position) >= 0:
+        n = len(analysis.ids)
+        if int(position) >= n:
+            raise ValueError(f"position must be between 0 and {n - 1}, got {int(position)}")
+        return int(position), ""
+    if analysis.predict_at is None:
+        mask = md_escape(analysis.mask_token or "[MASK]")
+        if analysis.mask_token is None:
+            return None, note("This encoder's tokenizer has no mask token: pick a position to see what fits there.")
+        return None, note(f"Add {mask} to your text (an encoder predicts the token hidden behind a mask), "
+                          "or pick a position to see what fits there.")  # fmt: skip
+    return analysis.predict_at, ""
+
+
+def at_position(
+    registry: Registry, analysis: Analysis | None, position: int, temperature: float = 1.0, top_k: int = 0,
+    top_p: float = 1.0,
+) -> tuple[Analysis | None, go.Figure | None, str]:
+    """Show the prediction at ``position`` from now on: (the session's Analysis with it, the figure,
+    the summary). Later redraws and samples use that position. Not for an encoder-decoder (its
+    ``step`` picks the row). ValueError for a position out of range."""
+    if analysis is None or analysis.translation is not None:
+        return (analysis, *distribution(registry, analysis, temperature, top_k, top_p))
+    fig, summary = distribution(registry, analysis, temperature, top_k, top_p, None, position)
+    return dataclasses.replace(analysis, predict_at=int(position)), fig, summary
+
+
+def _distribution_title(analysis: Analysis, pos: int) -> str:
+    if analysis.translation is not None:
+        wrote_label = html.escape(short(analysis.translation.labels[pos]))
+        return f"Translation step {pos}: candidates for target token {pos} (greedy wrote ‘{wrote_label}’)"
+    if analysis.family == "encoder":
+        return f"What fits at position {pos} (‘{html.escape(short(analysis.labels[pos]))}’ there now)"
+    return f"Next token after ‘{html.escape(short(analysis.labels[pos]))}’ (position {pos})"
+
+
+SAMPLE_COUNTS = (1, 200)  # the page's "sample once" and "sample 200 times"
+
+
+def samples(
+    registry: Registry,
+    analysis: Analysis | None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    step: int | None = None,
+    position: int | None = None,
+    n: int = 200,
+    seed: int = 0,
+) -> tuple[go.Figure | None, str]:
+    """``n`` draws (1 to 10 000) from the final distribution at the shown position: a histogram
+    beside the promised probabilities, and a sentence. Same seed, same draws."""
+    temperature, top_k, top_p = _settings(temperature, top_k, top_p)
+    n, seed = int(n), int(seed or 0)
+    if not 1 <= n <= 10_000:
+        raise ValueError(f"the number of draws must be between 1 and 10000, got {n}")
+    pos, message = predicted_position(analysis, step, position)
+    if pos is None:
+        return None, message
+    logits = analysis.logits[pos]
+    draws = sample_many(logits, n, temperature, top_k, top_p, seed=seed)  # (n,)
+    final = staged_distribution(logits, temperature, top_k, top_p).final
+    labels_for = _labels_for(registry, analysis)
+    fig = sample_histogram(draws, final, labels_for, title=f"{n} draw{'s' if n > 1 else ''} at position {pos}")
+    if n == 1:
+        tid = int(draws[0])
+        return fig, f"Drew {quote(labels_for([tid])[0])} (it had {float(final[tid]):.1%} probability)."
+    top = int(torch.bincount(draws).argmax())
+    share = float((draws == top).float().mean())
+    return fig, (f"The most drawn token was {quote(labels_for([top])[0])}: {share:.1%} of {n} draws against "
+                 f"{float(final[top]):.1%} promised. More draws, closer bars.")  # fmt: skip
 
 
 def _labels_for(registry: Registry, analysis: Analysis):
@@ -559,9 +724,9 @@ def generate(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 0,
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[str, str, str]]:
     """Continue ``text`` token by token (an encoder-decoder: translate it), yielding
-    (text so far, status markdown) after each token.
+    (text so far, status markdown, the new tokens as HTML coloured by probability) after each token.
 
     The prompt keeps its last tokens when prompt + new tokens would overflow the context; an
     encoder-decoder's source keeps its first ones. Errors are yielded as a status message
@@ -570,14 +735,14 @@ def generate(
     try:
         entry = registry.get(model_key)
     except UnknownModelError as e:
-        yield "", error(md_escape(str(e)))
+        yield "", error(md_escape(str(e))), ""
         return
     can_gen, why = generate_note(entry)
     if not can_gen:
-        yield "", why
+        yield "", why, ""
         return
     if text is None or not str(text).strip():
-        yield "", error("Type some text to continue, then press Generate.")
+        yield "", error("Type some text to continue, then press Generate."), ""
         return
     try:
         temperature, top_k, top_p = _settings(temperature, top_k, top_p)
@@ -586,13 +751,13 @@ def generate(
         if max_new_tokens < 1:
             raise ValueError(f"max new tokens must be at least 1, got {max_new_tokens}")
     except (TypeError, ValueError) as e:
-        yield "", error(md_escape(str(e)))
+        yield "", error(md_escape(str(e))), ""
         return
 
     tok = entry.tokenizer
     prompt = [int(i) for i in tok.encode(str(text))]
     if not prompt:
-        yield "", error("This text produced no tokens.")
+        yield "", error("This text produced no tokens."), ""
         return
     notes = []
     limit = int(entry.config.max_seq_len)
@@ -617,6 +782,7 @@ def generate(
     eos = seq2seq.eos_id(entry) if seq2seq_model else getattr(tok, "eos_token_id", None)
     shown = (lambda: tok.decode(new)) if seq2seq_model else (lambda: tok.decode(prompt + new))
     verb = ("Translating…", "Translated into") if seq2seq_model else ("Generating…", "Generated")
+    pieces = ProbabilityChips(tok)
     started = time.perf_counter()
     stream = entry.model.generate_stream(
         ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -626,13 +792,43 @@ def generate(
         for token_id, prob in stream:
             new.append(int(token_id))
             probs.append(float(prob))
-            yield shown(), _gen_status(new, probs, started, notes, verb, done=False, greedy=temperature == 0)
+            pieces.add(int(token_id), float(prob))
+            status = _gen_status(new, probs, started, notes, verb, done=False, greedy=temperature == 0)
+            yield shown(), status, pieces.html()
     except (ValueError, RuntimeError) as e:
-        yield shown(), error(f"Generation stopped: {md_escape(str(e))}")
+        yield shown(), error(f"Generation stopped: {md_escape(str(e))}"), pieces.html()
         return
     stopped = bool(new) and eos is not None and new[-1] == eos
     final = _gen_status(new, probs, started, notes, verb, done=True, greedy=temperature == 0, stopped_at_eos=stopped)
-    yield shown(), final
+    yield shown(), final, pieces.html()
+
+
+class ProbabilityChips:
+    """The generated tokens as text pieces, each shaded by the probability it was drawn with
+    (red: an unlikely pick, green: a confident one); hovering a piece shows the number."""
+
+    def __init__(self, tokenizer):
+        self.tok, self.ids, self.pieces = tokenizer, [], []
+
+    def add(self, token_id: int, prob: float) -> None:
+        before = self.tok.decode(self.ids)
+        self.ids.append(token_id)
+        after = self.tok.decode(self.ids)  # the piece is what this token added to the decoded text
+        piece = after[len(before):] if after.startswith(before) else self.tok.decode([token_id])
+        self.pieces.append((piece, prob))
+
+    def html(self) -> str:
+        if not self.pieces:
+            return ""
+        spans = "".join(
+            f'<span class="ap-gen" style="background:hsl({120 * p:.0f},70%,84%)" '
+            f'title="p = {p:.1%}">{html.escape(piece) or "∅"}</span>'
+            for piece, p in self.pieces
+        )
+        legend = ('<div class="ap-gen-legend">shade = the probability each token was drawn with: '
+                  '<span style="background:hsl(0,70%,84%)">unlikely</span> → '
+                  '<span style="background:hsl(120,70%,84%)">certain</span></div>')  # fmt: skip
+        return f'<div class="ap-gen-text">{spans}</div>{legend}'
 
 
 def _gen_status(new, probs, started, notes, verb, *, done: bool, greedy: bool, stopped_at_eos: bool = False) -> str:

@@ -8,7 +8,7 @@ import sys
 import gradio as gr
 import torch
 
-from . import explore
+from . import card, compare, embeddings, explore, lens
 from .registry import Registry
 
 TITLE = "archplay"
@@ -49,7 +49,15 @@ def build_app(registry: Registry) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         with gr.Tabs():
             with gr.Tab("Explore", id="explore"):
-                explore.build(registry, demo)
+                explore_ui = explore.build(registry, demo)
+            with gr.Tab("Logit lens", id="lens"):
+                lens.build(registry, explore_ui)
+            with gr.Tab("Embeddings", id="embeddings"):
+                embeddings.build(registry, explore_ui)
+            with gr.Tab("Compare", id="compare"):
+                compare.build(registry, demo)
+            with gr.Tab("Architecture", id="architecture"):
+                card.build(registry, demo, explore_ui)
     return demo
 
 

@@ -10,14 +10,16 @@ this input's routed (token, slot) pairs each expert received).
 from __future__ import annotations
 
 import html
+import threading
 from dataclasses import dataclass
 
 import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from models import corpus, evaluate
 from models.moe import expert_load
-from viz.moe import expert_load_bars, routing_heatmap
+from viz.moe import expert_load_bars, routing_heatmap, specialisation_heatmap
 from viz.style import expert_colour, rgba
 
 from .messages import plural
@@ -156,3 +158,45 @@ def chips_html(routing: Routing, labels: list[str], ids: list[int], layer: int) 
         f"all {routing.top_k} it ran</div>"
         f'<div class="ap-legend">{legend}</div>'
     )
+
+
+# --------------------------------------------------------------------------- over the validation stories
+
+VALIDATION_STORIES = 100  # the first validation stories of the story world: ~1 s for the built-in MoE
+CORPUS_HELP = (
+    "Over the first {n} **validation stories** (text the model never trained on) rather than your input: "
+    "the load each expert carries, and where each **part of speech** goes first. The story world "
+    "knows every word's part of speech, the router was never told: a row concentrated on one "
+    "expert is a specialisation it found by itself."
+)
+_corpus_cache: dict[int, dict] = {}
+_corpus_lock = threading.Lock()
+
+
+def corpus_routing(entry) -> dict | None:
+    """``models.evaluate.expert_pos_counts`` over the validation stories, computed once per model
+    (models are shared read-only, so this summary is too); None when the model's tokenizer cannot
+    map tokens back to the story world's words."""
+    if not hasattr(entry.tokenizer, "encode_with_offsets") or entry.family != "moe":
+        return None
+    with _corpus_lock:
+        if id(entry.model) not in _corpus_cache:
+            stories = corpus.make_splits(seed=0, n_train=0, n_valid=VALIDATION_STORIES, n_test=0)["validation"]
+            _corpus_cache[id(entry.model)] = evaluate.expert_pos_counts(entry.model, entry.tokenizer, stories)
+        return _corpus_cache[id(entry.model)]
+
+
+def corpus_view(entry, layer) -> tuple[go.Figure | None, go.Figure | None, str]:
+    """(expert × part-of-speech heatmap, load bars, note) of MoE layer ``layer`` over the validation stories."""
+    stats = corpus_routing(entry)
+    if stats is None:
+        return None, None, "The validation-story view needs a built-in tokenizer (it maps tokens back to words)."
+    layer = int(layer)
+    n = stats["counts"].shape[0]
+    if not 0 <= layer < n:
+        raise ValueError(f"MoE layer must be between 0 and {n - 1}, got {layer}")
+    spec = specialisation_heatmap(stats["counts"][layer], stats["tags"],
+                                  title=f"Part of speech → first-choice expert, MoE layer {layer}")  # fmt: skip
+    load = stats["load"][layer]
+    bars = expert_load_bars(load, title=f"Load over {VALIDATION_STORIES} validation stories, MoE layer {layer}")
+    return spec, bars, CORPUS_HELP.format(n=VALIDATION_STORIES) + f" Least-loaded expert here: {float(load.min()):.0%}."

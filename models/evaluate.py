@@ -170,26 +170,47 @@ def translation(model, tok, pairs) -> dict:
 
 
 @torch.no_grad()
-def routing(model, tok, stories) -> dict:
-    """Per-layer expert load, and I(first-choice expert; part of speech) per layer in bits."""
+def expert_pos_counts(model, tok, stories) -> dict:
+    """Routing over ``stories`` with the corpus's truth: per MoE layer, how often each part of
+    speech went to each expert as its first choice, and every expert's load.
+
+    Returns ``tags`` (the corpus's TAGS), ``counts`` (layers, tags, experts) first-choice counts over
+    word tokens, ``load`` (layers, experts) the share of all routed (token, slot) pairs, and
+    ``first`` / ``pos``, the per-token first choices and tags behind ``counts``.
+    """
     n_layers = len(model.config.moe_layers)
+    E = model.config.n_experts
     chosen: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
     first: list[list[int]] = [[] for _ in range(n_layers)]
     tags: list[str] = []
+    device = next(model.parameters()).device
     for s in stories:
         ids, spans = tok.encode_with_offsets(s.text)
         owner = corpus.token_word_index(s, spans)
         keep = [i for i, o in enumerate(owner) if o is not None]
         tags += [s.pos[owner[i]] for i in keep]
-        tr = model(torch.tensor([ids]), trace=True).trace
+        tr = model(torch.tensor([ids], device=device), trace=True).trace
         for li, idx in enumerate(tr.expert_indices):
-            chosen[li].append(idx[0])  # (T, k) every token's experts
-            first[li] += idx[0, keep, 0].tolist()  # the highest-weighted expert of each word token
-    E = model.config.n_experts
-    load = [expert_load(torch.cat(c), E).tolist() for c in chosen]
-    mi = [mutual_information(f, tags) for f in first]
+            idx = idx[0].cpu()
+            chosen[li].append(idx)  # (T, k) every token's experts
+            first[li] += idx[keep, 0].tolist()  # the highest-weighted expert of each word token
+    row = {t: i for i, t in enumerate(corpus.TAGS)}
+    counts = torch.zeros(n_layers, len(corpus.TAGS), E, dtype=torch.long)
+    for li in range(n_layers):
+        counts[li].index_put_((torch.tensor([row[t] for t in tags]), torch.tensor(first[li])),
+                              torch.ones(len(tags), dtype=torch.long), accumulate=True)  # fmt: skip
+    load = torch.stack([expert_load(torch.cat(c), E) for c in chosen])  # (layers, E)
+    return {"tags": list(corpus.TAGS), "counts": counts, "load": load, "first": first, "pos": tags}
+
+
+@torch.no_grad()
+def routing(model, tok, stories) -> dict:
+    """Per-layer expert load, and I(first-choice expert; part of speech) per layer in bits."""
+    r = expert_pos_counts(model, tok, stories)
+    load = r["load"].tolist()
+    mi = [mutual_information(f, r["pos"]) for f in r["first"]]
     return {"load": load, "min_load": min(min(x) for x in load), "mi_pos_bits": mi,
-            "pos_entropy_bits": entropy_bits(tags)}  # fmt: skip
+            "pos_entropy_bits": entropy_bits(r["pos"])}  # fmt: skip
 
 
 def pronoun_queries(story, owner: list[int | None]) -> tuple[list[int], list[set[int]]]:

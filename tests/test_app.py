@@ -111,7 +111,8 @@ def test_cli_defaults_and_repeatable_model():
 def test_app_exposes_the_named_endpoints(registry):
     demo = build_app(registry)
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
-    assert {"analyse", "attention", "attention_kind", "distribution", "routing", "delta", "generate"} <= names
+    assert {"analyse", "attention", "attention_kind", "distribution", "routing", "delta", "generate", "grid",
+            "sample_once", "sample_many", "compare", "latency", "position", "lens", "card"} <= names
     params = {fn.api_name: [getattr(c, "label", None) for c in fn.inputs] for fn in demo.fns.values() if fn.api_name}
     # the original parameters first, in their order; new ones only appended
     assert params["analyse"][:7] == ["Model", "Text", "Layer", "Head", "Temperature", "Top-k", "Top-p"]
@@ -259,7 +260,7 @@ def test_slider_handlers_never_call_the_model(registry, forward_calls):
 def test_generate_streams_and_greedy_matches_model_generate(registry):
     entry = registry.get("gpt")
     steps = list(handlers.generate(registry, "gpt", TEXT, max_new_tokens=8, temperature=0.0))
-    texts = [t for t, _ in steps]
+    texts = [t for t, *_ in steps]
     assert len(steps) == 9  # one per token, then the final status
     assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))
     assert steps[-1][1].startswith("✓") and "Generated 8 tokens" in steps[-1][1]
@@ -403,8 +404,8 @@ def test_named_endpoints_through_gradio_client(registry):
         z = _decode(json.loads(head_fig["plot"])["data"][0]["z"])
         np.testing.assert_allclose(z, out.trace.attentions[3][0, 0].numpy(), atol=1e-7)
 
-        text, status = client.predict("gpt", TEXT, 5, 0.0, 0, 1.0, 0, api_name="/generate")
-        assert text.startswith(TEXT) and "Generated 5 tokens" in status
+        text, status, coloured = client.predict("gpt", TEXT, 5, 0.0, 0, 1.0, 0, api_name="/generate")
+        assert text.startswith(TEXT) and "Generated 5 tokens" in status and coloured.count("class=\"ap-gen\"") == 5
 
         # the encoder-decoder: translate, then switch to cross-attention by name
         status, *_ = client.predict("t5", TEXT, 0, 1, 1.0, 0, 1.0, "encoder", 0, 0, api_name="/analyse")

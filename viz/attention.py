@@ -168,3 +168,61 @@ def _token_figure(
 def tick_text(labels, positions) -> list[str]:
     """Escaped, shortened labels at the tick positions."""
     return [style.safe_label(style.short_label(str(labels[i]))) for i in positions]
+
+
+def downsample(z: np.ndarray, max_cells: int) -> np.ndarray:
+    """``z`` (R, C) averaged over blocks so neither side exceeds ``max_cells`` (unchanged if it fits).
+
+    Blocks are contiguous runs of rows (columns), as even as the sizes allow; averaging keeps a
+    thumbnail's rows summing to one like the attention rows they stand for.
+    """
+    for axis in (0, 1):
+        n = z.shape[axis]
+        if n > max_cells:
+            edges = np.linspace(0, n, max_cells + 1).round().astype(int)
+            sums = np.add.reduceat(z, edges[:-1], axis=axis)
+            sizes = np.diff(edges).reshape((-1, 1) if axis == 0 else (1, -1))
+            z = sums / sizes
+    return z
+
+
+def attention_grid(
+    maps, *, selected: tuple[int, int] | None = None, max_cells: int = 32, title: str = "Every layer and head",
+    row_name: str = "layer", col_name: str = "head",
+) -> go.Figure:  # fmt: skip
+    """Small heatmaps of every layer (rows, layer 0 at the top) and head (columns).
+
+    ``maps`` (L, H, Tq, Tk). Each thumbnail is downsampled to at most ``max_cells`` a side
+    (``downsample``); all share one colour scale. The ``selected`` (layer, head) gets a frame.
+    Trace ``i`` is layer ``i // H``, head ``i % H``; its ``name`` says so.
+    """
+    maps = style.to_numpy(maps)
+    if maps.ndim != 4:
+        raise ValueError(f"expected (layers, heads, queries, keys) maps, got shape {maps.shape}")
+    L, H = maps.shape[:2]
+    gap = 0.012
+    w, h = (1 - gap * (H - 1)) / H, (1 - gap * (L - 1)) / L
+    traces, layout, shapes = [], {}, []
+    zmax = float(maps.max()) if maps.size else 1.0
+    for i in range(L * H):
+        layer, head = divmod(i, H)
+        n = i + 1
+        x0, y1 = head * (w + gap), 1 - layer * (h + gap)
+        z = downsample(maps[layer, head], max_cells)
+        traces.append(dict(
+            type="heatmap", z=z, xaxis=f"x{n}", yaxis=f"y{n}", name=f"{row_name} {layer}, {col_name} {head}",
+            coloraxis="coloraxis", hovertemplate=f"{row_name} {layer}, {col_name} {head}<br>"
+            "row %{y} → col %{x}: %{z:.3f}<extra></extra>",
+        ))  # fmt: skip
+        common = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="")
+        layout[f"xaxis{n}"] = dict(common, domain=[x0, x0 + w], anchor=f"y{n}")
+        layout[f"yaxis{n}"] = dict(common, domain=[y1 - h, y1], anchor=f"x{n}", autorange="reversed")
+        if (layer, head) == selected:
+            shapes.append(dict(type="rect", xref="paper", yref="paper", x0=x0 - gap / 2, x1=x0 + w + gap / 2,
+                               y0=y1 - h - gap / 2, y1=y1 + gap / 2, line=dict(color=style.CHOSEN, width=3)))  # fmt: skip
+    cell = max(34, min(90, 720 // max(H, 1)))
+    return go.Figure(data=traces, layout=style.base_layout(
+        title, height=min(1400, 120 + L * cell), margin=dict(l=30, r=30, t=70, b=20), shapes=shapes,
+        coloraxis=dict(colorscale=style.ATTENTION_SCALE, cmin=0, cmax=zmax if zmax > 0 else 1, showscale=False),
+        plot_bgcolor="white", **layout,
+    ))  # fmt: skip

@@ -188,3 +188,33 @@ def expert_load_bars(
 def _coloured(text: str, colour: str) -> str:
     """Tick text in an expert's colour (plotly renders this small HTML subset)."""
     return f"<span style='color:{colour}'>{text}</span>"
+
+
+def specialisation_heatmap(counts, tags, *, title: str = "Expert by part of speech") -> go.Figure:
+    """Which expert each part of speech is sent to: row = a tag, column = an expert.
+
+    ``counts`` (tags, E) first-choice counts; rows with no tokens are dropped. ``z`` is each row
+    normalised, P(first-choice expert | part of speech); hover adds the count. A row concentrated
+    on one expert is a specialisation the router learned (it was never told the tags).
+    """
+    counts = style.to_numpy(counts).astype(np.int64)
+    if counts.ndim != 2 or counts.shape[0] != len(tags):
+        raise ValueError(f"expected ({len(tags)}, experts) counts, got shape {counts.shape}")
+    keep = np.flatnonzero(counts.sum(1) > 0)
+    c = counts[keep]
+    z = c / c.sum(1, keepdims=True)
+    names = [style.safe_label(tags[i]) for i in keep]
+    E = counts.shape[1]
+    customdata = np.stack([np.broadcast_to(np.array(names, dtype=object)[:, None], c.shape), c], axis=-1)
+    heatmap = dict(
+        type="heatmap", z=z, x=np.arange(E), y=names, customdata=customdata, colorscale=style.ROUTER_SCALE,
+        zmin=0, zmax=1, colorbar=dict(title=dict(text="share"), thickness=14, tickformat=".0%"),
+        hovertemplate="%{customdata[0]} → expert %{x}<br>%{z:.1%} of its tokens (%{customdata[1]})<extra></extra>",
+    )  # fmt: skip
+    layout = dict(
+        xaxis=dict(title_text="first-choice expert", tickmode="array", tickvals=list(range(E)),
+                   ticktext=[_coloured(str(e), style.expert_colour(e)) for e in range(E)]),
+        yaxis=dict(title_text="part of speech", autorange="reversed"),
+    )  # fmt: skip
+    return go.Figure(data=[heatmap], layout=style.base_layout(
+        title, height=140 + 26 * len(keep), margin=dict(l=90, r=20, t=90, b=50), **layout))  # fmt: skip

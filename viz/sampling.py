@@ -240,3 +240,44 @@ def _summary(staged, raw: np.ndarray, final: np.ndarray, n_kept: int) -> str:
 def _thousands(n: int) -> str:
     """``50257`` as ``"50 257"``."""
     return f"{n:,}".replace(",", " ")
+
+
+def sample_histogram(draws, final, labels_for, *, top_n: int = 20, title: str = "Samples") -> go.Figure:
+    """What ``len(draws)`` draws actually picked, beside what the final distribution promised.
+
+    ``draws`` (n,) token ids; ``final`` (V,) the distribution they were drawn from. Bars: the
+    share of draws per token (the ``top_n`` most drawn, most first; ``customdata`` rows
+    ``[label, token id, count]``); diamonds: each token's final probability, the share the
+    bars approach as n grows.
+    """
+    draws = style.to_numpy(draws).astype(np.int64).reshape(-1)
+    final = style.to_numpy(final).astype(np.float64)
+    if draws.size == 0:
+        raise ValueError("no draws to show")
+    ids, counts = np.unique(draws, return_counts=True)
+    order = np.lexsort((ids, -counts))[:top_n]  # most drawn first, ties by smaller id
+    ids, counts = ids[order], counts[order]
+    labels = [style.safe_label(s) for s in labels_for(ids.tolist())]
+    n = int(draws.size)
+    customdata = np.empty((len(ids), 3), dtype=object)
+    customdata[:, 0], customdata[:, 1], customdata[:, 2] = labels, ids, counts
+    ticks = [style.short_label(s) for s in labels]
+    bars = dict(
+        type="bar", name=f"share of {n} draws", x=np.arange(len(ids)), y=counts / n, customdata=customdata,
+        marker=dict(color=style.FINAL), hovertemplate="<b>‘%{customdata[0]}’</b> · id %{customdata[1]}<br>"
+        "drawn %{customdata[2]} times (%{y:.1%})<extra></extra>",
+    )  # fmt: skip
+    expected = dict(
+        type="scatter", mode="markers", name="final probability", x=np.arange(len(ids)), y=final[ids],
+        marker=dict(symbol="diamond", size=10, color=style.THRESHOLD),
+        hovertemplate="expected %{y:.1%}<extra></extra>",
+    )  # fmt: skip
+    distinct = len(np.unique(draws))
+    subtitle = f"{n} draw{'s' if n != 1 else ''}, {distinct} distinct token{'s' if distinct != 1 else ''}"
+    layout = style.base_layout(
+        f"{title}<br><sup>{subtitle}</sup>", height=380, margin=dict(l=70, r=30, t=90, b=90),
+        xaxis=dict(tickvals=list(range(len(ids))), ticktext=ticks, tickangle=-45, title="token"),
+        yaxis=dict(title="share", tickformat=".0%", rangemode="tozero"),
+        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
+    )  # fmt: skip
+    return go.Figure(data=[bars, expected], layout=layout)

@@ -1,0 +1,54 @@
+"""The Architecture tab: the chosen model's configuration and where its parameters sit."""
+
+from __future__ import annotations
+
+import html
+from types import SimpleNamespace
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from models.card import active_parameters, architecture, parameter_breakdown
+from viz.card import parameter_figure
+
+from .messages import error, md_escape
+from .registry import Registry, UnknownModelError
+
+HELP = (
+    "What the model is made of: its configuration as the architecture names it, and its parameters "
+    "by component. In these small models the embeddings are a large share; in big ones the "
+    "feed-forward layers (or experts) dominate. A mixture of experts **holds** every expert but "
+    "**runs** only top-k of them per token: its active parameters are fewer than its total."
+)
+
+
+def card(registry: Registry, key: str | None) -> tuple[str, go.Figure | None]:
+    """(the configuration as a markdown table, the parameter breakdown figure)."""
+    try:
+        entry = registry.get(key)
+    except UnknownModelError as e:
+        return error(md_escape(str(e))), None
+    rows = "\n".join(f"| {md_escape(k)} | {md_escape(str(v))} |" for k, v in architecture(entry.model))
+    table = f"#### {md_escape(entry.label)}\n\n| | |\n|---|---|\n{rows}"
+    model = entry.model
+    total = sum(p.numel() for p in model.parameters())
+    fig = parameter_figure(parameter_breakdown(model), active=active_parameters(model), total=total,
+                           title=f"Parameters by component: {html.escape(entry.label)}")  # fmt: skip
+    return table, fig
+
+
+def build(registry: Registry, demo: gr.Blocks, explore_ui: SimpleNamespace) -> SimpleNamespace:
+    ui = SimpleNamespace()
+    gr.Markdown("### Architecture card")
+    gr.Markdown(HELP, elem_classes="ap-help")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            ui.model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", elem_id="card-model")
+            ui.table = gr.Markdown("", elem_id="card-table")
+        with gr.Column(scale=3, min_width=420):
+            ui.plot = gr.Plot(show_label=False, elem_id="card-plot")
+    # The card follows the Explore tab's model choice, and its own dropdown.
+    explore_ui.model.change(lambda key: key, inputs=[explore_ui.model], outputs=[ui.model], show_progress="hidden")
+    gr.on(triggers=[demo.load, ui.model.change], fn=lambda key: card(registry, key), inputs=[ui.model],
+          outputs=[ui.table, ui.plot], api_name="card", show_progress="hidden")  # fmt: skip
+    return ui

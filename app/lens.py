@@ -1,0 +1,66 @@
+"""The Logit lens tab: what every layer of a decoder would predict if the model stopped there.
+
+Drawn from the Explore tab's Run (the session's cached hidden states): the shared model's final
+norm and LM head read out each layer (``models.lens``), which is arithmetic on the cached states,
+not a new forward pass. Encoders and T5 get a sentence saying why there is no lens.
+"""
+
+from __future__ import annotations
+
+import html
+from types import SimpleNamespace
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from models.lens import LENS_FAMILIES, logit_lens
+from viz.lens import logit_lens_heatmap
+
+from .handlers import Analysis
+from .messages import error, md_escape, note, ok
+from .registry import Registry, UnknownModelError
+
+HELP = (
+    "Each row reads the residual stream after one layer through the model's **final norm and LM "
+    "head**, the read-out it normally applies only at the top (the *logit lens*). The cell shows "
+    "that layer's top guess for the **next** token after the input token below it, shaded by its "
+    "probability; hover for the top 5. Early rows often echo the current token; watch the "
+    "model's answer (the top row) appear with depth."
+)
+
+
+def lens_view(registry: Registry, analysis: Analysis | None) -> tuple[go.Figure | None, str]:
+    """The logit-lens heatmap of the session's Run and a sentence on it."""
+    if analysis is None:
+        return None, note("Run a model on the Explore tab first.")
+    if analysis.family not in LENS_FAMILIES:
+        return None, note(f"The logit lens reads a decoder's layers through its output head; "
+                          f"{md_escape(analysis.model_label)} is an {analysis.family} model. Choose gpt, moe or mamba.")  # fmt: skip
+    if not analysis.hidden_states:
+        return None, note("This Run kept no hidden states.")
+    try:
+        entry = registry.get(analysis.model_key)
+    except UnknownModelError as e:
+        return None, error(md_escape(str(e)))
+    model = entry.model
+    device = next(model.parameters()).device
+    lens = logit_lens(model, [h.to(device) for h in analysis.hidden_states])
+    fig = logit_lens_heatmap(lens, analysis.labels, entry.tokenizer.tokens,
+                             title=f"Logit lens: {html.escape(entry.label)}")  # fmt: skip
+    final = lens.final_rank  # (L+1, T): 0 where a layer already has the model's answer on top
+    settled = [int(next((i for i in range(final.shape[0]) if (final[i:, t] == 0).all()), final.shape[0] - 1))
+               for t in range(final.shape[1])]  # fmt: skip
+    mean = sum(settled) / len(settled)
+    return fig, ok(f"{len(analysis.ids)} positions × {final.shape[0]} rows. On average the model's final answer "
+                   f"is on top from row {mean:.1f} of {final.shape[0] - 1} upward.")  # fmt: skip
+
+
+def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
+    ui = SimpleNamespace()
+    gr.Markdown("### Logit lens: the prediction forming layer by layer")
+    gr.Markdown(HELP, elem_classes="ap-help")
+    ui.note = gr.Markdown("", elem_id="lens-note")
+    ui.plot = gr.Plot(show_label=False, elem_id="lens-plot")
+    explore_ui.analysed.then(lambda a: lens_view(registry, a), inputs=[explore_ui.state],
+                             outputs=[ui.plot, ui.note], api_name="lens", show_progress="hidden")  # fmt: skip
+    return ui

@@ -1,0 +1,352 @@
+"""The views added around the Explore page: the layer × head grid, the mask pattern, predictions at
+any position, sampling histograms, coloured generation, and the Compare tab (handlers and figures).
+
+Every expectation is recomputed from the models or the inputs themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from app import compare, handlers
+from app.registry import Registry
+from models import timing
+from models.decoder import Decoder, DecoderConfig
+from viz.attention import attention_grid, downsample
+from viz.compare import latency_chart, surprisal_bars
+from viz.sampling import sample_histogram
+
+TEXT = "Mia has a red ball. She throws the ball to Tom. Then Tom"
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.from_names([], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gpt_run(registry):
+    r = handlers.analyse(registry, "gpt", TEXT)
+    assert r.ok
+    return r
+
+
+# --------------------------------------------------------------------------- grid and mask
+
+
+def test_downsample_averages_contiguous_blocks():
+    z = np.arange(36, dtype=float).reshape(6, 6)
+    assert downsample(z, 8) is z  # fits: untouched
+    small = downsample(z, 3)  # 2 × 2 blocks
+    assert small.shape == (3, 3)
+    assert small[0, 0] == np.mean([0, 1, 6, 7]) and small[2, 1] == np.mean([26, 27, 32, 33])
+    rows = np.full((5, 5), 0.2)  # attention-like rows summing to one stay so after averaging
+    np.testing.assert_allclose(downsample(rows, 2).sum(1) * (5 / 2), 1.0)
+
+
+def test_grid_thumbnails_equal_the_trace_and_frame_the_chosen_head(gpt_run):
+    a = gpt_run.analysis
+    fig = handlers.grid_figure(a, 2, 1)
+    L, H = a.n_layer, a.n_head
+    assert len(fig.data) == L * H
+    for i, tr in enumerate(fig.data):
+        layer, head = divmod(i, H)
+        assert tr.name == f"layer {layer}, head {head}"
+        np.testing.assert_allclose(np.asarray(tr.z), downsample(a.attentions[layer][head].numpy(), 32), atol=1e-7)
+    (frame,) = fig.layout.shapes
+    x_domain = fig.layout[f"xaxis{2 * H + 1 + 1}"].domain  # layer 2, head 1 is trace 2H + 1
+    assert frame.x0 < x_domain[0] < x_domain[1] < frame.x1
+
+
+def test_grid_downsamples_long_inputs():
+    maps = torch.rand(2, 3, 100, 100)
+    fig = attention_grid(maps, max_cells=20)
+    assert all(np.asarray(t.z).shape == (20, 20) for t in fig.data)
+    np.testing.assert_allclose(np.asarray(fig.data[4].z)[0, 0], maps[1, 1, :5, :5].mean().item(), rtol=1e-6)
+
+
+def test_mask_patterns_follow_the_architecture(registry, gpt_run):
+    fig, text = handlers.mask_figure(gpt_run.analysis, 0)
+    z = np.asarray(fig.data[0].z)
+    assert np.array_equal(z, np.tril(np.ones_like(z))) and "Causal" in text
+    bert = handlers.analyse(registry, "bert", "Sara has a pink letter. Then Sara reads her <mask>.").analysis
+    fig, text = handlers.mask_figure(bert, 0)
+    assert np.asarray(fig.data[0].z).all() and "Bidirectional" in text
+    t5 = handlers.analyse(registry, "t5", "Mia has a red ball.").analysis
+    cross, text = handlers.mask_figure(t5, 0, "cross")
+    assert np.asarray(cross.data[0].z).shape == (t5.n_steps, len(t5.ids)) and np.asarray(cross.data[0].z).all()
+    dec, _ = handlers.mask_figure(t5, 0, "decoder")
+    zd = np.asarray(dec.data[0].z)
+    assert np.array_equal(zd, np.tril(np.ones_like(zd)))
+
+
+def test_sliding_window_mask(gpt_run):
+    a = gpt_run.analysis
+    windowed = handlers.Analysis(**{**a.__dict__, "windows": [3] * a.n_layer})
+    fig, text = handlers.mask_figure(windowed, 1)
+    z = np.asarray(fig.data[0].z).astype(bool)
+    i, j = np.indices(z.shape)
+    assert np.array_equal(z, (j <= i) & (i - j < 3)) and "last 3 tokens" in text
+
+
+# --------------------------------------------------------------------------- any position, sampling
+
+
+def test_distribution_at_any_position_equals_that_rows_softmax(registry, gpt_run):
+    a = gpt_run.analysis
+    for pos in (0, 4, len(a.ids) - 1):
+        fig, _ = handlers.distribution(registry, a, 1.0, 0, 1.0, None, pos)
+        bars = [t for t in fig.data if t.name == "raw"][0]
+        ids = [int(row[1]) for row in bars.customdata]
+        expected = torch.softmax(a.logits[pos], -1)[ids].numpy()
+        np.testing.assert_allclose(np.asarray(bars.y), expected, rtol=1e-5)
+        assert f"(position {pos})" in fig.layout.title.text
+    with pytest.raises(ValueError, match="position must be between"):
+        handlers.distribution(registry, a, 1.0, 0, 1.0, None, len(a.ids))
+
+
+def test_encoder_without_a_mask_predicts_at_a_chosen_position(registry):
+    a = handlers.analyse(registry, "bert", "Mia has a red ball.").analysis
+    fig, msg = handlers.distribution(registry, a)
+    assert fig is None and "pick a position" in msg
+    fig, _ = handlers.distribution(registry, a, 1.0, 0, 1.0, None, 2)
+    assert "position 2" in fig.layout.title.text
+
+
+def test_sample_histogram_bars_are_the_draw_shares():
+    draws = torch.tensor([3, 3, 1, 3, 2, 1, 3, 3])
+    final = torch.tensor([0.0, 0.2, 0.1, 0.7])
+    fig = sample_histogram(draws, final, lambda ids: [f"t{i}" for i in ids])
+    bars, marks = fig.data
+    assert [int(r[1]) for r in bars.customdata] == [3, 1, 2]  # most drawn first
+    np.testing.assert_allclose(bars.y, [5 / 8, 2 / 8, 1 / 8])
+    np.testing.assert_allclose(marks.y, [0.7, 0.2, 0.1])
+
+
+def test_samples_are_seeded_and_respect_the_kept_set(registry, gpt_run):
+    a = gpt_run.analysis
+    fig_a, note_a = handlers.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
+    fig_b, _ = handlers.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
+    assert np.array_equal(fig_a.data[0].y, fig_b.data[0].y)
+    kept = torch.topk(a.logits[a.predict_at], 3).indices.tolist()
+    drawn = [int(r[1]) for r in fig_a.data[0].customdata]
+    assert set(drawn) <= set(kept) and sum(int(r[2]) for r in fig_a.data[0].customdata) == 200
+    greedy, text = handlers.samples(registry, a, 0.0, 0, 1.0, None, None, 1, seed=1)
+    assert [int(r[1]) for r in greedy.data[0].customdata] == [int(a.logits[a.predict_at].argmax())]
+    assert "100.0% probability" in text
+    with pytest.raises(ValueError, match="between 1 and 10000"):
+        handlers.samples(registry, a, 1.0, 0, 1.0, None, None, 0)
+
+
+def test_generation_colours_each_new_token_by_its_probability(registry):
+    steps = list(handlers.generate(registry, "gpt", TEXT, 6, 0.8, 0, 1.0, 3))
+    text, status, coloured = steps[-1]
+    pieces = coloured.split('class="ap-gen"')[1:]
+    assert len(pieces) == 6
+    probs = [float(p.split('title="p = ')[1].split("%")[0]) / 100 for p in pieces]
+    assert all(0 < p <= 1 for p in probs)
+    mean = float(status.split("had ")[1].split("%")[0]) / 100  # the status's average, same numbers
+    assert abs(mean - sum(probs) / len(probs)) < 0.002
+
+
+# --------------------------------------------------------------------------- compare
+
+
+def test_compare_panels_hold_each_models_own_numbers(registry):
+    status, panels = compare.compare(registry, ["gpt", "moe", "mamba", "bert"], TEXT + " <mask>")
+    assert status.startswith("✓") and [p.key for p in panels] == ["gpt", "moe", "mamba", "bert"]
+    gpt = registry.get("gpt")
+    ids = gpt.tokenizer.encode(TEXT + " <mask>")
+    with torch.no_grad():
+        logits = gpt.model(torch.tensor([ids])).logits[0]
+    expected = -torch.log_softmax(logits[:-1], -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])] / math.log(2)
+    assert math.isnan(panels[0].bits[0])
+    np.testing.assert_allclose(panels[0].bits[1:], expected.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(panels[0].surprisal.data[0].y)[1:], expected.numpy(), rtol=1e-4)
+    assert "active per token" in panels[1].title and "active" not in panels[0].title
+    assert "Hidden attention" in panels[2].view.layout.title.text or "hidden" in panels[2].view.layout.title.text
+    assert "Fills the mask" in panels[3].prediction
+    assert all(not p.message for p in panels)
+
+
+def test_compare_pseudo_surprisal_masks_each_token(registry):
+    _, (p,) = compare.compare(registry, ["bert"], "Mia has a red ball.")
+    bert = registry.get("bert")
+    ids = bert.tokenizer.encode("Mia has a red ball.")
+    t = 2
+    masked = list(ids)
+    masked[t] = bert.tokenizer.mask_token_id
+    with torch.no_grad():
+        logp = torch.log_softmax(bert.model(torch.tensor([masked])).logits[0, t], -1)[ids[t]]
+    assert p.bits[t] == pytest.approx(float(-logp / math.log(2)), rel=1e-4)
+    assert math.isnan(p.bits[0]) and math.isnan(p.bits[-1])  # <cls> and <sep>
+
+
+@pytest.mark.parametrize("keys, text, message", [
+    ([], TEXT, "at least one"), (["gpt"] * 5, TEXT, "at most 4"), (["gpt"], "  ", "Type some text"),
+])  # fmt: skip
+def test_compare_refuses_bad_requests(registry, keys, text, message):
+    status, panels = compare.compare(registry, keys, text)
+    assert panels == [] and message in status
+
+
+def test_compare_reports_an_unknown_model_in_its_panel(registry):
+    status, panels = compare.compare(registry, ["gpt", "nope"], TEXT)
+    assert not panels[0].message and "Unknown model" in panels[1].message and "could not run" in status
+
+
+def test_surprisal_bars_and_latency_chart_hold_their_inputs():
+    fig = surprisal_bars([math.nan, 1.5, 0.25], ["a", "b", "c"])
+    np.testing.assert_array_equal(np.asarray(fig.data[0].y, dtype=float)[1:], [1.5, 0.25])
+    assert "mean 0.88 bits over 2 tokens" in fig.layout.title.text
+    chart = latency_chart({"m": ([64, 128], [1.0, 3.0], [False, True])})
+    assert list(chart.data[0].x) == [64, 128] and list(chart.data[0].y) == [1.0, 3.0]
+    assert list(chart.data[0].marker.symbol) == ["circle", "circle-open"]
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def test_growth_recovers_a_power_law():
+    pts = [timing.Timing(n, 0.01 * n**1.5, False) for n in (256, 512, 1024, 2048)]
+    assert timing.growth(pts) == pytest.approx(1.5)
+    assert timing.growth(pts[:2]) is None  # one point from 512 up
+
+
+def test_forward_latency_stretches_beyond_the_context():
+    cfg = DecoderConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, d_ff=32, max_seq_len=32)
+    model = Decoder(cfg).eval()
+    copy = timing.stretched_copy(model, 100)
+    assert copy.config.max_seq_len == 100 and model.config.max_seq_len == 32
+    assert sum(p.numel() for p in copy.parameters()) - sum(p.numel() for p in model.parameters()) == 68 * 16
+    out = timing.forward_latency(model, (16, 32, 64), repeats=1)
+    assert [(t.length, t.stretched) for t in out] == [(16, False), (32, False), (64, True)]
+    assert all(t.ms > 0 for t in out)
+
+
+# --------------------------------------------------------------------------- MoE over the validation stories
+
+
+def test_specialisation_heatmap_rows_are_shares_of_each_tag():
+    from viz.moe import specialisation_heatmap
+
+    counts = np.array([[3, 1], [0, 0], [0, 5]])
+    fig = specialisation_heatmap(counts, ["NOUN", "VERB", "DET"])
+    assert list(fig.data[0].y) == ["NOUN", "DET"]  # the empty row is dropped
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), [[0.75, 0.25], [0.0, 1.0]])
+
+
+def test_corpus_routing_counts_match_the_truth(registry):
+    from models import corpus, evaluate
+
+    entry = registry.get("moe")
+    a = handlers.analyse(registry, "moe", TEXT).analysis
+    spec, load, text = handlers.corpus_routing(registry, a, 1)
+    stats = evaluate.expert_pos_counts(entry.model, entry.tokenizer,
+                                       corpus.make_splits(seed=0, n_train=0, n_valid=100, n_test=0)["validation"])  # fmt: skip
+    counts = stats["counts"][1]
+    assert int(counts.sum()) == len(stats["pos"])  # every word token counted once
+    kept = counts.sum(1) > 0
+    np.testing.assert_allclose(np.asarray(spec.data[0].z), (counts[kept] / counts[kept].sum(1, keepdim=True)).numpy())
+    np.testing.assert_allclose(np.asarray(load.data[0].y), stats["load"][1].numpy())
+    assert "validation stories" in text
+    assert handlers.corpus_routing(registry, handlers.analyse(registry, "gpt", TEXT).analysis, 0) == (None, None, "")
+
+
+# --------------------------------------------------------------------------- logit lens and architecture tabs
+
+
+def test_lens_tab_reads_the_runs_hidden_states(registry, gpt_run):
+    from app.lens import lens_view
+    from models.lens import logit_lens
+
+    a = gpt_run.analysis
+    fig, text = lens_view(registry, a)
+    model = registry.get("gpt").model
+    with torch.no_grad():
+        out = model(torch.tensor([a.ids]), trace=True)
+    lens = logit_lens(model, out.trace.hidden_states)
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), lens.top_probs[..., 0].numpy(), atol=1e-5)
+    top = torch.softmax(out.logits[0], -1).max(-1).values  # the last row is the model's own output
+    np.testing.assert_allclose(lens.top_probs[-1, :, 0].numpy(), top.numpy(), atol=1e-5)
+    assert "positions" in text
+    bert = handlers.analyse(registry, "bert", "Mia has a red ball.").analysis
+    assert lens_view(registry, bert)[0] is None and "decoder" in lens_view(registry, bert)[1]
+    assert lens_view(registry, None)[0] is None
+
+
+@pytest.mark.parametrize("key", ["gpt", "moe", "t5"])
+def test_architecture_card_counts_every_parameter(registry, key):
+    from app.card import card
+
+    table, fig = card(registry, key)
+    model = registry.get(key).model
+    total = sum(p.numel() for p in model.parameters())
+    assert int(np.asarray(fig.data[0].x).sum()) == total
+    assert "| layers |" in table.lower() or "layers" in table
+    if key == "moe":
+        assert "active" in table
+    message, none = card(registry, "nope")
+    assert none is None and "Unknown model" in message
+
+
+def test_choosing_a_position_carries_into_redraws_and_samples(registry, gpt_run):
+    a = gpt_run.analysis
+    moved, fig, _ = handlers.at_position(registry, a, 3, 1.0, 0, 1.0)
+    assert moved.predict_at == 3 and a.predict_at == len(a.ids) - 1  # a new Analysis; the old one untouched
+    redraw, _ = handlers.distribution(registry, moved, 0.5, 0, 1.0)
+    assert "(position 3)" in redraw.layout.title.text
+    hist, _ = handlers.samples(registry, moved, 0.0, 0, 1.0, None, None, 1)
+    assert [int(r[1]) for r in hist.data[0].customdata] == [int(a.logits[3].argmax())]
+    with pytest.raises(ValueError):
+        handlers.at_position(registry, a, 99, 1.0, 0, 1.0)
+
+
+def test_ssm_grid_shows_each_layers_hidden_attention(registry):
+    a = handlers.analyse(registry, "mamba", TEXT).analysis
+    fig = handlers.grid_figure(a, 1, 0)
+    assert len(fig.data) == a.n_layer
+    for layer, tr in enumerate(fig.data):
+        np.testing.assert_allclose(np.asarray(tr.z), downsample(a.ssm.hidden_attention[layer].numpy(), 32), atol=1e-7)
+
+
+# --------------------------------------------------------------------------- embeddings tab
+
+
+def test_embeddings_tab_projects_the_runs_layers(registry, gpt_run):
+    from app.embeddings import views
+    from models.embeddings import layer_projection
+
+    a = gpt_run.analysis
+    scatter, path, text, n_layers, T = views(registry, a, 2, 5)
+    proj = layer_projection(a.hidden_states, 2)
+    points = np.zeros((T, 2))
+    for tr in scatter.data:  # one trace per part of speech; customdata = row indices
+        rows = np.asarray(tr.customdata).astype(int).reshape(-1)
+        points[rows] = np.stack([tr.x, tr.y], 1)
+    np.testing.assert_allclose(points, proj.coords[2].numpy(), atol=1e-6)
+    groups = {tr.name for tr in scatter.data}
+    assert {"NAME", "VERB", "NOUN"} <= groups  # the story world's truth colours the points
+    line = [t for t in path.data if t.name == "path"][0]
+    np.testing.assert_allclose(np.stack([line.x, line.y], 1), proj.coords[:, 5].numpy(), atol=1e-6)
+    with pytest.raises(ValueError):
+        views(registry, a, n_layers, 0)
+
+
+def test_sentence_embeddings_tab(registry):
+    from app.embeddings import sentences
+    from models.embeddings import cosine_matrix, sentence_embeddings
+
+    lines = ["Mia has a red ball.", "Tom has a blue ball.", "Sara reads her letter."]
+    sim, scatter, text = sentences(registry, "bert", "\n".join(lines))
+    bert = registry.get("bert")
+    with torch.inference_mode():
+        expected = cosine_matrix(sentence_embeddings(bert.model, bert.tokenizer, lines))
+    np.testing.assert_allclose(np.asarray(sim.data[0].z), expected.numpy(), atol=1e-5)
+    assert "Most similar" in text
+    assert sentences(registry, "gpt", "a\nb")[0] is None
+    assert "at least two" in sentences(registry, "bert", "one line")[2]
