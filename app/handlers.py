@@ -499,7 +499,7 @@ def grid_figure(analysis: Analysis | None, layer: int, head: int, kind: str | No
     if maps is None:
         return None
     name = "hidden attention" if analysis.ssm is not None else seq2seq.KIND_NAMES.get(analysis.kind(kind), "attention")
-    title = f"Every layer × head: {name} (rows = layers, 0 at the top; click the sliders to enlarge one)"
+    title = f"Every layer × head: {name} (rows = layers, 0 at the top)"
     col = "channel mean" if analysis.ssm is not None else "head"
     return attention_grid(maps, selected=(int(layer), 0 if analysis.ssm is not None else int(head)), title=title,
                           col_name=col)  # fmt: skip

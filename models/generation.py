@@ -75,6 +75,13 @@ def stream(step: Step, ids: Tensor, state: object, **kwargs) -> Iterator[tuple[i
     """Batch-1 generation, one (token id, probability) at a time, for the page to stream."""
     if ids.shape[0] != 1:
         raise ValueError("streaming generation takes one sequence at a time")
-    with torch.inference_mode():
-        for nxt, prob in iterate(step, ids, state, **kwargs):
-            yield int(nxt[0]), float(prob[0])
+    steps = iterate(step, ids, state, **kwargs)
+    while True:
+        # Inference mode is per thread, and a server may resume this generator on another thread
+        # at each token: so it is entered around each step, never held across a yield.
+        with torch.inference_mode():
+            try:
+                nxt, prob = next(steps)
+            except StopIteration:
+                return
+        yield int(nxt[0]), float(prob[0])

@@ -24,7 +24,8 @@ import torch
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOT = ROOT / "assets" / "screenshots" / "explore.png"
+SCREENSHOTS = ROOT / "assets" / "screenshots"
+SCREENSHOT = SCREENSHOTS / "explore.png"
 TEXT = "Sara has a pink letter. Then she reads her letter. Sara goes to the"
 
 pytestmark = [
@@ -271,6 +272,8 @@ def test_explore_page_end_to_end(page, model):
                                       page.locator("#generated textarea").input_value()))  # fmt: skip
     assert "Generated 12 tokens" in status or "stopped at the end" in status, status
     assert page.locator("#generated textarea").input_value().startswith(TEXT)
+    pieces = page.locator("#generated-html .ap-gen")  # the new tokens, shaded by their probability
+    assert pieces.count() in range(1, 13) and pieces.first.get_attribute("title").startswith("p = ")
 
     # an empty text is reported on the page, and the server keeps serving
     page.locator("#text textarea").fill("   ")
@@ -364,6 +367,110 @@ def test_moe_routing_marks_in_the_page(page):
     load_plot = wait_for_plot(page, "load-plot", "Load, layer 2")
     shares = _array(plot_trace(load_plot, "load")["y"])
     assert shares.sum() == pytest.approx(1.0, abs=1e-6)
+
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, "browser console errors:\n" + "\n".join(errors)
+
+
+# --------------------------------------------------------------------------- the other views and tabs
+
+
+def screenshot(page, name: str) -> None:
+    """Refresh ``assets/screenshots/<name>.png`` (the README's pictures) on request only."""
+    if os.environ.get("ARCHPLAY_SCREENSHOTS"):
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_grid_mask_position_and_sampling_in_the_page(page, model):
+    from models.sampling import staged_distribution
+
+    net, tok = model
+    choose_model(page, "gpt")
+    page.locator("#text textarea").fill(TEXT)
+    page.locator("#run").click()
+    ids, out = expected_state(model, TEXT)
+    grid = wait_until(page, lambda: (g := read_plot(page, "grid-plot")) and len(g["data"]) == 16 and g, "the grid")
+    # thumbnail (layer 1, head 2) is trace 1 * 4 + 2; at this length it is the full map
+    np.testing.assert_allclose(_array(grid["data"][6]["z"]), out.trace.attentions[1][0, 2].numpy(), atol=1e-6)
+    mask = wait_for_plot(page, "mask-plot", "causal")
+    z = _array(mask["data"][0]["z"])
+    assert np.array_equal(z, np.tril(np.ones_like(z)))
+
+    # a prediction at an earlier position: the bars are that row's distribution
+    set_slider(page, "position", 3)
+    plot = wait_for_plot(page, "distribution-plot", "(position 3)")
+    bar_ids, final = final_bars(plot)
+    settings = [float(page.locator(f"#{s} input[type=number]").input_value()) for s in ("temperature", "top-k", "top-p")]
+    staged = staged_distribution(out.logits[0, 3], settings[0], int(settings[1]), settings[2])
+    np.testing.assert_allclose(final, staged.final[bar_ids].numpy(), rtol=1e-5, atol=1e-7)
+
+    # sample 200 times: the histogram counts 200 draws, all from tokens that can still be drawn
+    page.locator("#sample-many").click()
+    hist = wait_for_plot(page, "sample-plot", "200 draws")
+    drawn = [int(row[1]) for row in plot_trace(hist, "share of 200 draws")["customdata"]]
+    assert all(bool(staged.kept[i]) for i in drawn)
+    assert _array(plot_trace(hist, "share of 200 draws")["y"]).sum() <= 1.0 + 1e-9
+    page.locator("#sample-once").click()
+    wait_for_plot(page, "sample-plot", "1 draw at position 3")
+    screenshot(page, "explore")
+
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, "browser console errors:\n" + "\n".join(errors)
+
+
+def test_lens_embeddings_compare_and_architecture_tabs(page, model):
+    from models.lens import logit_lens
+
+    net, tok = model
+    ids, out = expected_state(model, TEXT)  # the previous test's Run (gpt on TEXT) feeds these tabs
+    open_tab(page, "Logit lens")
+    lens = wait_for_plot(page, "lens-plot", "Logit lens")
+    expected = logit_lens(net, out.trace.hidden_states)
+    np.testing.assert_allclose(_array(lens["data"][0]["z"]), expected.top_probs[..., 0].numpy(), atol=1e-5)
+    screenshot(page, "lens")
+
+    open_tab(page, "Embeddings")
+    scatter = wait_for_plot(page, "emb-scatter", "tokens")
+    groups = {t["name"] for t in scatter["data"]}
+    assert {"NAME", "VERB", "NOUN"} <= groups, groups  # coloured by the story world's parts of speech
+    assert sum(len(t["x"]) if isinstance(t["x"], list) else len(_array(t["x"])) for t in scatter["data"]) == len(ids)
+    wait_for_plot(page, "emb-path", "through the layers")
+    page.locator("#sent-run").click()
+    sim = wait_for_plot(page, "sent-similarity", "similarity")
+    assert np.allclose(np.diag(_array(sim["data"][0]["z"])), 1.0, atol=1e-5)
+    screenshot(page, "embeddings")
+
+    open_tab(page, "Compare")
+    page.locator("#compare-text textarea").fill(TEXT)
+    page.locator("#compare-models label").filter(has_text=re.compile(r"^\W*moe\b")).click()  # gpt, mamba + moe
+    page.locator("#compare-run").click()
+    wait_until(page, lambda: page.locator("#compare-status").inner_text().startswith("✓"), "the comparison")
+    titles = [page.locator(f"#compare-title-{i}").inner_text() for i in range(3)]
+    assert [t.split()[0] for t in titles] == ["gpt", "mamba", "moe"], titles  # in the order they were ticked
+    assert "active per token" in titles[2] and "forward" in titles[1]
+    assert not page.locator("#compare-slot-3").is_visible()
+    surprisal = wait_for_plot(page, "compare-surprisal-0", "Surprisal")
+    bits = _array(surprisal["data"][0]["y"])[1:]
+    logp = torch.log_softmax(out.logits[0, :-1], -1)[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    np.testing.assert_allclose(bits, (-logp / np.log(2)).numpy(), rtol=1e-4)
+    page.locator("#compare-measure").click()
+    chart = wait_for_plot(page, "compare-latency", "latency", timeout=120)
+    lines = [t for t in chart["data"] if t["name"] and not t["name"].startswith("∝")]
+    assert len(lines) == 3 and all(len(t["x"]) == 6 for t in lines)
+    screenshot(page, "compare")
+
+    open_tab(page, "Architecture")
+    plot = wait_for_plot(page, "card-plot", "Parameters by component")
+    assert int(_array(plot["data"][0]["x"]).sum()) == sum(p.numel() for p in net.parameters())
+    assert "layers" in page.locator("#card-table").inner_text()
+    screenshot(page, "architecture")
+    open_tab(page, "Explore")
 
     errors = [e for e in page.console_errors if "favicon" not in e]
     assert not errors, "browser console errors:\n" + "\n".join(errors)

@@ -350,3 +350,38 @@ def test_sentence_embeddings_tab(registry):
     assert "Most similar" in text
     assert sentences(registry, "gpt", "a\nb")[0] is None
     assert "at least two" in sentences(registry, "bert", "one line")[2]
+
+
+# --------------------------------------------------------------------------- streaming across threads
+
+
+@pytest.mark.parametrize("key", ["gpt", "moe", "mamba", "t5"])
+def test_streaming_survives_a_new_thread_at_every_token(registry, key):
+    """A server resumes a streaming generator on whichever worker thread is free. Grad mode is per
+    thread, so a generator that entered inference mode once and yielded broke on the next thread
+    ("Inference tensors cannot be saved for backward"): each token here comes from a new thread,
+    after an inference-mode Run has cached its tensors."""
+    import threading
+
+    entry = registry.get(key)
+    handlers.analyse(registry, key, TEXT)
+    ids = torch.tensor([entry.tokenizer.encode(TEXT)])
+    stream = entry.model.generate_stream(ids, max_new_tokens=6, temperature=0.0)
+    got, errors = [], []
+
+    def one():
+        try:
+            got.append(next(stream)[0])
+        except StopIteration:
+            pass
+        except Exception as e:  # noqa: BLE001 - the test reports whatever broke
+            errors.append(e)
+
+    for _ in range(6):
+        t = threading.Thread(target=one)
+        t.start()
+        t.join()
+    assert not errors, errors
+    expected = entry.model.generate(ids, max_new_tokens=6, temperature=0.0)[0]
+    expected = expected.tolist() if key == "t5" else expected[ids.shape[1]:].tolist()
+    assert got == expected[: len(got)] and len(got) >= 1
