@@ -21,7 +21,8 @@ HELP = (
     "each output (row): α = C · (the decay exp(Δ·A) of every step in between) · Δ·B, averaged here "
     "over the layer's channels as mean |α|. It is lower-triangular because the scan only runs "
     "forward, and it fades with distance because every step multiplies the old state by a decay "
-    "below 1."
+    "below 1. The map is T × T only as a picture: the model itself never builds it, so its cost "
+    "grows linearly with the text (the **Compare** tab measures latency against length)."
 )
 HEAD_INFO = "Mamba has no heads: one hidden-attention map per layer (averaged over its channels)"
 DELTA_HELP = (

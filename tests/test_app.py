@@ -425,6 +425,15 @@ def test_named_endpoints_through_gradio_client(registry):
         marks = next(t for t in json.loads(routing_fig["plot"])["data"] if t.get("name") == "chosen")
         np.testing.assert_array_equal(_decode(marks["x"]), moe_out.trace.expert_indices[2][0].reshape(-1).numpy())
         assert "ap-exp" in chips and "routed slots" in note_text
+
+        # the gpt again: a prediction at position 2, then 200 samples there, then a comparison
+        client.predict("gpt", TEXT, 0, 0, 1.0, 0, 1.0, api_name="/analyse")
+        fig, summary = client.predict(2, 1.0, 0, 1.0, api_name="/position")
+        assert "(position 2)" in json.loads(fig["plot"])["layout"]["title"]["text"]
+        hist, text = client.predict(1.0, 0, 1.0, 0, 7, api_name="/sample_many")
+        assert "200 draws at position 2" in json.loads(hist["plot"])["layout"]["title"]["text"]
+        status, *slots = client.predict(["gpt", "mamba"], TEXT, api_name="/compare")
+        assert status.startswith("✓") and "gpt" in slots[0] and "mamba" in slots[4]  # title, view, prediction, surprisal
     finally:
         demo.close()
 

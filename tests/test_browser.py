@@ -424,11 +424,48 @@ def test_grid_mask_position_and_sampling_in_the_page(page, model):
     assert not errors, "browser console errors:\n" + "\n".join(errors)
 
 
+def test_mamba_and_bert_views_in_the_page(page):
+    from models import load
+
+    net, tok = load("mamba", device="cpu")
+    ids = tok.encode(TEXT)
+    with torch.inference_mode():
+        out = net(torch.tensor([ids]), trace=True)
+    page.locator("#text textarea").fill(TEXT)
+    choose_model(page, "mamba")  # runs the model on the text
+    wait_until(page, lambda: "mamba" in (t := page.locator("#status").inner_text()) and f"on {len(ids)} tokens" in t,
+               "the mamba run", show=lambda: page.locator("#status").inner_text())  # fmt: skip
+    plot = wait_for_plot(page, "attention-plot", "hidden attention")
+    layer = int(re.search(r"Layer (\d+)", plot["title"]).group(1))
+    np.testing.assert_allclose(_array(plot["data"][0]["z"]), out.trace.ssm_attention[layer][0].numpy(), atol=1e-6)
+    delta = wait_for_plot(page, "delta-plot", "step size")
+    assert len(_array(plot_trace(delta, "mean Δ")["y"])) == len(ids)
+    grid = wait_until(page, lambda: (g := read_plot(page, "grid-plot")) and len(g["data"]) == net.config.n_layer and g,
+                      "the hidden-attention grid")  # fmt: skip
+    assert "hidden attention" in grid["title"]
+    assert "no attention mask" in page.locator("#mask-help").inner_text().lower()
+
+    page.locator("#text textarea").fill("Sara has a pink letter. Then Sara reads her <mask>.")
+    choose_model(page, "bert")
+    plot = wait_for_plot(page, "distribution-plot", "What fits at position")
+    bar_ids, _ = final_bars(plot)
+    assert tok.decode([bar_ids[0]]).strip() == "letter"  # the context determines the word
+    mask = wait_for_plot(page, "mask-plot", "bidirectional")
+    assert _array(mask["data"][0]["z"]).all()
+
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, "browser console errors:\n" + "\n".join(errors)
+
+
 def test_lens_embeddings_compare_and_architecture_tabs(page, model):
     from models.lens import logit_lens
 
     net, tok = model
-    ids, out = expected_state(model, TEXT)  # the previous test's Run (gpt on TEXT) feeds these tabs
+    ids, out = expected_state(model, TEXT)
+    page.locator("#text textarea").fill(TEXT)
+    choose_model(page, "gpt")  # this Run feeds the Logit lens and Embeddings tabs
+    wait_until(page, lambda: "gpt" in (t := page.locator("#status").inner_text()) and f"on {len(ids)} tokens" in t,
+               "the gpt run", show=lambda: page.locator("#status").inner_text())  # fmt: skip
     open_tab(page, "Logit lens")
     lens = wait_for_plot(page, "lens-plot", "Logit lens")
     expected = logit_lens(net, out.trace.hidden_states)
