@@ -208,21 +208,25 @@ def hidden_attention_full(delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Ten
 
 @torch.no_grad()  # a picture of the model, not part of its computation
 def hidden_attention(
-    delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *, block: int = 64, max_bytes: int = 64 * 2**20
+    delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *, block: int | None = None, max_bytes: int = 64 * 2**20
 ) -> Tensor:
     """mean over channels of |α|, (b, T, T), with bounded memory.
 
-    Rows come in blocks of ``block`` and channels in groups sized so one step's working
+    Rows come in blocks of ``block`` (None: 8 up to 256 tokens, else 16) and channels in groups sized so one step's working
     tensors stay near ``max_bytes`` (plus the (b, T, T) result). For a row block starting at
     r0, the columns before it factor through the position just before the block, p = r0 − 1:
 
         exp(Σ_{k=c+1..r} Δ_k A) = exp(Σ_{k=p+1..r} Δ_k A) · exp(Σ_{k=c+1..p} Δ_k A)    (c ≤ p < r)
 
     so that part is one matrix product (rows × N) @ (N × columns) per channel, with both
-    exponents ≤ 0 (no overflow). The diagonal block is computed directly.
+    exponents ≤ 0 (no overflow). The diagonal block is computed directly: it costs T · block · N
+    exponentials per channel against T² · N / (2 · block) for the factored part, so small blocks
+    win (measured on 2 CPU cores, Di 256, N 16: 5× faster at T = 128 with block 8 than with 64).
     """
     b, T, Di = delta.shape
     N = A.shape[1]
+    if block is None:
+        block = 8 if T <= 256 else 16
     L = max(1, min(block, T))
     cum = delta.double().cumsum(1).transpose(1, 2)  # (b, Di, T); float64 so long sums subtract without loss
     per_channel = 4 * b * (2 * L * T + 2 * N * T + 2 * L * L * N)  # bytes of one step's tensors

@@ -17,7 +17,12 @@ from viz import style
 
 # ``%{x:d}`` formats the raw index; a bare ``%{x}`` would show the axis tick text where there is one.
 _ATTN_HOVER = "QUERY %{y:d} → KEY %{x:d}<br>%{customdata}<br>VALUE %{z:.4f}<extra></extra>"
-_MASK_HOVER = "query %{y:d} → key %{x:d}<br>%{customdata}<extra></extra>"
+_MASK_HOVER = "query %{y:d} → key %{x:d}: %{z}<br>(1 = may attend, 0 = masked)<extra></extra>"
+
+# Per-cell hover labels up to 256 × 256 cells; beyond, the hover gives positions only (the tick
+# labels name the tokens): 512 × 512 label strings alone would be ~6 MB of JSON per redraw.
+LABELLED_CELLS = 256 * 256
+_ATTN_HOVER_POSITIONS = "QUERY %{y:d} → KEY %{x:d}<br>VALUE %{z:.4f}<extra></extra>"
 
 QUERY_TITLE = "query (attending token)"
 KEY_TITLE = "key (attended-to token)"
@@ -40,7 +45,8 @@ def attention_heatmap(
 
     ``weights`` is a (Tq, Tk) array or tensor for one layer and head; ``z`` holds it unchanged.
     The colour runs from 0 (white; masked future positions are exactly 0) to the largest weight.
-    Hovering a cell names the query token, the key token and the weight. ``value_name`` names
+    Hovering a cell names the query token, the key token and the weight (beyond
+    ``LABELLED_CELLS`` cells, their positions: the tick labels name the tokens). ``value_name`` names
     the value in the hover and on the colour bar; ``query_title``/``key_title`` title the axes
     and ``query_word``/``key_word`` name the row and column in the hover (cross-attention:
     target rows, source columns).
@@ -48,14 +54,15 @@ def attention_heatmap(
     z = _matrix(weights, query_labels, key_labels)
     finite = z[np.isfinite(z)]
     zmax = float(finite.max()) if finite.size else 0.0
+    labelled = z.size <= LABELLED_CELLS
     heatmap = dict(
         type="heatmap",
         z=z,
         x=np.arange(z.shape[1]),
         y=np.arange(z.shape[0]),
-        customdata=pair_labels(query_labels, key_labels),
+        customdata=pair_labels(query_labels, key_labels) if labelled else None,
         hovertemplate=(
-            _ATTN_HOVER.replace("QUERY", style.safe_label(query_word))
+            (_ATTN_HOVER if labelled else _ATTN_HOVER_POSITIONS).replace("QUERY", style.safe_label(query_word))
             .replace("KEY", style.safe_label(key_word))
             .replace("VALUE", style.safe_label(value_name))
         ),
@@ -72,17 +79,17 @@ def attention_mask_heatmap(
 ) -> go.Figure:
     """Two-colour map of a boolean (Tq, Tk) mask: 1 where query i may attend to key j, 0 where masked.
 
-    ``z`` holds the mask as 0/1 integers; hover says "may attend" or "masked".
+    ``z`` holds the mask as 0/1 integers; hover gives the query and key positions and the verdict
+    (no per-cell label strings: a mask is a rule about positions, and at 512 tokens those strings
+    would make it the page's heaviest figure).
     """
     mask = _matrix(allowed, query_labels, key_labels).astype(bool)
     z = mask.astype(np.int8)
-    customdata = pair_labels(query_labels, key_labels, np.where(mask, " · may attend", " · masked"))
     heatmap = dict(
         type="heatmap",
         z=z,
         x=np.arange(z.shape[1]),
         y=np.arange(z.shape[0]),
-        customdata=customdata,
         hovertemplate=_MASK_HOVER,
         colorscale=[[0.0, style.MASK_OFF], [0.5, style.MASK_OFF], [0.5, style.MASK_ON], [1.0, style.MASK_ON]],
         zmin=0,
@@ -208,7 +215,7 @@ def attention_grid(
         layer, head = divmod(i, H)
         n = i + 1
         x0, y1 = head * (w + gap), 1 - layer * (h + gap)
-        z = downsample(maps[layer, head], max_cells)
+        z = downsample(maps[layer, head], max_cells).astype(np.float32)  # half the JSON of float64
         traces.append(dict(
             type="heatmap", z=z, xaxis=f"x{n}", yaxis=f"y{n}", name=f"{row_name} {layer}, {col_name} {head}",
             coloraxis="coloraxis", hovertemplate=f"{row_name} {layer}, {col_name} {head}<br>"

@@ -1,0 +1,163 @@
+"""How instant the page feels: a sampler update, and a whole Explore analysis.
+
+1. **Sampler update**: a temperature / top-k / top-p change turned into the new figure from the
+   cached logits. Measured twice: the handler alone (``app.handlers.distribution``), and the
+   round trip a browser makes, through the running app with ``gradio_client`` on loopback
+   (queue, JSON, HTTP included). At the built-in vocabulary (1,280) and at GPT-2's 50,257
+   (a random-weight decoder of that vocabulary).
+2. **Analyse**: text → traced forward pass → every figure of the Explore tab
+   (``app.handlers.analyse``), per built-in model, at 32, 128 and 512 tokens; and the size of
+   what is sent to the browser (the figures' JSON and the HTML).
+
+    python -m bench.interactive [--quick]
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import time
+
+import torch
+
+from app import handlers
+from app.registry import Registry
+from models import BUILTIN_NAMES, corpus
+from models.decoder import Decoder, DecoderConfig
+from models.tokenizer import ByteTokenizer
+
+SETTINGS = [(t, k, p) for t in (0.3, 0.7, 1.0, 1.5) for k in (0, 5, 40, 200) for p in (0.5, 0.9, 0.95, 1.0)]  # 64
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    """(p50, p95) of a list of milliseconds (nearest-rank p95)."""
+    s = sorted(ms)
+    return statistics.median(s), s[min(len(s) - 1, max(0, round(0.95 * len(s)) - 1))]
+
+
+def big_vocab_registry(registry: Registry) -> str:
+    """Add a random GPT-2-vocabulary decoder (50,257 tokens, tiny otherwise) as "gpt2-vocab"."""
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=50257, d_model=128, n_layer=2, n_head=4, d_ff=512, max_seq_len=512, name="gpt2-vocab",
+                        trained=False)  # fmt: skip
+    registry.put("gpt2-vocab", Decoder(cfg), ByteTokenizer())
+    return "gpt2-vocab"
+
+
+def story_text(n_tokens: int, tok) -> str:
+    """Story-world text of about ``n_tokens`` tokens (for this tokenizer)."""
+    stories = corpus.make_splits(seed=0, n_train=0, n_valid=60, n_test=0)["validation"]
+    text = " ".join(s.text for s in stories)
+    ids = tok.encode(text)
+    return tok.decode(ids[: n_tokens + 1])  # the tokenizer's own specials are added again on encode
+
+
+def sampler_handler(registry: Registry, key: str, changes: int) -> dict:
+    text = story_text(64, registry.get(key).tokenizer)
+    a = handlers.analyse(registry, key, text).analysis
+    ms = []
+    for i in range(changes):
+        t, k, p = SETTINGS[i % len(SETTINGS)]
+        t0 = time.perf_counter()
+        handlers.distribution(registry, a, t, k, p)
+        ms.append((time.perf_counter() - t0) * 1000)
+    return {"p50": percentiles(ms)[0], "p95": percentiles(ms)[1], "n": len(ms), "vocab": a.logits.shape[-1]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dict:
+    """Round trips of /distribution through the app on loopback, one client session per model."""
+    from gradio_client import Client
+
+    from app.main import CSS, THEME, build_app
+
+    demo = build_app(registry)
+    demo.queue(default_concurrency_limit=4)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                theme=THEME, css=CSS)  # fmt: skip
+    out = {}
+    try:
+        for key in keys:
+            client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+            client.predict(key, story_text(64, registry.get(key).tokenizer), 0, 0, 1.0, 0, 1.0, api_name="/analyse")
+            ms = []
+            for i in range(changes):
+                t, k, p = SETTINGS[i % len(SETTINGS)]
+                t0 = time.perf_counter()
+                client.predict(t, k, p, api_name="/distribution")
+                ms.append((time.perf_counter() - t0) * 1000)
+            out[key] = {"p50": percentiles(ms)[0], "p95": percentiles(ms)[1], "n": len(ms)}
+            client.close() if hasattr(client, "close") else None
+    finally:
+        demo.close()
+    return out
+
+
+def response_bytes(r: handlers.AnalyseResult) -> int:
+    """What one Run sends to the page: every figure's JSON plus the HTML and markdown."""
+    figs = [r.attention, r.distribution, r.delta, r.grid, r.mask]
+    if r.routing is not None:
+        figs += [r.routing.heatmap, r.routing.load]
+    size = sum(len(f.to_json()) for f in figs if f is not None)
+    texts = [r.status, r.tokens_html, r.attention_help, r.distribution_note, r.generate_note, r.mask_help]
+    if r.routing is not None:
+        texts += [r.routing.chips, r.routing.note]
+    return size + sum(len(t.encode()) for t in texts if t)
+
+
+def analyse(registry: Registry, key: str, n_tokens: int, repeats: int) -> dict:
+    entry = registry.get(key)
+    text = story_text(n_tokens, entry.tokenizer)
+    handlers.analyse(registry, key, text)  # warm-up
+    ms, size, tokens = [], 0, 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        r = handlers.analyse(registry, key, text)
+        ms.append((time.perf_counter() - t0) * 1000)
+        size, tokens = response_bytes(r), len(r.analysis.ids)
+    p50, p95 = percentiles(ms)
+    return {"p50": p50, "p95": p95, "bytes": size, "tokens": tokens, "n": repeats}
+
+
+def run(quick: bool = False) -> list[dict]:
+    changes = 20 if quick else 200
+    registry = Registry.from_names([], device="cpu")
+    big = big_vocab_registry(registry)
+    rows = []
+    handler = {key: sampler_handler(registry, key, changes) for key in ("gpt", big)}
+    trip = sampler_round_trip(registry, ["gpt", big], changes)
+    for key in ("gpt", big):
+        h, t = handler[key], trip[key]
+        vocab = f"vocabulary {h['vocab']:,}"
+        rows.append(dict(section="sampler update", case=vocab, measure=f"handler, p50 / p95 over {h['n']} changes",
+                         value=f"{h['p50']:.1f} / {h['p95']:.1f} ms", target="p95 ≤ 15 ms", met=h["p95"] <= 15,
+                         raw=h))  # fmt: skip
+        rows.append(dict(section="sampler update", case=vocab,
+                         measure=f"round trip (gradio_client, loopback), p50 / p95 over {t['n']}",
+                         value=f"{t['p50']:.1f} / {t['p95']:.1f} ms", target="p95 ≤ 60 ms", met=t["p95"] <= 60,
+                         raw=t))  # fmt: skip
+    lengths = (32, 128) if quick else (32, 128, 512)
+    for key in BUILTIN_NAMES:
+        res = {n: analyse(registry, key, n, 3 if quick else (15 if n < 512 else 6)) for n in lengths}
+        parts = [f"{r['tokens']}: {r['p50']:.0f} / {r['p95']:.0f} ms, {r['bytes'] / 1e3:.0f} kB" for r in res.values()]
+        at128 = res[128]
+        rows.append(dict(section="analyse", case=key, measure="tokens: p50 / p95, response size",
+                         value="; ".join(parts), target="128 tokens: p95 ≤ 150 ms, ≤ 1 MB",
+                         met=at128["p95"] <= 150 and at128["bytes"] <= 1_000_000, raw=res))  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from bench.report import print_table
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    print_table(run(ap.parse_args().quick))
