@@ -151,6 +151,11 @@ def layout(registry: Registry) -> SimpleNamespace:
                 info="The built-ins are small models trained on a synthetic story world: try its kind of sentences.",
             )  # fmt: skip
             ui.run = gr.Button("Run", variant="primary", elem_id="run")
+            with gr.Accordion("Load a checkpoint from the models directory", open=False,
+                              visible=registry.models_dir is not None, elem_id="load-section"):  # fmt: skip
+                ui.folder = gr.Dropdown(registry.folders(), value=None, allow_custom_value=True, label="Folder",
+                                        info="a checkpoint folder inside the server's --models-dir", elem_id="folder")  # fmt: skip
+                ui.load = gr.Button("Load", elem_id="load")
     gr.Examples(examples_for(registry), inputs=[ui.text], label="Try")
     ui.status = gr.Markdown(startup, label="Status", elem_id="status", elem_classes="ap-status")
     ui.tokens = gr.HTML(handlers.tokens_html([], []), label="Tokens",
@@ -415,6 +420,13 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleName
           api_name="corpus_routing", **redraw)  # fmt: skip
     gr.on(triggers=[ui.layer.change], fn=delta, inputs=[ui.state, ui.layer], outputs=[ui.delta_plot],
           api_name="delta", **redraw)  # fmt: skip
+    def load_model(name):
+        status, key = handlers.load_model(registry, name)
+        if key is None:
+            return status, gr.update()
+        return status, gr.update(choices=registry.choices(), value=key)
+
+    ui.load.click(load_model, inputs=[ui.folder], outputs=[ui.status, ui.model], api_name="load_model")
     generating = ui.generate.click(
         generate,
         inputs=[ui.model, ui.text, ui.max_new_tokens, ui.temperature, ui.top_k, ui.top_p, ui.seed],

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from models.sampling import check_settings, staged_distribution
+from models import LoadError
 from models.layers import attention_mask
 from models.sampling import sample_many
 from viz.attention import attention_grid, attention_heatmap, attention_mask_heatmap
@@ -559,6 +560,18 @@ def routing(analysis: Analysis | None, layer: int) -> RoutingView | None:
     return moe.view(analysis.routing, analysis.labels, analysis.ids, layer)
 
 
+def load_model(registry: Registry, name: str | None) -> tuple[str, str | None]:
+    """Load the folder ``name`` from the server's models directory -> (status markdown, its key or None).
+
+    Only folders inside that directory resolve (``Registry.add_from_models_dir``); every problem,
+    a missing, broken or unsupported checkpoint included, comes back as a message."""
+    try:
+        entry = registry.add_from_models_dir(str(name or ""))
+    except LoadError as e:
+        return error(md_escape(str(e))), None
+    return ok(f"Loaded **{md_escape(entry.label)}**; it is now in the model list."), entry.key
+
+
 def corpus_routing(registry: Registry, analysis: Analysis | None, layer: int):
     """A mixture of experts' MoE layer ``layer`` over the validation stories (specialisation by part of
     speech, load): ``(heatmap, load figure, note)``; Nones and "" for other families."""
@@ -613,6 +626,8 @@ def distribution(
         f"(before sampling settings: {float(staged.raw[best]):.1%}). "
         f"{kept:,} of {vocab:,} tokens can still be drawn; entropy {float(staged.entropy):.2f} nats."
     )
+    if top_k > vocab:
+        summary += f" (Top-k {top_k:,} is above the vocabulary of {vocab:,}: it removes nothing.)"
     if analysis.translation is not None:
         wrote = analysis.translation.labels[pos]
         summary += f" Step {pos} of {analysis.n_steps}: the greedy translation wrote {quote(wrote)} here."

@@ -33,7 +33,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where models run; auto = cuda when available (default: auto)")  # fmt: skip
-    return p.parse_args(argv)
+    p.add_argument("--models-dir", default=None, metavar="DIR",
+                   help="a folder of checkpoint folders the page may load by name (nothing outside it)")  # fmt: skip
+    p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                   help="ask for this user name and password before showing the page")  # fmt: skip
+    p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    args = p.parse_args(argv)
+    if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
+        p.error("--auth takes USER:PASSWORD")
+    return args
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The queue: at most CONCURRENCY events of one kind run at once (model runs share 2-16 cores;
+# more at once only slows each), and at most QUEUE_SIZE wait; beyond that a visitor is told the
+# server is busy instead of waiting minutes.
+CONCURRENCY = 4
+QUEUE_SIZE = 64
+MAX_UPLOAD = "10mb"
+
+
+def host_warning(host: str) -> str | None:
+    """A warning when the server listens beyond this machine."""
+    if host in LOOPBACK:
+        return None
+    return (f"archplay: listening on {host}: anyone who can reach this machine can use the page"
+            " (and its CPU). Add --auth USER:PASSWORD to ask for a password.")
 
 
 def resolve_device(device: str) -> str:
@@ -65,15 +90,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
     print(f"archplay: loading models on {device}…", flush=True)
-    registry = Registry.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True))
+    registry = Registry.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True),
+                                   models_dir=args.models_dir)  # fmt: skip
+    warning = host_warning(args.host)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     for key in registry.keys():
         print(f"archplay: offering {registry.get(key).label}", flush=True)
     demo = build_app(registry)
-    demo.queue(default_concurrency_limit=4)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     _, local_url, _ = demo.launch(
         server_name=args.host,
         server_port=args.port,
-        share=False,
+        share=args.share,
+        auth=tuple(args.auth.split(":", 1)) if args.auth else None,
+        max_file_size=MAX_UPLOAD,
         prevent_thread_lock=True,
         quiet=True,
         ssr_mode=False,

@@ -7,6 +7,7 @@ command line, so a visitor cannot make the server read an arbitrary path.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,10 @@ def describe(model) -> str:
 class Registry:
     """Loaded models by key, in the order they were added (the first is the default)."""
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", models_dir: str | Path | None = None):
         self.device = torch.device(device)
+        self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
+        self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self.errors: list[str] = []  # start-up load failures, shown on the page
         self.preferred: str | None = None  # the page's initial choice; see default_key
@@ -90,6 +93,24 @@ class Registry:
         self._entries[key] = entry
         return entry
 
+    def add_from_models_dir(self, name: str) -> Entry:
+        """Load the checkpoint folder ``name`` inside the configured models directory (a page's request).
+
+        ``name`` is untrusted: it must be a relative path that stays inside the directory once
+        resolved (no ``..``, no absolute path, no symbolic link pointing out). Raises ``LoadError``
+        with a message fit for the page.
+        """
+        folder = resolve_in(self.models_dir, name)
+        with self._lock:
+            return self.add(str(folder))
+
+    def folders(self) -> list[str]:
+        """The checkpoint folders the models directory offers (names relative to it)."""
+        if self.models_dir is None or not self.models_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()
+                      and p.resolve().is_relative_to(self.models_dir))  # fmt: skip
+
     @classmethod
     def from_names(
         cls,
@@ -98,12 +119,13 @@ class Registry:
         *,
         builtins: tuple[str, ...] = BUILTIN_NAMES,
         log: Callable[[str], None] = print,
+        models_dir: str | Path | None = None,
     ) -> "Registry":
         """The built-ins, then each of ``names``. A name that fails is logged and skipped.
 
         The first of ``names`` that loads becomes the default choice (the user asked for it).
         """
-        reg = cls(device)
+        reg = cls(device, models_dir)
         builtins = tuple(builtins)
         for i, name in enumerate([*builtins, *names]):
             try:
@@ -151,6 +173,24 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def resolve_in(models_dir: Path | None, name: str) -> Path:
+    """``name`` as a folder inside ``models_dir``, or ``LoadError`` saying why not."""
+    if models_dir is None:
+        raise LoadError("this server has no models directory (start it with --models-dir DIR to load by name)")
+    name = str(name or "").strip()
+    if not name or "\x00" in name:
+        raise LoadError("give the name of a checkpoint folder inside the models directory")
+    candidate = Path(name)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise LoadError(f"{name!r} is not a folder name inside the models directory")
+    folder = (models_dir / candidate).resolve()
+    if not folder.is_relative_to(models_dir):
+        raise LoadError(f"{name!r} leads outside the models directory")
+    if not folder.is_dir():
+        raise LoadError(f"no folder {name!r} in the models directory")
+    return folder
 
 
 def _key(name_or_folder: str) -> str:

@@ -10,8 +10,19 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Protocol
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates (which no UTF-8 tokenizer can encode; a browser or an API
+    client can still send them) replaced by U+FFFD, one character for one."""
+    return _SURROGATES.sub("\ufffd", text)
 
 
 class Tokenizer(Protocol):
@@ -56,6 +67,7 @@ class ByteTokenizer:
         self.vocab_size = 256 + len(self.SPECIALS)
 
     def encode(self, text: str) -> list[int]:
+        text = valid_text(text)
         out: list[int] = []
         for i, part in enumerate(text.split("<mask>")):
             if i:
@@ -111,7 +123,7 @@ class HFTokenizer:
         self._wordpiece = backend is not None and type(backend.model).__name__ == "WordPiece"
 
     def encode(self, text: str) -> list[int]:
-        return list(self.hf.encode(text, add_special_tokens=True))
+        return list(self.hf.encode(valid_text(text), add_special_tokens=True))
 
     def decode(self, ids) -> str:
         return self.hf.decode(_int_ids(ids), skip_special_tokens=True)
@@ -294,7 +306,7 @@ class SPTokenizer:
         return ids
 
     def encode(self, text: str) -> list[int]:
-        return self._prefix_ids + self._encode_text(text) + self._suffix_ids
+        return self._prefix_ids + self._encode_text(valid_text(text)) + self._suffix_ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int] | None]]:
         """(ids, spans): each text token's [start, end) char span in ``text``; None for the prefix/suffix.
@@ -302,6 +314,7 @@ class SPTokenizer:
         A byte piece that is part of a multi-byte character gets that character's span (so the
         spans of the bytes of one character coincide).
         """
+        text = valid_text(text)  # one character for one: the spans still index the caller's text
         body = self._encode_text(text)
         char_of_byte = [c for c, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))]
         spans: list[tuple[int, int] | None] = []

@@ -1,0 +1,211 @@
+"""Bad input, faults and the server's safe defaults.
+
+Every bad input gets a clear message on the page (here: the handler's status or note) and the
+server keeps serving: after each case, a normal request still works. Faulty models (NaN logits,
+an exception) show an error while the other models keep working. A name typed in the page can
+only reach checkpoint folders inside the configured models directory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+from conftest import make_hf_model
+
+from app import handlers
+from app.main import host_warning, parse_args
+from app.registry import Registry
+from models import LoadError
+from models.decoder import Decoder, DecoderConfig
+from models.tokenizer import ByteTokenizer
+
+TEXT = "Mia has a red ball."
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry.from_names([], device="cpu")
+
+
+def still_serving(registry: Registry) -> None:
+    r = handlers.analyse(registry, "gpt", TEXT)
+    assert r.ok and r.status.startswith("✓")
+
+
+# --------------------------------------------------------------------------- bad text
+
+ODD_TEXTS = {
+    "emoji": "Mia 🎈 has a 🔴 ball 👍🏽.",
+    "CJK": "米娅有一个红色的球。",
+    "right-to-left": "مرحبا Mia שלום",
+    "control characters": "Mia\x07 has\x1b[31m a\tball\r\n",
+    "NUL bytes": "Mia\x00has\x00a ball",
+    "combining marks": "Mi\u0301a has a ba\u0308ll",
+    "lone surrogate": "Mia \ud800 ball",
+}
+
+
+@pytest.mark.parametrize("case", list(ODD_TEXTS))
+@pytest.mark.parametrize("model", ["gpt", "bert", "t5", "moe", "mamba"])
+def test_odd_unicode_is_analysed_and_escaped(registry, model, case):
+    text = ODD_TEXTS[case]
+    r = handlers.analyse(registry, model, text)
+    assert r.ok, r.status
+    assert "<script" not in r.tokens_html and "\x00" not in r.tokens_html
+    still_serving(registry)
+
+
+BAD_TEXTS = [
+    ("empty", "", "Type some text"),
+    ("whitespace", " \n\t ", "Type some text"),
+    ("none", None, "Type some text"),
+]
+
+
+@pytest.mark.parametrize("case, text, message", BAD_TEXTS, ids=[c[0] for c in BAD_TEXTS])
+def test_missing_text_gets_a_message(registry, case, text, message):
+    r = handlers.analyse(registry, "gpt", text)
+    assert not r.ok and message in r.status
+    still_serving(registry)
+
+
+@pytest.mark.parametrize("model", ["gpt", "mamba", "t5"])
+def test_huge_text_is_cut_with_a_visible_note(registry, model):
+    r = handlers.analyse(registry, model, "Mia has a red ball. " * 20_000)  # 400 k characters
+    assert r.ok and "only the first" in r.status and "cut to the first" in r.tokens_html
+    assert len(r.analysis.ids) <= handlers.PAGE_MAX_TOKENS
+
+
+# --------------------------------------------------------------------------- bad settings (as the API can send them)
+
+BAD_SETTINGS = [
+    ("negative temperature", dict(temperature=-1.0), "temperature must be"),
+    ("NaN temperature", dict(temperature=math.nan), "temperature must be"),
+    ("infinite temperature", dict(temperature=math.inf), "temperature must be"),
+    ("negative top_k", dict(top_k=-3), "top_k must be"),
+    ("fractional top_k", dict(top_k=2.5), "top_k must be"),
+    ("top_p zero", dict(top_p=0.0), "top_p must be"),
+    ("top_p above one", dict(top_p=1.5), "top_p must be"),
+    ("NaN top_p", dict(top_p=math.nan), "top_p must be"),
+]
+
+
+@pytest.mark.parametrize("case, settings, message", BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
+def test_out_of_range_settings_are_refused_with_a_message(registry, case, settings, message):
+    a = handlers.analyse(registry, "gpt", TEXT).analysis
+    args = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **settings}
+    with pytest.raises(ValueError, match=message):  # the page shows a ValueError as an error toast
+        handlers.distribution(registry, a, args["temperature"], args["top_k"], args["top_p"])
+    steps = list(handlers.generate(registry, "gpt", TEXT, 4, args["temperature"], args["top_k"], args["top_p"]))
+    assert len(steps) == 1 and message in steps[0][1]  # generation reports it as its status
+    still_serving(registry)
+
+
+def test_extreme_but_valid_settings_work_and_say_what_they_do(registry):
+    a = handlers.analyse(registry, "gpt", TEXT).analysis
+    fig, summary = handlers.distribution(registry, a, 1e6, 0, 1.0)  # huge temperature: nearly uniform
+    final = [t for t in fig.data if t.name == "final"][0].y
+    assert max(final) - min(final) < 1e-4
+    fig, summary = handlers.distribution(registry, a, 1.0, 10**9, 1.0)
+    assert "above the vocabulary" in summary
+
+
+def test_unknown_model_names_get_a_message(registry):
+    r = handlers.analyse(registry, "../../etc/passwd", TEXT)
+    assert not r.ok and "Unknown model" in r.status
+    steps = list(handlers.generate(registry, "nope", TEXT, 3))
+    assert "Unknown model" in steps[0][1]
+    still_serving(registry)
+
+
+# --------------------------------------------------------------------------- faulty models
+
+
+def _tiny_decoder(**kw) -> Decoder:
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=ByteTokenizer().vocab_size, d_model=16, n_layer=1, n_head=2, d_ff=32,
+                        max_seq_len=64, name="faulty", **kw)  # fmt: skip
+    return Decoder(cfg).eval()
+
+
+def test_a_model_producing_nan_shows_an_error_and_the_others_keep_working(registry):
+    bad = _tiny_decoder()
+    with torch.no_grad():
+        bad.lm_head.weight.fill_(float("nan"))
+    registry.put("nan-model", bad, ByteTokenizer())
+    r = handlers.analyse(registry, "nan-model", TEXT)
+    assert "NaN" in r.distribution_note and r.distribution is None
+    steps = list(handlers.generate(registry, "nan-model", TEXT, 3, 1.0))
+    assert steps[-1][1].startswith("✕") and "NaN" in steps[-1][1]
+    still_serving(registry)
+
+
+def test_a_model_that_raises_shows_an_error_and_the_others_keep_working(registry):
+    broken = _tiny_decoder()
+
+    def explode(*a, **k):
+        raise RuntimeError("out of memory (simulated)")
+
+    broken.forward = explode
+    registry.put("raising-model", broken, ByteTokenizer())
+    r = handlers.analyse(registry, "raising-model", TEXT)
+    assert not r.ok and "The model failed" in r.status and "simulated" in r.status
+    steps = list(handlers.generate(registry, "raising-model", TEXT, 3))
+    assert "Generation stopped" in steps[-1][1]
+    still_serving(registry)
+
+
+# --------------------------------------------------------------------------- the models directory
+
+
+@pytest.fixture
+def models_dir(tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    make_hf_model("gpt2", root / "tiny-gpt2")
+    (root / "empty").mkdir()
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{ not json")
+    outside = tmp_path / "secret"
+    make_hf_model("gpt2", outside)
+    os.symlink(outside, root / "link-out")
+    return root
+
+
+TRAVERSALS = ["../secret", "../../etc", "/etc", "tiny-gpt2/../../secret", "link-out", "", "a\x00b", "missing"]
+
+
+@pytest.mark.parametrize("name", TRAVERSALS)
+def test_a_typed_name_cannot_leave_the_models_directory(models_dir, name):
+    reg = Registry(device="cpu", models_dir=models_dir)
+    status, key = handlers.load_model(reg, name)
+    assert key is None and status.startswith("✕") and len(reg) == 0
+
+
+def test_loading_by_name_inside_the_models_directory(models_dir):
+    reg = Registry(device="cpu", models_dir=models_dir)
+    assert reg.folders() == ["broken", "tiny-gpt2"]  # the link pointing out is not offered
+    status, key = handlers.load_model(reg, "tiny-gpt2")
+    assert status.startswith("✓") and key in reg and reg.get(key).family == "decoder"
+    for name, why in (("broken", "config"), ("empty", "")):
+        status, key = handlers.load_model(reg, name)
+        assert key is None and status.startswith("✕"), status
+    with pytest.raises(LoadError, match="no models directory"):
+        Registry(device="cpu").add_from_models_dir("tiny-gpt2")
+
+
+# --------------------------------------------------------------------------- server defaults
+
+
+def test_safe_defaults_and_explicit_opt_ins():
+    args = parse_args([])
+    assert args.host == "127.0.0.1" and not args.share and args.auth is None
+    assert host_warning("127.0.0.1") is None and host_warning("localhost") is None
+    assert "--auth" in host_warning("0.0.0.0")
+    assert parse_args(["--auth", "ada:secret"]).auth == "ada:secret"
+    with pytest.raises(SystemExit):
+        parse_args(["--auth", "no-colon"])
