@@ -1,0 +1,36 @@
+"""Several sessions on one server at once (a scaled-down ``bench.load``), and what the server
+refuses to hand out. The full 32 × 25 run is ``python -m bench.load`` (its result is in the README)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+
+from bench.load import run_load, session_texts, start_server
+
+
+def test_session_texts_are_told_apart_by_last_word_and_length():
+    texts = session_texts(32)
+    assert len({(t.split()[-1], len(t.split())) for t in texts}) == 32
+
+
+def test_concurrent_sessions_see_only_their_own_work():
+    r = run_load(sessions=8, requests=10)
+    assert r["errors"] == [] and r["crosstalk"] == []
+    assert sum(v["n"] for v in r["latency_ms"].values()) == 80  # every request answered
+    assert r["rss_after_mb"] - r["rss_before_mb"] <= 200
+
+
+def test_the_server_does_not_serve_arbitrary_files():
+    proc, url = start_server()
+    try:
+        for path in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../etc/passwd",
+                     "gradio_api/file=assets/checkpoints/gpt/config.json", "file=/etc/passwd"):  # fmt: skip
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(url + path, timeout=10).read()
+            assert e.value.code in (403, 404), path
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
