@@ -58,7 +58,7 @@ def test_grid_thumbnails_equal_the_trace_and_frame_the_chosen_head(gpt_run):
         assert tr.name == f"layer {layer}, head {head}"
         np.testing.assert_allclose(np.asarray(tr.z), downsample(a.attentions[layer][head].numpy(), 32), atol=1e-7)
     (frame,) = fig.layout.shapes
-    x_domain = fig.layout[f"xaxis{2 * H + 1 + 1}"].domain  # layer 2, head 1 is trace 2H + 1
+    x_domain = fig.layout[f"xaxis{2 * H + 1 + 1}"].domain  # layer 2, head 1 is trace 2H + 1, axis 2H + 2
     assert frame.x0 < x_domain[0] < x_domain[1] < frame.x1
 
 
@@ -385,3 +385,46 @@ def test_streaming_survives_a_new_thread_at_every_token(registry, key):
     expected = entry.model.generate(ids, max_new_tokens=6, temperature=0.0)[0]
     expected = expected.tolist() if key == "t5" else expected[ids.shape[1]:].tolist()
     assert got == expected[: len(got)] and len(got) >= 1
+
+
+# --------------------------------------------------------------------------- figures are valid plotly
+
+
+def test_every_view_builds_with_plotlys_validation_on(registry, monkeypatch):
+    """The page builds figures without plotly's validation (``viz.style.figure``); with it on,
+    an invalid property anywhere raises, so every view is built both ways here and compared."""
+    import json
+
+    def build():
+        return _every_view(registry)
+
+    fast = build()
+    monkeypatch.setenv("ARCHPLAY_VALIDATE_FIGURES", "1")
+    checked = build()
+    assert len(checked) == len(fast) >= 40
+    assert all(f.layout.template.layout.paper_bgcolor == "white" for f in checked)  # the style, expanded
+    def plain(fig):  # the JSON, floats rounded (validation re-derives some colour-scale stops)
+        return json.loads(fig.to_json(), parse_float=lambda x: round(float(x), 12))
+
+    for a, b in zip(fast, checked):  # what the browser gets is the same either way
+        assert plain(a) == plain(b), a.layout.title.text
+
+
+def _every_view(registry):
+    from app.card import card
+    from app.embeddings import sentences, views
+    from app.lens import lens_view
+
+    figs = []
+    for key in ("gpt", "bert", "t5", "moe", "mamba"):
+        r = handlers.analyse(registry, key, TEXT + (" <mask>" if key == "bert" else ""))
+        figs += [r.attention, r.distribution, r.delta, r.grid, r.mask]
+        if r.routing:
+            figs += [r.routing.heatmap, r.routing.load, *handlers.corpus_routing(registry, r.analysis, 0)[:2]]
+        figs += [handlers.samples(registry, r.analysis, 1.0, 0, 1.0, None, 0 if key == "bert" else None, 20)[0]]
+        figs += [lens_view(registry, r.analysis)[0], *views(registry, r.analysis, 0, 0, "3-D")[:2], card(registry, key)[1]]
+    figs += list(sentences(registry, "bert", "Mia has a ball.\\nTom has a map.")[:2])
+    _, panels = compare.compare(registry, ["gpt", "moe", "mamba"], TEXT)
+    figs += [p.view for p in panels] + [p.surprisal for p in panels]
+    figs += [latency_chart({"m": ([64, 128], [1.0, 2.0], [False, True])})]
+    return [f for f in figs if f is not None]

@@ -169,7 +169,7 @@ def _token_figure(
             scaleratio=1,
         ),
     )
-    return go.Figure(data=[heatmap], layout=style.base_layout(title, height=620, plot_bgcolor="white", **layout))
+    return style.figure(data=[heatmap], layout=style.base_layout(title, height=620, plot_bgcolor="white", **layout))
 
 
 def tick_text(labels, positions) -> list[str]:
@@ -213,7 +213,7 @@ def attention_grid(
     zmax = float(maps.max()) if maps.size else 1.0
     for i in range(L * H):
         layer, head = divmod(i, H)
-        n = i + 1
+        n = "" if i == 0 else i + 1  # plotly names the first axes "x" / "xaxis", then "x2" / "xaxis2", …
         x0, y1 = head * (w + gap), 1 - layer * (h + gap)
         z = downsample(maps[layer, head], max_cells).astype(np.float32)  # half the JSON of float64
         traces.append(dict(
@@ -228,7 +228,7 @@ def attention_grid(
             shapes.append(dict(type="rect", xref="paper", yref="paper", x0=x0 - gap / 2, x1=x0 + w + gap / 2,
                                y0=y1 - h - gap / 2, y1=y1 + gap / 2, line=dict(color=style.CHOSEN, width=3)))  # fmt: skip
     cell = max(34, min(90, 720 // max(H, 1)))
-    return go.Figure(data=traces, layout=style.base_layout(
+    return style.figure(data=traces, layout=style.base_layout(
         title, height=min(1400, 120 + L * cell), margin=dict(l=30, r=30, t=70, b=20), shapes=shapes,
         coloraxis=dict(colorscale=style.ATTENTION_SCALE, cmin=0, cmax=zmax if zmax > 0 else 1, showscale=False),
         plot_bgcolor="white", **layout,

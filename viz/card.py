@@ -66,8 +66,7 @@ def parameter_figure(
         annotations=[_total_note(total, active)],
     )  # fmt: skip
     height = int(np.clip(140 + 32 * len(names), 260, 900))
-    return go.Figure(
-        data=[bars],
+    return style.figure(data=[bars],
         layout=style.base_layout(title, height=height, margin=dict(l=230, r=40, t=90, b=60), **layout),
     )
 

@@ -27,7 +27,7 @@ def surprisal_bars(bits, labels, *, title: str = "Surprisal per token", max_tick
     bars = dict(type="bar", x=x, y=bits, customdata=customdata, marker=dict(color=SURPRISAL),
                 hovertemplate="%{x:d} ‘%{customdata}’<br>%{y:.2f} bits<extra></extra>")  # fmt: skip
     ticks = _ticks(labels, max_ticks)
-    return go.Figure(data=[bars], layout=style.base_layout(
+    return style.figure(data=[bars], layout=style.base_layout(
         f"{title}<br><sup>{mean}</sup>", height=300, margin=dict(l=60, r=20, t=80, b=80),
         xaxis=dict(tickvals=ticks, ticktext=[style.safe_label(style.short_label(labels[i])) for i in ticks],
                    tickangle=-60),
@@ -68,7 +68,7 @@ def latency_chart(series: dict, *, title: str = "Forward latency against input l
                 y=[y0, y0 * (x1 / x0) ** slope], line=dict(color=style.BALANCED, dash=dash, width=1),
                 hoverinfo="skip",
             ))  # fmt: skip
-    return go.Figure(data=traces, layout=style.base_layout(
+    return style.figure(data=traces, layout=style.base_layout(
         title, height=420, xaxis=dict(type="log", title="input length (tokens)"),
         yaxis=dict(type="log", title="forward pass (ms)"),
         legend=dict(orientation="h", y=-0.25),

@@ -116,7 +116,7 @@ def embedding_scatter(
             hovertemplate=_POINT_HOVER.replace("GROUP", name),
         ))  # fmt: skip
     layout = dict(_axes_layout(axis_titles(xyz.shape[1], explained, axis_name)), legend_title_text="group")
-    return go.Figure(data=traces, layout=style.base_layout(title, height=620, **layout))
+    return style.figure(data=traces, layout=style.base_layout(title, height=620, **layout))
 
 
 def layer_names(n_layers_plus_one: int) -> list[str]:
@@ -174,7 +174,7 @@ def layer_paths(
     if highlight is not None:
         title = f"{title}: ‘{safe[highlight]}’ (position {highlight})"
     layout = dict(_axes_layout(axis_titles(k, explained, axis_name)), showlegend=False)
-    return go.Figure(data=traces, layout=style.base_layout(title, height=620, **layout))
+    return style.figure(data=traces, layout=style.base_layout(title, height=620, **layout))
 
 
 def similarity_heatmap(matrix, texts, *, title: str = "Sentence similarity (cosine)", max_ticks: int = 32) -> go.Figure:
@@ -203,4 +203,4 @@ def similarity_heatmap(matrix, texts, *, title: str = "Sentence similarity (cosi
         xaxis=dict(axis, tickangle=-45 if n > 4 else 0, constrain="domain"),
         yaxis=dict(axis, autorange="reversed", scaleanchor="x", scaleratio=1, constrain="domain"),
     )
-    return go.Figure(data=[heatmap], layout=style.base_layout(title, height=560, **layout))
+    return style.figure(data=[heatmap], layout=style.base_layout(title, height=560, **layout))

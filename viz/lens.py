@@ -74,7 +74,7 @@ def logit_lens_heatmap(
         heatmap["text"] = cells.tolist()
         heatmap["texttemplate"] = "%{text}"
         heatmap["textfont"] = dict(size=10 if n_pos > 24 else 12)
-    return go.Figure(data=[heatmap], layout=_layout(title, rows, token_labels, max_ticks))
+    return style.figure(data=[heatmap], layout=_layout(title, rows, token_labels, max_ticks))
 
 
 def _field(lens, name: str):

@@ -98,8 +98,7 @@ def routing_heatmap(
         ),
         showlegend=False,
     )  # fmt: skip
-    return go.Figure(
-        data=traces,
+    return style.figure(data=traces,
         layout=style.base_layout(title, height=height, plot_bgcolor="white", margin=dict(l=90, r=30, t=130, b=30),
                                  **layout),
     )  # fmt: skip
@@ -181,7 +180,7 @@ def expert_load_bars(
         showlegend=False,
         bargap=0.25,
     )  # fmt: skip
-    return go.Figure(data=[bars], layout=style.base_layout(title, height=340, margin=dict(l=70, r=20, t=90, b=50),
+    return style.figure(data=[bars], layout=style.base_layout(title, height=340, margin=dict(l=70, r=20, t=90, b=50),
                                                          **layout))  # fmt: skip
 
 
@@ -216,5 +215,5 @@ def specialisation_heatmap(counts, tags, *, title: str = "Expert by part of spee
                    ticktext=[_coloured(str(e), style.expert_colour(e)) for e in range(E)]),
         yaxis=dict(title_text="part of speech", autorange="reversed"),
     )  # fmt: skip
-    return go.Figure(data=[heatmap], layout=style.base_layout(
+    return style.figure(data=[heatmap], layout=style.base_layout(
         title, height=140 + 26 * len(keep), margin=dict(l=90, r=20, t=90, b=50), **layout))  # fmt: skip

@@ -66,7 +66,7 @@ def distribution_figure(staged, labels_for, *, top_n: int = 20, title: str = "Ne
         **_layout(shown, float(staged.top_p)),
     )
     # Traces and layout go in as dicts so plotly validates everything once.
-    return go.Figure(data=traces, layout=layout)
+    return style.figure(data=traces, layout=layout)
 
 
 def _layout(shown: _Shown, top_p: float) -> dict:
@@ -280,4 +280,4 @@ def sample_histogram(draws, final, labels_for, *, top_n: int = 20, title: str = 
         yaxis=dict(title="share", tickformat=".0%", rangemode="tozero"),
         legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"),
     )  # fmt: skip
-    return go.Figure(data=[bars, expected], layout=layout)
+    return style.figure(data=[bars, expected], layout=layout)

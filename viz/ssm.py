@@ -57,5 +57,5 @@ def delta_bars(delta, labels, *, title: str = "Step size Δ per token", max_tick
         showlegend=False,
         bargap=0.15,
     )  # fmt: skip
-    return go.Figure(data=[bars], layout=style.base_layout(title, height=300, margin=dict(l=70, r=20, t=60, b=70),
+    return style.figure(data=[bars], layout=style.base_layout(title, height=300, margin=dict(l=70, r=20, t=60, b=70),
                                                          **layout))  # fmt: skip

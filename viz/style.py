@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import html
+import os
 
 import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.colors import get_colorscale
 
 TEMPLATE = "plotly_white"
 FONT = dict(family="Inter, Segoe UI, Helvetica, Arial, sans-serif", size=13)
@@ -75,10 +79,54 @@ def rgba(hex_colour: str, alpha: float) -> str:
 def base_layout(title: str, **layout) -> dict:
     """The shared layout (template, font, title, margins) as a dict; ``layout`` adds or overrides."""
     base = dict(
-        template=TEMPLATE,
+        template=pio.templates[TEMPLATE],  # the object, not its name: ``figure`` does not expand names
         font=FONT,
         title=dict(text=title, x=0.02, xanchor="left"),
         margin=MARGIN,
         hoverlabel=dict(font_size=13),
     )
     return {**base, **layout}
+
+
+def figure(data: list, layout: dict) -> go.Figure:
+    """``go.Figure(data, layout)`` without plotly's per-property validation.
+
+    Validation deep-copies every trace and layout value (about 20 ms for the sampling figure,
+    most of a slider redraw) and adds nothing to figures built, as here, from fixed code. The
+    JSON sent to the browser is the same. ``ARCHPLAY_VALIDATE_FIGURES=1`` turns validation back
+    on (a test builds every view that way, so an invalid property still fails). ``_validate``
+    is plotly's own switch, the one it uses internally.
+    """
+    if os.environ.get("ARCHPLAY_VALIDATE_FIGURES") == "1":
+        return go.Figure(data=data, layout=layout)
+    return go.Figure(data=[expand(t) for t in data], layout=expand(layout), _validate=False)
+
+
+_REAL_UNDERSCORE_KEYS = {"error_x", "error_y", "error_z", "plot_bgcolor", "paper_bgcolor"}
+
+
+def expand(d):
+    """Plotly's "magic underscore" keys spelled out (``title_text="x"`` -> ``title={"text": "x"}``),
+    recursively, string titles as ``{"text": …}``, and named colour scales as their colours (plotly.js
+    knows only some names):
+    validation does both, and ``figure`` skips validation."""
+    if not isinstance(d, dict):
+        return d
+    out: dict = {}
+    for key, value in d.items():
+        value = expand(value) if isinstance(value, dict) else value
+        if key == "colorscale" and isinstance(value, str):
+            value = get_colorscale(value)
+        if key == "title" and isinstance(value, str):  # the old shorthand; plotly.js 3 wants {"text": …}
+            value = {"text": value}
+        if "_" in key and key not in _REAL_UNDERSCORE_KEYS and not key.startswith("_"):
+            head, rest = key.split("_", 1)
+            inner = out.setdefault(head, {})
+            if isinstance(inner, dict):
+                inner.update(expand({rest: value}))
+                continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
