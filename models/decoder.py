@@ -188,10 +188,7 @@ class Decoder(nn.Module):
             x = x + self.sinusoid[pos].to(x.dtype)
         else:
             rope = self.rotary(pos)  # (cos, sin), each (T, rotary_dim)
-        masks = {
-            "full": attention_mask(pos, k_pos, causal=True),
-            "sliding": attention_mask(pos, k_pos, causal=True, window=cfg.sliding_window),
-        }
+        masks = self._masks(pos, k_pos)
 
         hidden, layer_traces = [x], []
         for i, layer in enumerate(self.layers):
@@ -202,6 +199,17 @@ class Decoder(nn.Module):
         logits = self.lm_head(h)  # (B, T, V)
         tr = _gather(hidden, layer_traces) if trace else None
         return ModelOutput(logits=logits, trace=tr, cache=cache, last_hidden_state=h)
+
+    def _masks(self, pos: Tensor, k_pos: Tensor) -> dict[str, Tensor | None]:
+        """The bool masks the layers use, by kind; None where every key may be seen (one new token
+        that sees its whole prefix: each generation step), and "sliding" only if a layer slides."""
+        cfg = self.config
+        one_token = pos.shape[0] == 1
+        masks = {"full": None if one_token else attention_mask(pos, k_pos, causal=True)}
+        if "sliding" in cfg.layer_types:
+            fits = one_token and k_pos.shape[0] <= cfg.sliding_window
+            masks["sliding"] = None if fits else attention_mask(pos, k_pos, causal=True, window=cfg.sliding_window)
+        return masks
 
     # ------------------------------------------------------------------ generation
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .sampling import check_settings, sample, staged_distribution
+from .sampling import check_settings, staged_distribution
 
 Step = Callable[[Tensor, object], tuple[Tensor, object]]
 
@@ -50,14 +50,20 @@ def iterate(
     for _ in range(max_new_tokens):
         logits, state = step(new, state)
         last = logits[:, -1, :].float()  # (B, V)
-        nxt = sample(last, temperature, top_k, top_p, generator=gen)  # (B,)
+        if temperature == 0:  # greedy: the argmax, whose final probability is 1 (a one-hot)
+            if torch.isnan(last).any():
+                raise ValueError("the model produced NaN logits")
+            nxt = last.argmax(-1)  # (B,)
+            prob = torch.ones(nxt.shape, device=nxt.device)
+        else:  # one pass through the stages serves both the draw and its probability
+            final = staged_distribution(last, temperature, top_k, top_p).final  # (B, V)
+            nxt = torch.multinomial(final, 1, generator=gen)[:, 0]  # (B,)
+            prob = final.gather(-1, nxt[:, None])[:, 0]  # (B,)
         if eos_token_id is not None:
             nxt = nxt.masked_fill(done, eos_token_id)
             done |= nxt == eos_token_id
-        final = staged_distribution(last, temperature, top_k, top_p).final
-        prob = final.gather(-1, nxt[:, None])[:, 0]  # (B,)
         yield nxt, prob
-        if bool(done.all()):
+        if eos_token_id is not None and bool(done.all()):
             return
         new = nxt[:, None]  # (B, 1)
 

@@ -79,6 +79,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # the same arithmetic, one kernel
         # Computed in float32 as the reference implementations do, then cast back.
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -234,12 +236,12 @@ def attention_mask(
     """
     if not causal and window is None:
         return None
-    diff = q_pos[:, None] - k_pos[None, :]  # (T, S): how far back each key is
-    allowed = torch.ones_like(diff, dtype=torch.bool)
-    if causal:
-        allowed &= diff >= 0
+    q, k = q_pos[:, None], k_pos[None, :]  # comparisons straight to bool: no (T, S) int64 difference
+    allowed = k <= q if causal else torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=q_pos.device)
     if window is not None:
-        allowed &= diff.abs() < window
+        allowed = allowed & (k > q - window)  # q − k < window
+        if not causal:
+            allowed = allowed & (k < q + window)  # k − q < window
     return allowed
 
 

@@ -100,16 +100,33 @@ class SparseMoE(nn.Module):
         B, T, D = x.shape
         flat = x.reshape(-1, D)  # (N, D)
         logits, weights, indices = self.router(flat)
+        if flat.shape[0] == 1:  # one token (each generation step): run its k experts directly
+            out = self._one_token(flat, weights[0], indices[0])
+        else:
+            out = self._grouped(flat, weights, indices)
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
+        return out.view(B, T, D), logits.view(B, T, -1), indices.view(B, T, -1)
+
+    def _one_token(self, flat: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
+        """flat (1, D); weights, indices (k,). The experts in ascending order, as ``_grouped`` adds them."""
+        chosen = sorted(zip(indices.tolist(), range(indices.shape[0])))
+        out = None
+        for e, slot in chosen:
+            y = self.experts[e](flat) * weights[slot].to(flat.dtype)  # (1, D)
+            out = y if out is None else out + y
+        return out
+
+    def _grouped(self, flat: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
+        """Each expert runs once on all the tokens routed to it; flat (N, D), weights, indices (N, k)."""
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows, slot = torch.where(indices == e)  # the tokens routed to e, and in which of their k slots
             if rows.numel() == 0:
                 continue  # an expert no token chose does no work
-            y = expert(flat[rows]) * weights[rows, slot, None].to(x.dtype)  # (n_e, D)
+            y = expert(flat[rows]) * weights[rows, slot, None].to(flat.dtype)  # (n_e, D)
             out.index_add_(0, rows, y)
-        if self.shared_expert is not None:
-            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
-        return out.view(B, T, D), logits.view(B, T, -1), indices.view(B, T, -1)
+        return out
 
 
 class MoEBlock(DecoderBlock):

@@ -332,8 +332,13 @@ class MambaMixer(nn.Module):
         if conv_state is None:
             conv_state = x.new_zeros(b, self.d_inner, self.d_conv)
         window = torch.cat((conv_state, x), dim=-1)  # (b, Di, d_conv + T)
-        # Causal: output t sees inputs t−d_conv+1..t. The first output (state only) is dropped.
-        x = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)[..., 1:]  # (b, Di, T)
+        if T == 1:  # one generation step: the conv is a dot product of the last d_conv inputs with the kernel
+            x = (window[..., 1:] * self.conv1d.weight[:, 0, :]).sum(-1, keepdim=True)  # (b, Di, 1)
+            if self.conv1d.bias is not None:
+                x = x + self.conv1d.bias[:, None]
+        else:
+            # Causal: output t sees inputs t−d_conv+1..t. The first output (state only) is dropped.
+            x = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)[..., 1:]  # (b, Di, T)
         u = self.act(x).transpose(1, 2)  # (b, T, Di)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (b, T, R|N|N)
         delta = F.softplus(self.dt_proj(dt))  # (b, T, Di)
@@ -344,7 +349,8 @@ class MambaMixer(nn.Module):
     ) -> tuple[Tensor, LayerState, SSMInputs]:
         """x̂ (b, T, D) -> (out (b, T, D), the state after these tokens, the scan's inputs)."""
         s = self.ssm_inputs(x_hat, state.conv if state is not None else None)
-        scan = selective_scan_sequential if sequential else (self.scan or selective_scan)
+        one_step = x_hat.shape[1] == 1  # a generation step: the recurrence itself, no chunking to set up
+        scan = selective_scan_sequential if sequential or one_step else (self.scan or selective_scan)
         y, h_last = scan(s.u, s.delta, self.A, s.B, s.C, self.D.float(), state.ssm if state is not None else None)
         out = self.out_proj((y * F.silu(s.z)).to(x_hat.dtype))  # (b, T, D)
         return out, LayerState(conv=s.conv_state, ssm=h_last), s

@@ -113,3 +113,30 @@ def test_load_balancing_loss_equals_transformers(masked):
     uniform = load_balancing_loss([torch.zeros(B, T, E)], E, 1)
     # All-zero logits: top-1 picks expert 0 every time, f = (1, 0, 0, 0), P = 1/4 each: 4 * 1/4 = 1.
     assert float(uniform) == pytest.approx(1.0)
+
+
+def test_one_token_path_equals_the_grouped_path():
+    """Generation steps run a token's k experts directly; the result is the grouped computation's."""
+    from models.moe import MoEConfig, SparseMoE
+
+    torch.manual_seed(0)
+    cfg = MoEConfig.mixtral_tiny()
+    moe = SparseMoE(cfg).eval()
+    with torch.no_grad():
+        for seed in range(5):
+            flat = torch.randn(1, cfg.d_model, generator=torch.Generator().manual_seed(seed))
+            _, weights, indices = moe.router(flat)
+            torch.testing.assert_close(moe._one_token(flat, weights[0], indices[0]), moe._grouped(flat, weights, indices),
+                                       rtol=0, atol=0)  # fmt: skip
+
+
+def test_rmsnorm_fast_path_equals_the_reference_formula():
+    from models.layers import RMSNorm
+
+    norm = RMSNorm(64, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 7, 64)
+    ref = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    torch.testing.assert_close(norm(x), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(norm(x.bfloat16()).float(), ref, rtol=2e-2, atol=2e-2)  # the float32-upcast path
