@@ -212,7 +212,7 @@ def hidden_attention(
 ) -> Tensor:
     """mean over channels of |α|, (b, T, T), with bounded memory.
 
-    Rows come in blocks of ``block`` (None: 8 up to 256 tokens, else 16) and channels in groups sized so one step's working
+    Rows come in blocks of ``block`` (None: 8) and channels in groups sized so one step's working
     tensors stay near ``max_bytes`` (plus the (b, T, T) result). For a row block starting at
     r0, the columns before it factor through the position just before the block, p = r0 − 1:
 
@@ -226,10 +226,10 @@ def hidden_attention(
     b, T, Di = delta.shape
     N = A.shape[1]
     if block is None:
-        block = 8 if T <= 256 else 16
+        block = 8
     L = max(1, min(block, T))
     cum = delta.double().cumsum(1).transpose(1, 2)  # (b, Di, T); float64 so long sums subtract without loss
-    per_channel = 4 * b * (2 * L * T + 2 * N * T + 2 * L * L * N)  # bytes of one step's tensors
+    per_channel = 4 * b * (2 * L * T + 3 * N * T + 2 * L * L * N)  # bytes of one step's tensors
     group = max(1, min(Di, max_bytes // per_channel))
     B, C = B.float(), C.float()
     out = delta.new_zeros(b, T, T)
@@ -238,36 +238,36 @@ def hidden_attention(
         cum_g = cum[:, chans].contiguous()  # (b, G, T)
         delta_g = delta[:, :, chans].transpose(1, 2).float()  # (b, G, T)
         A_g = A[chans].float()[None, :, None, :]  # (1, G, 1, N)
+        dB = delta_g[..., None] * B[:, None]  # (b, G, T, N): Δ_c B_c
+        # right[..., c, :] = exp(Σ_{k=c+1..p} Δ_k A) Δ_c B_c for the columns before the current
+        # block, p being the block's last-but-one position; kept across blocks and advanced by one
+        # decay per block, so each column's exponential is taken once, not once per row block.
+        right = torch.empty_like(dB)
+        p = None
         for r0 in range(0, T, L):
             r1 = min(r0 + L, T)
-            alpha = _alpha_rows(cum_g, delta_g, A_g, B, C, r0, r1)  # (b, G, l, r1)
-            out[:, r0:r1, :r1] += alpha.abs_().sum(1)
+            out[:, r0:r1, r0:r1] += _diagonal_block(cum_g, dB, A_g, C, r0, r1).abs_().sum(1)
+            if r0:
+                left = torch.exp((cum_g[..., r0:r1] - p).float()[..., None] * A_g) * C[:, None, r0:r1]  # (b, G, l, N)
+                out[:, r0:r1, :r0] += (left @ right[:, :, :r0].transpose(-1, -2)).abs_().sum(1)  # (b, l, r0)
+            p_next = cum_g[..., r1 - 1 : r1]  # (b, G, 1)
+            if r0:
+                right[:, :, :r0] *= torch.exp((p_next - p).float()[..., None] * A_g)
+            right[:, :, r0:r1] = torch.exp((p_next - cum_g[..., r0:r1]).float()[..., None] * A_g) * dB[:, :, r0:r1]
+            p = p_next
     return out / Di
 
 
-def _alpha_rows(cum: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, r0: int, r1: int) -> Tensor:
-    """α for rows r0..r1−1 and columns 0..r1−1 of a group of G channels: (b, G, l, r1).
-
-    cum, delta (b, G, T) channel-major; A (1, G, 1, N); B, C (b, T, N).
-    """
+def _diagonal_block(cum: Tensor, dB: Tensor, A: Tensor, C: Tensor, r0: int, r1: int) -> Tensor:
+    """α for rows and columns r0..r1−1 of a group of G channels, (b, G, l, l), zero above the diagonal:
+    exp(Σ_{k=c+1..r} Δ_k A) directly. cum (b, G, T); dB (b, G, T, N) = Δ_c B_c; A (1, G, 1, N)."""
     cum_r = cum[..., r0:r1]  # (b, G, l)
-    C_r = C[:, None, r0:r1]  # (b, 1, l, N)
-    # Diagonal block, columns r0..r1−1: exp(Σ_{k=c+1..r} Δ_k A) directly (above the diagonal: masked).
     seg = (cum_r[..., :, None] - cum_r[..., None, :]).clamp_(min=0).float()  # (b, G, l, l): r, c
     terms = torch.exp(seg[..., None] * A[:, :, None])  # (b, G, l, l, N)
-    terms *= delta[..., r0:r1, None, None].transpose(-3, -2) * B[:, None, None, r0:r1]  # · Δ_c B_c
-    terms *= C_r[:, :, :, None]  # · C_r
+    terms *= dB[:, :, None, r0:r1]  # · Δ_c B_c
+    terms *= C[:, None, r0:r1, None]  # · C_r
     causal = torch.ones(r1 - r0, r1 - r0, dtype=torch.bool, device=cum.device).tril()
-    diag = terms.sum(-1).masked_fill_(~causal, 0.0)  # (b, G, l, l)
-    if r0 == 0:
-        return diag
-    # Earlier columns 0..r0−1, through p = r0 − 1.
-    p = cum[..., r0 - 1 : r0]  # (b, G, 1)
-    left = torch.exp((cum_r - p).float()[..., None] * A) * C_r  # (b, G, l, N)
-    right = torch.exp((p - cum[..., :r0]).float()[..., None] * A)  # (b, G, r0, N)
-    right *= delta[..., :r0, None] * B[:, None, :r0]  # · Δ_c B_c
-    past = left @ right.transpose(-1, -2)  # (b, G, l, r0)
-    return torch.cat((past, diag), dim=-1)  # (b, G, l, r1)
+    return terms.sum(-1).masked_fill_(~causal, 0.0)  # (b, G, l, l)
 
 
 # --------------------------------------------------------------------------- the block
