@@ -70,8 +70,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class PageProtocol:
+    """The page's own way of calling an event: POST ``/gradio_api/queue/join`` with the event's
+    inputs (a State travels as null: the server substitutes the session's), then read the answer
+    from the ``/gradio_api/queue/data`` event stream. No polling, as in the browser."""
+
+    def __init__(self, url: str, session: str):
+        import httpx
+
+        self.url, self.session, self.http = url.rstrip("/"), session, httpx.Client(timeout=60)
+        config = self.http.get(f"{self.url}/config").json()
+        self.deps = {d.get("api_name"): d for d in config["dependencies"]}
+
+    def call(self, api: str, data: list) -> dict:
+        import json
+
+        r = self.http.post(f"{self.url}/gradio_api/queue/join", json={
+            "data": data, "fn_index": self.deps[api]["id"], "session_hash": self.session, "event_data": None,
+            "trigger_id": None})  # fmt: skip
+        event = r.json()["event_id"]
+        with self.http.stream("GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": self.session}) as s:
+            for line in s.iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    if msg.get("msg") == "process_completed" and msg.get("event_id") == event:
+                        if not msg.get("success"):
+                            raise RuntimeError(f"{api} failed: {msg}")
+                        return msg["output"]
+        raise RuntimeError(f"{api}: the event stream ended without an answer")
+
+
 def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dict:
-    """Round trips of /distribution through the app on loopback, one client session per model."""
+    """Round trips of /distribution through the app on loopback, one session per model: through
+    ``gradio_client``, and through the page's own protocol (``PageProtocol``)."""
     from gradio_client import Client
 
     from app.main import CSS, THEME, build_app
@@ -84,6 +115,15 @@ def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dic
     out = {}
     try:
         for key in keys:
+            page = PageProtocol(f"http://127.0.0.1:{port}/", f"bench-{key}")
+            page.call("analyse", [key, story_text(64, registry.get(key).tokenizer), 0, 0, 1.0, 0, 1.0, "encoder", 0, 0])
+            ms = []
+            for i in range(changes):
+                t, k, p = SETTINGS[i % len(SETTINGS)]
+                t0 = time.perf_counter()
+                page.call("distribution", [None, t, k, p, 0])
+                ms.append((time.perf_counter() - t0) * 1000)
+            out[f"page:{key}"] = {"p50": percentiles(ms)[0], "p95": percentiles(ms)[1], "n": len(ms)}
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
             client.predict(key, story_text(64, registry.get(key).tokenizer), 0, 0, 1.0, 0, 1.0, api_name="/analyse")
             ms = []
@@ -138,8 +178,14 @@ def run(quick: bool = False) -> list[dict]:
         rows.append(dict(section="sampler update", case=vocab, measure=f"handler, p50 / p95 over {h['n']} changes",
                          value=f"{h['p50']:.1f} / {h['p95']:.1f} ms", target="p95 ≤ 15 ms", met=h["p95"] <= 15,
                          raw=h))  # fmt: skip
+        pg = trip[f"page:{key}"]
         rows.append(dict(section="sampler update", case=vocab,
-                         measure=f"round trip (gradio_client, loopback), p50 / p95 over {t['n']}",
+                         measure=f"round trip, the page's protocol (queue + event stream, loopback), p50 / p95 over "
+                                 f"{pg['n']}", value=f"{pg['p50']:.1f} / {pg['p95']:.1f} ms", target="p95 ≤ 60 ms",
+                         met=pg["p95"] <= 60, raw=pg))  # fmt: skip
+        rows.append(dict(section="sampler update", case=vocab,
+                         measure=f"round trip through gradio_client, p50 / p95 over {t['n']} (the client polls for "
+                                 "answers every 50 ms: its floor, whatever the server)",
                          value=f"{t['p50']:.1f} / {t['p95']:.1f} ms", target="p95 ≤ 60 ms", met=t["p95"] <= 60,
                          raw=t))  # fmt: skip
     lengths = (32, 128) if quick else (32, 128, 512)
