@@ -124,3 +124,23 @@ def test_labels_for_ids_beyond_the_tokenizer(hf_folder):
     labels = tok.tokens([tok.encode("cat")[0], n, n + 5])
     assert labels[1:] == [f"<{n}>", f"<{n + 5}>"]
     assert labels[0] not in ("None", "") and "None" not in labels
+
+
+def test_fast_cpu_layout_keeps_values_ties_and_outputs():
+    """Loading on the CPU stores widening projections column-major: same numbers, same model."""
+    from models.loading import BUILTIN_DIR, fast_cpu_layout, load_builtin
+
+    model, tok = load_builtin(BUILTIN_DIR / "moe")  # as trained: every weight contiguous
+    ids = torch.tensor([tok.encode("Mia has a red ball. Then she")])
+    with torch.no_grad():
+        before = model(ids).logits
+        params = {k: v.clone() for k, v in model.state_dict().items()}
+        fast_cpu_layout(model)
+        after = model(ids).logits
+    changed = [n for n, p in model.named_parameters() if not p.is_contiguous()]
+    assert changed and all(torch.equal(model.state_dict()[k], v) for k, v in params.items())
+    assert model.lm_head.weight is model.embed_tokens.weight  # the tie survives
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    widening = [f"{n}.weight" for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and n != "lm_head" and m.out_features >= m.in_features]  # fmt: skip
+    assert sorted(changed) == sorted(widening)  # e.g. q and o (square), gate and up; not k, v (GQA) or down
