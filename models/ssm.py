@@ -367,8 +367,9 @@ class MambaBlock(nn.Module):
     def forward(
         self, x: Tensor, state: LayerState | None = None, *, trace: bool = False
     ) -> tuple[Tensor, LayerState, SSMLayerTrace | None]:
-        # The traced path runs the reference scan; the fast path the chunked one.
-        out, state, s = self.mixer(self.norm(x), state, sequential=trace)
+        # Traced or not, the chunked scan (equal to the sequential reference: tests/test_mamba.py);
+        # tracing adds the hidden attention, computed from the same Δ, B, C.
+        out, state, s = self.mixer(self.norm(x), state)
         lt = None
         if trace:
             lt = SSMLayerTrace(delta=s.delta, attention=hidden_attention(s.delta, self.mixer.A, s.B, s.C))

@@ -76,10 +76,13 @@ def rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+_TEMPLATE = pio.templates[TEMPLATE].to_plotly_json()  # as plain data, converted once (not per figure)
+
+
 def base_layout(title: str, **layout) -> dict:
     """The shared layout (template, font, title, margins) as a dict; ``layout`` adds or overrides."""
     base = dict(
-        template=pio.templates[TEMPLATE],  # the object, not its name: ``figure`` does not expand names
+        template=_TEMPLATE,  # the template itself, not its name: ``figure`` does not expand names
         font=FONT,
         title=dict(text=title, x=0.02, xanchor="left"),
         margin=MARGIN,
