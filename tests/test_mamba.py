@@ -20,6 +20,7 @@ from models.ssm import (
     hidden_attention,
     hidden_attention_full,
     selective_scan_chunked,
+    selective_scan_segmented,
     selective_scan_sequential,
 )
 
@@ -155,6 +156,16 @@ def test_chunked_scan_equals_sequential(T, chunk):
         assert y.shape == (2, T, 12) and h.shape == (2, 12, 5)
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("T, segment", [(100, 32), (64, 64), (65, 64), (7, 3)])
+def test_segmented_scan_equals_sequential(T, segment):
+    args = _scan_inputs(2, T, 12, 5, seed=T + segment)
+    h0 = torch.randn(2, 12, 5, generator=torch.Generator().manual_seed(3))
+    y_ref, h_ref = selective_scan_sequential(*args, h0=h0)
+    y, h = selective_scan_segmented(*args, h0=h0, segment=segment, chunk=8)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
 
 
 def test_chunked_scan_is_stable_under_strong_decay():
