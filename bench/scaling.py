@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from bench.report import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,15 +244,6 @@ def run(quick: bool = False, threads: int = THREADS) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    for r in rows:
-        mark = {True: "met", False: "MISSED", None: "not judged (needs lengths from 512 to 1024 and up)"}[r["met"]]
-        print(f"[{r['section']}] {r['case']} — {r['measure']}")
-        print(f"    {r['value']}")
-        if r["target"]:
-            print(f"    target: {r['target']}  → {mark}")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help=f"lengths up to {QUICK_LENGTHS[-1]}, one repeat")
@@ -267,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     t0 = time.perf_counter()
     rows = run(quick=args.quick, threads=args.threads)
-    print_rows(rows)
+    print_table(rows)
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:
         with open(args.json, "w") as f:

@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from bench.report import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,15 +220,6 @@ def run(quick: bool = False, runs: int | None = None) -> list[dict]:
     return rows
 
 
-def print_rows(rows: list[dict]) -> None:
-    for r in rows:
-        mark = {True: "met", False: "MISSED", None: ""}[r["met"]]
-        print(f"[{r['section']}] {r['case']} — {r['measure']}")
-        print(f"    {r['value']}")
-        if r["target"]:
-            print(f"    target: {r['target']}  → {mark}")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.startup", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one start-up run")
@@ -235,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     rows = run(quick=args.quick, runs=args.runs)
-    print_rows(rows)
+    print_table(rows)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
