@@ -23,7 +23,7 @@ def test_concurrent_sessions_see_only_their_own_work():
     assert r["rss_after_mb"] - r["rss_before_mb"] <= 200
 
 
-def test_the_server_does_not_serve_arbitrary_files():
+def test_the_server_does_not_serve_arbitrary_files_or_take_huge_uploads():
     proc, url = start_server()
     try:
         for path in ("gradio_api/file=/etc/passwd", "gradio_api/file=../../etc/passwd",
@@ -31,6 +31,11 @@ def test_the_server_does_not_serve_arbitrary_files():
             with pytest.raises(urllib.error.HTTPError) as e:
                 urllib.request.urlopen(url + path, timeout=10).read()
             assert e.value.code in (403, 404), path
+        import httpx
+
+        big = httpx.post(url + "gradio_api/upload", files={"files": ("big.bin", b"\0" * (11 * 2**20))}, timeout=30)
+        small = httpx.post(url + "gradio_api/upload", files={"files": ("small.txt", b"hello")}, timeout=30)
+        assert big.status_code == 413 and small.status_code == 200  # the 10 MB cap, and uploads otherwise work
     finally:
         proc.terminate()
         proc.wait(timeout=15)

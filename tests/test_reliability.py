@@ -209,3 +209,48 @@ def test_safe_defaults_and_explicit_opt_ins():
     assert parse_args(["--auth", "ada:secret"]).auth == "ada:secret"
     with pytest.raises(SystemExit):
         parse_args(["--auth", "no-colon"])
+
+
+# --------------------------------------------------------------------------- a stopped generation
+
+
+def test_a_cancelled_generation_stops_running_the_model():
+    """Stop (or a closed page) cancels the streaming event: the model is not called again after it."""
+    import socket
+    import time
+
+    from gradio_client import Client
+
+    from app.main import build_app
+
+    reg = Registry.from_names([], device="cpu")
+    model = reg.get("mamba").model  # the longest context: room for many tokens
+    calls = []
+    original = model.forward
+
+    def counting(*a, **k):
+        calls.append(time.monotonic())
+        time.sleep(0.02)  # slow enough that the cancel lands mid-stream
+        return original(*a, **k)
+
+    model.forward = counting
+    demo = build_app(reg)
+    demo.queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
+    try:
+        job = Client(f"http://127.0.0.1:{port}/", verbose=False).submit("mamba", TEXT, 256, 0.0, 0, 1.0, 0,
+                                                                        api_name="/generate")  # fmt: skip
+        deadline = time.monotonic() + 30
+        while len(calls) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(calls) >= 5, "generation did not start"
+        job.cancel()
+        time.sleep(1.0)
+        settled = len(calls)
+        time.sleep(1.5)
+        assert len(calls) == settled < 200  # nothing ran after the cancel took effect
+    finally:
+        demo.close()
