@@ -9,6 +9,7 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from models.card import active_parameters, architecture, parameter_breakdown
+from models.layers import count_parameters
 from viz.card import parameter_figure
 
 from .messages import error, md_escape
@@ -31,7 +32,7 @@ def card(registry: Registry, key: str | None) -> tuple[str, go.Figure | None]:
     rows = "\n".join(f"| {md_escape(k)} | {md_escape(str(v))} |" for k, v in architecture(entry.model))
     table = f"#### {md_escape(entry.label)}\n\n| | |\n|---|---|\n{rows}"
     model = entry.model
-    total = sum(p.numel() for p in model.parameters())
+    total = count_parameters(model)
     fig = parameter_figure(parameter_breakdown(model), active=active_parameters(model), total=total,
                            title=f"Parameters by component: {html.escape(entry.label)}")  # fmt: skip
     return table, fig

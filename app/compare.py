@@ -20,6 +20,7 @@ import plotly.graph_objects as go
 import torch
 
 from models.card import active_parameters
+from models.layers import count_parameters
 from models.timing import LENGTHS, forward_latency, growth, time_forward
 from viz.attention import attention_heatmap
 from viz.compare import latency_chart, surprisal_bars
@@ -117,7 +118,7 @@ def panel(registry: Registry, key: str, text: str) -> Panel:
 
 
 def _title(entry: Entry, forward_ms: float | None, traced_ms: float | None) -> str:
-    total = sum(p.numel() for p in entry.model.parameters())  # shared (tied) tensors once
+    total = count_parameters(entry.model)
     active = active_parameters(entry.model)
     params = f"{total / 1e6:.2f} M parameters"
     if active != total:

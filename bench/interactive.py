@@ -14,25 +14,18 @@
 
 from __future__ import annotations
 
-import socket
-import statistics
 import time
 
 import torch
 
 from app import handlers
 from app.registry import Registry
+from bench.report import free_port, percentiles
 from models import BUILTIN_NAMES, corpus
 from models.decoder import Decoder, DecoderConfig
 from models.tokenizer import ByteTokenizer
 
 SETTINGS = [(t, k, p) for t in (0.3, 0.7, 1.0, 1.5) for k in (0, 5, 40, 200) for p in (0.5, 0.9, 0.95, 1.0)]  # 64
-
-
-def percentiles(ms: list[float]) -> tuple[float, float]:
-    """(p50, p95) of a list of milliseconds (nearest-rank p95)."""
-    s = sorted(ms)
-    return statistics.median(s), s[min(len(s) - 1, max(0, round(0.95 * len(s)) - 1))]
 
 
 def big_vocab_registry(registry: Registry) -> str:
@@ -62,12 +55,6 @@ def sampler_handler(registry: Registry, key: str, changes: int) -> dict:
         handlers.distribution(registry, a, t, k, p)
         ms.append((time.perf_counter() - t0) * 1000)
     return {"p50": percentiles(ms)[0], "p95": percentiles(ms)[1], "n": len(ms), "vocab": a.logits.shape[-1]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PageProtocol:
@@ -109,7 +96,7 @@ def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dic
 
     demo = build_app(registry)
     demo.queue(default_concurrency_limit=4)
-    port = _free_port()
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
                 theme=THEME, css=CSS)  # fmt: skip
     out = {}

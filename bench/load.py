@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -26,6 +24,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
+from bench.report import free_port, percentiles
 from models import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,9 +49,7 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--device", "cpu"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
@@ -153,8 +150,8 @@ def run_load(sessions: int = 32, requests: int = 25) -> dict:
             proc.kill()
     lat = {}
     for k, v in out["times"].items():
-        s = sorted(v)
-        lat[k] = {"n": len(v), "p50": statistics.median(s), "p95": s[min(len(s) - 1, round(0.95 * len(s)) - 1)]}
+        p50, p95 = percentiles(v)
+        lat[k] = {"n": len(v), "p50": p50, "p95": p95}
     return {"sessions": sessions, "requests": requests, "wall_s": wall, "errors": out["errors"],
             "crosstalk": out["crosstalk"], "latency_ms": lat, "rss_before_mb": before, "rss_peak_mb": peak,
             "rss_after_mb": after}  # fmt: skip

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from bench.report import print_table
+from bench.report import free_port, print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,12 +35,6 @@ MEMORY_TARGET_BYTES = 1.5e9
 READY_TIMEOUT_S = 180.0
 POLL_S = 0.1
 SETTLE_S = 1.0  # after the first 200, before reading memory: the first page load's allocations land
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:

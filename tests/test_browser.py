@@ -204,6 +204,11 @@ def set_slider(page, elem_id: str, value, *, via: str = "number") -> None:
 # --------------------------------------------------------------------------- the test
 
 
+def assert_no_console_errors(page) -> None:
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, "browser console errors:\n" + "\n".join(errors)
+
+
 def expected_state(model, text):
     net, tok = model
     ids = tok.encode(text)
@@ -289,8 +294,7 @@ def test_explore_page_end_to_end(page, model):
         page.wait_for_timeout(500)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
-    errors = [e for e in page.console_errors if "favicon" not in e]
-    assert not errors, "browser console errors:\n" + "\n".join(errors)
+    assert_no_console_errors(page)
 
 
 # --------------------------------------------------------------------------- the other families
@@ -337,8 +341,7 @@ def test_t5_translation_and_cross_attention_in_the_page(page):
     bar_ids, _ = final_bars(plot)
     assert bar_ids[0] == int(new[0, 1])  # greedy: step 1's favourite is the token it wrote
 
-    errors = [e for e in page.console_errors if "favicon" not in e]
-    assert not errors, "browser console errors:\n" + "\n".join(errors)
+    assert_no_console_errors(page)
 
 
 def test_moe_routing_marks_in_the_page(page):
@@ -368,8 +371,7 @@ def test_moe_routing_marks_in_the_page(page):
     shares = _array(plot_trace(load_plot, "load")["y"])
     assert shares.sum() == pytest.approx(1.0, abs=1e-6)
 
-    errors = [e for e in page.console_errors if "favicon" not in e]
-    assert not errors, "browser console errors:\n" + "\n".join(errors)
+    assert_no_console_errors(page)
 
 
 # --------------------------------------------------------------------------- the other views and tabs
@@ -420,8 +422,7 @@ def test_grid_mask_position_and_sampling_in_the_page(page, model):
     wait_for_plot(page, "sample-plot", "1 draw at position 3")
     screenshot(page, "explore")
 
-    errors = [e for e in page.console_errors if "favicon" not in e]
-    assert not errors, "browser console errors:\n" + "\n".join(errors)
+    assert_no_console_errors(page)
 
 
 def test_mamba_and_bert_views_in_the_page(page):
@@ -453,8 +454,7 @@ def test_mamba_and_bert_views_in_the_page(page):
     mask = wait_for_plot(page, "mask-plot", "bidirectional")
     assert _array(mask["data"][0]["z"]).all()
 
-    errors = [e for e in page.console_errors if "favicon" not in e]
-    assert not errors, "browser console errors:\n" + "\n".join(errors)
+    assert_no_console_errors(page)
 
 
 def test_lens_embeddings_compare_and_architecture_tabs(page, model):
@@ -509,5 +509,4 @@ def test_lens_embeddings_compare_and_architecture_tabs(page, model):
     screenshot(page, "architecture")
     open_tab(page, "Explore")
 
-    errors = [e for e in page.console_errors if "favicon" not in e]
-    assert not errors, "browser console errors:\n" + "\n".join(errors)
+    assert_no_console_errors(page)
