@@ -364,13 +364,11 @@ class MambaMixer(nn.Module):
         delta = F.softplus(self.dt_proj(dt))  # (b, T, Di)
         return SSMInputs(u=u, z=z, delta=delta, B=B, C=C, conv_state=window[..., -self.d_conv :])
 
-    def forward(
-        self, x_hat: Tensor, state: LayerState | None = None, *, sequential: bool = False
-    ) -> tuple[Tensor, LayerState, SSMInputs]:
+    def forward(self, x_hat: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState, SSMInputs]:
         """x̂ (b, T, D) -> (out (b, T, D), the state after these tokens, the scan's inputs)."""
         s = self.ssm_inputs(x_hat, state.conv if state is not None else None)
         one_step = x_hat.shape[1] == 1  # a generation step: the recurrence itself, no chunking to set up
-        scan = selective_scan_sequential if sequential or one_step else (self.scan or selective_scan)
+        scan = selective_scan_sequential if one_step else (self.scan or selective_scan)
         y, h_last = scan(s.u, s.delta, self.A, s.B, s.C, self.D.float(), state.ssm if state is not None else None)
         out = self.out_proj((y * F.silu(s.z)).to(x_hat.dtype))  # (b, T, D)
         return out, LayerState(conv=s.conv_state, ssm=h_last), s
