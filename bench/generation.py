@@ -1,6 +1,6 @@
 """Greedy generation speed, batch 1: our ``model.generate`` against transformers' on the same weights.
 
-    python -m bench.generation [--quick]
+    python -m bench.generation [--quick] [--threads N] [--device cpu|cuda]
 
 Each case builds a transformers model from a config with a fixed seed (transformers' own
 initialisation), saves it to a temporary folder with a small word tokenizer, and loads that
@@ -9,7 +9,8 @@ continue the same seeded random 16-token prompt greedily for 128 new tokens (end
 switched off on both sides, so both write exactly 128), in the same process and thread count,
 under ``torch.inference_mode``: one warm-up each, then the best of 3 runs, alternating
 ours / transformers so that background load hits both alike. transformers runs its default
-attention (SDPA), its fastest path on the CPU.
+attention (SDPA), its fastest path on the CPU. With ``--device cuda`` both sides run on the GPU
+(fp32, as loaded) and each timed call ends with a ``torch.cuda.synchronize``.
 
 Reported per case: tokens/s for each (new tokens over the whole ``generate`` call, prompt pass
 included), the ratio ours / transformers, and whether the generated tokens are identical.
@@ -125,14 +126,21 @@ def _word_tokenizer():
 # --------------------------------------------------------------------------- timing
 
 
-def _timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
+    _sync(device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = fn()
+    _sync(device)
     return time.perf_counter() - t0, out
 
 
-def measure(case: Case, new_tokens: int, repeats: int) -> dict:
+def measure(case: Case, new_tokens: int, repeats: int, device: str = "cpu") -> dict:
     """Build, save, load, check and time one case -> its row for the table."""
     from transformers.utils import logging as hf_logging
 
@@ -140,6 +148,7 @@ def measure(case: Case, new_tokens: int, repeats: int) -> dict:
 
     load_before = os.getloadavg()[0]
     torch.manual_seed(SEED)
+    device = torch.device(device)
     hf = case.build().eval()
     vocab = hf.config.vocab_size
     bars = hf_logging.is_progress_bar_enabled()
@@ -149,12 +158,13 @@ def measure(case: Case, new_tokens: int, repeats: int) -> dict:
             folder = Path(tmp) / "ckpt"
             hf.save_pretrained(folder)
             _word_tokenizer().save_pretrained(folder)
-            ours, _ = models.load(folder)
+            ours, _ = models.load(folder, device=device)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     ours.eval()
-    ids = torch.randint(0, vocab, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(SEED))
+    hf.to(device)
+    ids = torch.randint(0, vocab, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(SEED)).to(device)
 
     def run_ours():
         return ours.generate(ids, max_new_tokens=new_tokens, temperature=0.0, eos_token_id=None)
@@ -163,12 +173,13 @@ def measure(case: Case, new_tokens: int, repeats: int) -> dict:
         return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                            min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
 
-    _, out_ours = _timed(run_ours)  # warm-up, and the tokens compared
-    _, out_hf = _timed(run_hf)
+    _, out_ours = _timed(run_ours, device)  # warm-up, and the tokens compared
+    _, out_hf = _timed(run_hf, device)
+    out_ours, out_hf = out_ours.cpu(), out_hf.cpu()
     t_ours, t_hf = [], []
     for _ in range(repeats):  # alternated, so background load falls on both
-        t_ours.append(_timed(run_ours)[0])
-        t_hf.append(_timed(run_hf)[0])
+        t_ours.append(_timed(run_ours, device)[0])
+        t_hf.append(_timed(run_hf, device)[0])
 
     n_ours = out_ours.shape[1] - PROMPT_LEN
     n_hf = out_hf.shape[1] - PROMPT_LEN
@@ -204,16 +215,17 @@ def measure(case: Case, new_tokens: int, repeats: int) -> dict:
             "hf_median_s": statistics.median(t_hf),
             "params": sum(p.numel() for p in hf.parameters()),
             "threads": torch.get_num_threads(),
+            "device": str(device),
             "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # before, after
             "target_ratio": case.target,
         },
     }
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     """One row per case. ``quick``: 16 new tokens and 1 timed run (for tests and development)."""
     new_tokens, repeats = (16, 1) if quick else (NEW_TOKENS, REPEATS)
-    return [measure(case, new_tokens, repeats) for case in CASES]
+    return [measure(case, new_tokens, repeats, device) for case in CASES]
 
 
 def _table(rows: list[dict]) -> str:
@@ -232,12 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="16 new tokens, 1 timed run")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both run (default: cpu)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run(quick=args.quick)
+    rows = run(quick=args.quick, device=args.device)
     how = "QUICK: 16 new tokens, 1 timed run" if args.quick else MEASURE
-    print(f"torch {torch.__version__} · {torch.get_num_threads()} threads · {how}")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__} · {where} · {how}")
     print(_table(rows))
     print("tok/s: new tokens over the whole generate call (prompt pass included), best of the timed runs")
     print("load average (1 min) before each case:", ", ".join(f"{r['raw']['load_avg_1min'][0]:.1f}" for r in rows))

@@ -9,7 +9,9 @@
    (``app.handlers.analyse``), per built-in model, at 32, 128 and 512 tokens; and the size of
    what is sent to the browser (the figures' JSON and the HTML).
 
-    python -m bench.interactive [--quick]
+The models run on ``device`` (the cached logits the sampler works from are on the CPU either way).
+
+    python -m bench.interactive [--quick] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def big_vocab_registry(registry: Registry) -> str:
     torch.manual_seed(0)
     cfg = DecoderConfig(vocab_size=50257, d_model=128, n_layer=2, n_head=4, d_ff=512, max_seq_len=512, name="gpt2-vocab",
                         trained=False)  # fmt: skip
-    registry.put("gpt2-vocab", Decoder(cfg), ByteTokenizer())
+    registry.put("gpt2-vocab", Decoder(cfg).to(registry.device), ByteTokenizer())
     return "gpt2-vocab"
 
 
@@ -152,9 +154,9 @@ def analyse(registry: Registry, key: str, n_tokens: int, repeats: int) -> dict:
     return {"p50": p50, "p95": p95, "bytes": size, "tokens": tokens, "n": repeats}
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     changes = 20 if quick else 200
-    registry = Registry.from_names([], device="cpu")
+    registry = Registry.from_names([], device=device)
     big = big_vocab_registry(registry)
     rows = []
     handler = {key: sampler_handler(registry, key, changes) for key in ("gpt", big)}
@@ -193,4 +195,6 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    print_table(run(ap.parse_args().quick))
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    a = ap.parse_args()
+    print_table(run(a.quick, a.device))

@@ -8,7 +8,7 @@ shares, and checks that each answer is about that text: a redraw's title names i
 token at its own position, a generation continues its own text. Records errors, cross-talk,
 p50 / p95 latency per kind of request, and the server's resident memory before and after.
 
-    python -m bench.load [--sessions 32] [--requests 25]
+    python -m bench.load [--sessions 32] [--requests 25] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(device: str = "cpu") -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--device", "cpu"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--device", device], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -119,8 +119,8 @@ def one_session(url: str, text: str, requests: int, out: dict, lock: threading.L
         out["crosstalk"] += crosstalk
 
 
-def run_load(sessions: int = 32, requests: int = 25) -> dict:
-    proc, url = start_server()
+def run_load(sessions: int = 32, requests: int = 25, device: str = "cpu") -> dict:
+    proc, url = start_server(device)
     try:
         from gradio_client import Client
 
@@ -157,8 +157,8 @@ def run_load(sessions: int = 32, requests: int = 25) -> dict:
             "rss_after_mb": after}  # fmt: skip
 
 
-def run(quick: bool = False) -> list[dict]:
-    r = run_load(8 if quick else 32, 10 if quick else 25)
+def run(quick: bool = False, device: str = "cpu") -> list[dict]:
+    r = run_load(8 if quick else 32, 10 if quick else 25, device)
     done = sum(v["n"] for v in r["latency_ms"].values())
     ok = not r["errors"] and not r["crosstalk"]
     rows = [dict(section="load", case=f"{r['sessions']} sessions × {r['requests']} requests",
@@ -184,10 +184,11 @@ if __name__ == "__main__":
     ap.add_argument("--sessions", type=int, default=32)
     ap.add_argument("--requests", type=int, default=25)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     a = ap.parse_args()
     if a.quick:
-        print_table(run(True))
+        print_table(run(True, a.device))
     else:
-        res = run_load(a.sessions, a.requests)
+        res = run_load(a.sessions, a.requests, a.device)
         print(json.dumps({k: v for k, v in res.items() if k != "latency_ms"}, indent=1, default=str))
         print(json.dumps(res["latency_ms"], indent=1))

@@ -1,6 +1,6 @@
 """Forward latency and peak memory against input length: the decoder (gpt) next to the SSM (mamba).
 
-    python -m bench.scaling [--quick] [--json out.json]
+    python -m bench.scaling [--quick] [--device cpu|cuda] [--json out.json]
     python -m bench.scaling --one MODEL LENGTH {on,off} [--repeats N]     (one case; prints JSON)
 
 Every (model, length, trace) case runs in a fresh subprocess, batch 1, under ``torch.inference_mode``:
@@ -27,6 +27,10 @@ is therefore measured up to ``TRACE_MAX`` tokens only (the app traces at most 51
 Threads: each case runs torch on one thread by default (``--threads``). On a shared 2-core machine
 two threads collide with anyone else's work (OpenMP workers wait on a descheduled sibling: a
 150 ms pass became 700 ms under load), and scaling is the architecture's, not the thread pool's.
+
+On CUDA (``--device cuda``) every case runs in this process, each timed pass ends with a
+``torch.cuda.synchronize``, and peak memory is the caching allocator's: the most allocated during
+the pass above what was allocated before it (``torch.cuda.reset_peak_memory_stats``).
 
 Target: the SSM's untraced forward is linear in length, each doubling from 512 tokens up costing at
 most 2.2× the time. The decoder's doubling ratios are reported for contrast (no target).
@@ -80,8 +84,11 @@ def _reset_peak() -> bool:
         return False
 
 
-def measure_one(name: str, length: int, trace: bool, repeats: int, threads: int = THREADS) -> dict:
-    """Peak memory rise and latency of one (model, length, trace) case; meant for a fresh process."""
+def measure_one(name: str, length: int, trace: bool, repeats: int, threads: int = THREADS,
+                device: str = "cpu") -> dict:  # fmt: skip
+    """Peak memory rise and latency of one (model, length, trace) case; on the CPU meant for a fresh
+    process (see the module doc). On CUDA the memory is the allocator's: the peak allocated during
+    the pass above what was allocated before it (``torch.cuda.max_memory_allocated``)."""
     import gc
     import resource
 
@@ -90,32 +97,47 @@ def measure_one(name: str, length: int, trace: bool, repeats: int, threads: int 
     from models import load
     from models.timing import stretched_copy
 
-    if threads > 0:
+    cuda = device == "cuda"
+    if threads > 0 and not cuda:
         torch.set_num_threads(threads)
     maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731 (KiB on Linux)
-    model, _ = load(name, device="cpu")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    model, _ = load(name, device=device)
     context = int(getattr(model.config, "max_seq_len", 0) or 0)
     stretched = model.config.family != "ssm" and length > context  # Mamba has no position table: no limit
     if stretched:
         model = stretched_copy(model, length)
         gc.collect()
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(device)
 
     with torch.inference_mode():
         model(ids[:, :WARMUP_TOKENS], trace=trace)  # lazy initialisation: thread pools, kernels
+        sync()
         gc.collect()
-        reset = _reset_peak()
-        rss_before, maxrss_before = _status_kib("VmRSS"), maxrss()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            reset, allocated_before = True, torch.cuda.memory_allocated()
+            rss_before = maxrss_before = allocated_before // 1024
+        else:
+            reset = _reset_peak()
+            rss_before, maxrss_before = _status_kib("VmRSS"), maxrss()
         t0 = time.perf_counter()
         out = model(ids, trace=trace)
+        sync()
         first_ms = (time.perf_counter() - t0) * 1000
-        maxrss_after, hwm_after = maxrss(), _status_kib("VmHWM")
+        if cuda:
+            maxrss_after = hwm_after = torch.cuda.max_memory_allocated() // 1024
+        else:
+            maxrss_after, hwm_after = maxrss(), _status_kib("VmHWM")
         del out
         times = []
         spent = 0.0
         for _ in range(repeats):
             t0 = time.perf_counter()
             out = model(ids, trace=trace)
+            sync()
             dt = time.perf_counter() - t0
             del out
             times.append(dt * 1000)
@@ -127,12 +149,27 @@ def measure_one(name: str, length: int, trace: bool, repeats: int, threads: int 
     # reset left it above the current RSS, the inherited value hides this pass; VmHWM has only the own peak.
     own = reset and maxrss_before <= rss_before + 1024
     peak = maxrss_after if own else hwm_after
+    source = "cuda max_memory_allocated" if cuda else ("ru_maxrss" if own else "VmHWM")
     return {
         "model": name, "length": length, "trace": trace, "stretched": stretched,
         "ms": min(times), "times_ms": [round(t, 3) for t in times], "first_ms": round(first_ms, 3),
         "rss_before_kib": rss_before, "peak_kib": peak, "rise_kib": max(0, peak - rss_before),
-        "peak_source": "ru_maxrss" if own else "VmHWM", "threads": torch.get_num_threads(),
+        "peak_source": source, "threads": torch.get_num_threads(), "device": device,
     }  # fmt: skip
+
+
+def measure_here(name: str, length: int, trace: bool, repeats: int, device: str) -> dict:
+    """``measure_one`` in this process (CUDA: the allocator's peak counter is per process and resettable)."""
+    t0 = time.perf_counter()
+    try:
+        res = measure_one(name, length, trace, repeats, device=device)
+    except Exception as e:  # noqa: BLE001 - out of memory, say: a finding, reported in the row
+        import torch
+
+        torch.cuda.empty_cache() if device == "cuda" else None
+        return {"model": name, "length": length, "trace": trace, "error": f"{type(e).__name__}: {str(e)[:120]}"}
+    res["case_s"] = round(time.perf_counter() - t0, 2)
+    return res
 
 
 def run_case(name: str, length: int, trace: bool, repeats: int, threads: int = THREADS) -> dict:
@@ -180,7 +217,8 @@ def _fmt_mb(kib: int) -> str:
 
 
 def _rows_for(name: str, trace: bool, cases: list[dict], lengths: tuple[int, ...], capped: bool,
-              threads: int = THREADS, load: tuple[float, float] | None = None) -> list[dict]:  # fmt: skip
+              threads: int = THREADS, load: tuple[float, float] | None = None,
+              device: str = "cpu") -> list[dict]:  # fmt: skip
     family = {"gpt": "decoder", "mamba": "ssm"}[name]
     case = f"{name} ({family}), trace {'on' if trace else 'off'}"
     ok = [c for c in cases if "error" not in c]
@@ -210,6 +248,8 @@ def _rows_for(name: str, trace: bool, cases: list[dict], lengths: tuple[int, ...
         if worst is not None:
             met = worst <= LINEAR_TARGET if not errors else (False if worst > LINEAR_TARGET else None)
     n_threads = f"{threads} thread{'s' if threads != 1 else ''}" if threads > 0 else "torch's default threads"
+    if device == "cuda":
+        n_threads = "on the GPU, synchronised"
     most = max((len(c["times_ms"]) for c in ok), default=0)
     latency = {
         "section": "scaling", "case": case,
@@ -222,7 +262,9 @@ def _rows_for(name: str, trace: bool, cases: list[dict], lengths: tuple[int, ...
                 "case_seconds": {c["length"]: c.get("case_s") for c in ok}},
     }  # fmt: skip
     memory = {
-        "section": "scaling", "case": case, "measure": "peak memory rise during one forward (ru_maxrss − RSS before)",
+        "section": "scaling", "case": case,
+        "measure": "peak GPU memory allocated during one forward, above what was allocated before" if device == "cuda"
+        else "peak memory rise during one forward (ru_maxrss − RSS before)",
         "value": " · ".join(f"{n}: {_fmt_mb(rise[n])}" for n in sorted(rise)) + note, "target": "", "met": None,
         "raw": {"rise_kib": rise, "rss_before_kib": {c["length"]: c["rss_before_kib"] for c in ok},
                 "peak_source": sorted({c["peak_source"] for c in ok})},
@@ -230,7 +272,8 @@ def _rows_for(name: str, trace: bool, cases: list[dict], lengths: tuple[int, ...
     return [latency, memory]
 
 
-def run(quick: bool = False, threads: int = THREADS) -> list[dict]:
+def run(quick: bool = False, threads: int = THREADS, device: str = "cpu") -> list[dict]:
+    """Rows for every model × trace setting. On the CPU a subprocess per case; on CUDA all in this process."""
     lengths = QUICK_LENGTHS if quick else LENGTHS
     repeats = QUICK_REPEATS if quick else REPEATS
     rows = []
@@ -238,9 +281,13 @@ def run(quick: bool = False, threads: int = THREADS) -> list[dict]:
         for trace in (False, True):
             ls = tuple(n for n in lengths if not trace or n <= TRACE_MAX[name])
             load_before = os.getloadavg()[0]
-            cases = [run_case(name, n, trace, repeats, threads) for n in ls]
+            if device == "cuda":
+                cases = [measure_here(name, n, trace, repeats, device) for n in ls]
+            else:
+                cases = [run_case(name, n, trace, repeats, threads) for n in ls]
             load = (round(load_before, 2), round(os.getloadavg()[0], 2))
-            rows += _rows_for(name, trace, cases, ls, capped=len(ls) < len(lengths), threads=threads, load=load)
+            rows += _rows_for(name, trace, cases, ls, capped=len(ls) < len(lengths), threads=threads, load=load,
+                              device=device)  # fmt: skip
     return rows
 
 
@@ -252,13 +299,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=REPEATS)
     p.add_argument("--threads", type=int, default=THREADS,
                    help=f"torch threads per case (default {THREADS}; 0: torch's default)")  # fmt: skip
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run (default: cpu)")
     args = p.parse_args(argv)
     if args.one:
         name, length, trace = args.one
         print(json.dumps(measure_one(name, int(length), trace == "on", args.repeats, args.threads)))
         return
     t0 = time.perf_counter()
-    rows = run(quick=args.quick, threads=args.threads)
+    rows = run(quick=args.quick, threads=args.threads, device=args.device)
     print_table(rows)
     print(f"({time.perf_counter() - t0:.0f} s)")
     if args.json:

@@ -1,8 +1,9 @@
 """App start-up: seconds to the first HTTP 200, and the server's memory with every built-in loaded.
 
-    python -m bench.startup [--quick] [--runs N] [--json out.json]
+    python -m bench.startup [--quick] [--runs N] [--device cpu|cuda] [--json out.json]
 
-Each run starts ``python -m app --port <free> --host 127.0.0.1 --device cpu`` (all five built-ins),
+Each run starts ``python -m app --port <free> --host 127.0.0.1 --device cpu`` (all five built-ins;
+``--device cuda`` starts it on the GPU and adds the GPU memory ``nvidia-smi`` reports for it),
 polls ``/`` with urllib until it answers 200, then reads the resident memory (VmRSS from
 /proc/<pid>/status) of the server and any processes it started, and stops it (terminate, then
 kill). The server's own output is timestamped as it arrives, so a slow start can be split into
@@ -83,10 +84,25 @@ def _get(url: str) -> int | None:
         return None
 
 
-def start_once() -> dict:
+def gpu_memory_bytes(pids: list[int]) -> int | None:
+    """GPU memory the processes ``pids`` hold, as ``nvidia-smi`` reports it (None where it cannot say)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    used = {}
+    for line in out.strip().splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip().isdigit() and mib.strip().isdigit():
+            used[int(pid)] = int(mib) * 2**20
+    return sum(used.get(p, 0) for p in pids) if used else None
+
+
+def start_once(device: str = "cpu") -> dict:
     """One cold start of the app: seconds to the first 200 on /, then memory; the server is stopped after."""
     port = free_port()
-    cmd = [sys.executable, "-m", "app", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu"]
+    cmd = [sys.executable, "-m", "app", "--port", str(port), "--host", "127.0.0.1", "--device", device]
     lines: list[tuple[float, str]] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -113,12 +129,15 @@ def start_once() -> dict:
                 break
             time.sleep(POLL_S)
         rss_kib = hwm_kib = 0
+        gpu_bytes = None
         kids: list[int] = []
         if ready_s is not None:
             time.sleep(SETTLE_S)
             kids = descendants(proc.pid)
             rss_kib = sum(_status_kib(p, "VmRSS") for p in [proc.pid, *kids])
             hwm_kib = _status_kib(proc.pid, "VmHWM")
+            if device == "cuda":
+                gpu_bytes = gpu_memory_bytes([proc.pid, *kids])
     finally:
         stop(proc)
         reader.join(timeout=5)
@@ -129,6 +148,7 @@ def start_once() -> dict:
     return {
         "ready_s": None if ready_s is None else round(ready_s, 2), "error": error, "port": port,
         "rss_bytes": rss_kib * 1024, "server_peak_bytes": hwm_kib * 1024, "children": len(kids),
+        "gpu_bytes": gpu_bytes,
         "models_loaded_s": first("archplay: offering"),  # the first model announced: all are loaded by then
         "serving_line_s": first("archplay: serving on"),
         "log_tail": [line for _, line in lines[-8:]],
@@ -168,10 +188,10 @@ def _fmt_bytes(xs: list[int]) -> str:
     return f"median {statistics.median(xs) / 1e6:.0f} MB (runs: {', '.join(f'{x / 1e6:.0f}' for x in xs)})"
 
 
-def run(quick: bool = False, runs: int | None = None) -> list[dict]:
+def run(quick: bool = False, runs: int | None = None, device: str = "cpu") -> list[dict]:
     runs = runs or (QUICK_RUNS if quick else RUNS)
     load = [round(os.getloadavg()[0], 2)]
-    starts = [start_once() for _ in range(runs)]
+    starts = [start_once(device) for _ in range(runs)]
     load.append(round(os.getloadavg()[0], 2))
     imports = [time_command("import torch, gradio") for _ in range(runs)]
     bare = [time_command("pass") for _ in range(runs)]
@@ -179,12 +199,14 @@ def run(quick: bool = False, runs: int | None = None) -> list[dict]:
     ok = [s for s in starts if s["ready_s"] is not None]
     errors = [s["error"] + " — " + " | ".join(s["log_tail"][-3:]) for s in starts if s["ready_s"] is None]
     note = ("; failed: " + "; ".join(errors)) if errors else ""
-    case = "python -m app --device cpu (5 built-ins)"
+    case = f"python -m app --device {device} (5 built-ins)"
     ready = [s["ready_s"] for s in ok]
     rss = [s["rss_bytes"] for s in ok]
     phases = [
         f"models loaded by {s['models_loaded_s']:.1f} s" for s in ok[:1] if s["models_loaded_s"] is not None
     ]  # fmt: skip
+    gpu = [s["gpu_bytes"] for s in ok if s.get("gpu_bytes") is not None]
+    on_gpu = f"; on the GPU {_fmt_bytes(gpu)} (nvidia-smi)" if gpu else ""
     rows = [
         {
             "section": "startup", "case": case, "measure": "seconds from launch to the first HTTP 200 on /",
@@ -196,11 +218,11 @@ def run(quick: bool = False, runs: int | None = None) -> list[dict]:
         {
             "section": "startup", "case": case,
             "measure": "server resident memory after the first 200 (VmRSS, incl. child processes)",
-            "value": (_fmt_bytes(rss) if rss else "no start") + note,
+            "value": (_fmt_bytes(rss) + on_gpu if rss else "no start") + note,
             "target": f"≤ {MEMORY_TARGET_BYTES / 1e9:.1f} GB",
             "met": (max(rss) <= MEMORY_TARGET_BYTES and not errors) if rss else False,
             "raw": {"rss_bytes": rss, "server_peak_bytes": [s["server_peak_bytes"] for s in ok],
-                    "children": [s["children"] for s in ok]},
+                    "children": [s["children"] for s in ok], "gpu_bytes": gpu},
         },
         {
             "section": "startup", "case": 'python -c "import torch, gradio"',
@@ -218,8 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="one start-up run")
     p.add_argument("--runs", type=int, default=None, help=f"start-up runs (default {RUNS}; quick {QUICK_RUNS})")
     p.add_argument("--json", default=None, help="also write the rows here")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the app's --device (default: cpu)")
     args = p.parse_args(argv)
-    rows = run(quick=args.quick, runs=args.runs)
+    rows = run(quick=args.quick, runs=args.runs, device=args.device)
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:

@@ -35,26 +35,37 @@ def iterate(
     top_p: float = 1.0,
     seed: int = 0,
     eos_token_id: int | None = None,
+    check_every: int = 1,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (next ids (B,), their probability under the final distribution (B,)) per new token.
 
     Stops after ``max_new_tokens`` or once every row has produced ``eos_token_id``; rows
     that finished earlier keep producing ``eos_token_id``.
+
+    Greedy decoding raises ``ValueError`` on NaN logits. Looking costs a device-to-host sync,
+    which on a GPU stalls the queue of launched kernels at every token: ``check_every`` > 1
+    looks once per that many tokens (and after the last), so the error comes at most that
+    many tokens late, always before the caller has the whole result.
     """
     _check(max_new_tokens, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return
     gen = torch.Generator(device=ids.device).manual_seed(seed)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    nan_seen = None  # greedy: whether any step's logits held a NaN, not yet looked at
+    certain = torch.ones(ids.shape[0], device=ids.device)  # a greedy pick's probability (B,)
     new = ids
-    for _ in range(max_new_tokens):
+    for i in range(max_new_tokens):
         logits, state = step(new, state)
         last = logits[:, -1, :].float()  # (B, V)
         if temperature == 0:  # greedy: the argmax, whose final probability is 1 (a one-hot)
-            if torch.isnan(last).any():
-                raise ValueError("the model produced NaN logits")
-            nxt = last.argmax(-1)  # (B,)
-            prob = torch.ones(nxt.shape, device=nxt.device)
+            bad = torch.isnan(last).any()
+            nan_seen = bad if nan_seen is None else nan_seen | bad
+            if (i + 1) % check_every == 0 or i + 1 == max_new_tokens:
+                if nan_seen:
+                    raise ValueError("the model produced NaN logits")
+                nan_seen = None
+            nxt, prob = last.argmax(-1), certain  # (B,), (B,)
         else:  # one pass through the stages serves both the draw and its probability
             final = staged_distribution(last, temperature, top_k, top_p).final  # (B, V)
             nxt = torch.multinomial(final, 1, generator=gen)[:, 0]  # (B,)
@@ -62,15 +73,22 @@ def iterate(
         if eos_token_id is not None:
             nxt = nxt.masked_fill(done, eos_token_id)
             done |= nxt == eos_token_id
-        yield nxt, prob
         if eos_token_id is not None and bool(done.all()):
+            if nan_seen is not None and nan_seen:
+                raise ValueError("the model produced NaN logits")
+            yield nxt, prob
             return
+        yield nxt, prob
         new = nxt[:, None]  # (B, 1)
+
+
+GPU_CHECK_EVERY = 16  # greedy NaN look-ups on a GPU: once per this many tokens (see ``iterate``)
 
 
 def generate(step: Step, ids: Tensor, state: object, **kwargs) -> Tensor:
     """All new tokens appended to ``ids``: (B, T + new)."""
     out = [ids]
+    kwargs.setdefault("check_every", 1 if ids.device.type == "cpu" else GPU_CHECK_EVERY)  # a sync is free on a CPU
     with torch.inference_mode():
         for nxt, _ in iterate(step, ids, state, **kwargs):
             out.append(nxt[:, None])

@@ -12,6 +12,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from models import generation
 from models.sampling import entropy, sample, sample_many, staged_distribution
 
 V = 97
@@ -124,3 +125,62 @@ def test_entropy_and_sampling_follow_final():
     assert set(draws.tolist()) <= set(s.kept.nonzero().flatten().tolist())
     torch.testing.assert_close(counts, s.final, atol=0.03, rtol=0)
     assert int(sample(logits, 0.0)) == int(logits.argmax())
+
+
+# --------------------------------------------------------------------------- NaN logits in greedy generation
+
+
+def _nan_at(bad_step: int, vocab: int = 7, eos_at: int | None = None):
+    """A step function whose logits favour token (step % vocab), NaN at call ``bad_step``; eos_at: emit 0 there."""
+    calls = []
+
+    def step(ids, state):
+        n = len(calls)
+        calls.append(n)
+        logits = torch.zeros(ids.shape[0], ids.shape[1], vocab)
+        logits[:, -1, 1 + n % (vocab - 1)] = 1.0
+        if eos_at is not None and n == eos_at:
+            logits[:, -1, 0] = 5.0
+        if n == bad_step:
+            logits[:, -1, 3] = float("nan")
+        return logits, state
+
+    return step, calls
+
+
+@pytest.mark.parametrize("every, steps_run", [(1, 6), (4, 8), (16, 10)])
+def test_greedy_nan_raises_before_the_result(every, steps_run):
+    step, calls = _nan_at(bad_step=5)  # the 6th step's logits hold a NaN
+    with pytest.raises(ValueError, match="NaN"):
+        generation.generate(step, torch.zeros(1, 2, dtype=torch.long), None, max_new_tokens=10, check_every=every)
+    assert len(calls) == steps_run  # looked at after steps 4, 8 (every 4); only after the last (every 16)
+
+
+def test_greedy_nan_checked_per_token_when_streaming():
+    step, calls = _nan_at(bad_step=2)
+    got = []
+    with pytest.raises(ValueError, match="NaN"):
+        for tok in generation.stream(step, torch.zeros(1, 2, dtype=torch.long), None, max_new_tokens=10):
+            got.append(tok)
+    assert [t for t, _ in got] == [1, 2] and len(calls) == 3
+
+
+@pytest.mark.parametrize("bad_step", [3, 9])
+def test_greedy_nan_raises_on_the_last_step_and_at_an_early_end(bad_step):
+    step, _ = _nan_at(bad_step=bad_step)  # bad_step 9: the 10th and last token
+    with pytest.raises(ValueError, match="NaN"):
+        generation.generate(step, torch.zeros(1, 2, dtype=torch.long), None, max_new_tokens=10, check_every=16)
+    step, calls = _nan_at(bad_step=3, eos_at=4)  # end-of-sequence at step 4, before a look-up was due
+    with pytest.raises(ValueError, match="NaN"):
+        generation.generate(step, torch.zeros(1, 2, dtype=torch.long), None, max_new_tokens=10, check_every=16,
+                            eos_token_id=0)  # fmt: skip
+    assert len(calls) == 5
+
+
+def test_greedy_without_nan_is_unchanged_by_check_every():
+    outs = []
+    for every in (1, 16):
+        step, _ = _nan_at(bad_step=-1)
+        outs.append(generation.generate(step, torch.zeros(1, 2, dtype=torch.long), None, max_new_tokens=10,
+                                        check_every=every))  # fmt: skip
+    assert torch.equal(outs[0], outs[1]) and outs[0][0, 2:].tolist() == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4]
