@@ -1,6 +1,7 @@
 """Greedy generation speed, batch 1: our ``model.generate`` against transformers' on the same weights.
 
     python -m bench.generation [--quick] [--threads N] [--device cpu|cuda]
+    python -m bench.generation --work [--device cpu|cuda]      (what one token launches; no timing)
 
 Each case builds a transformers model from a config with a fixed seed (transformers' own
 initialisation), saves it to a temporary folder with a small word tokenizer, and loads that
@@ -222,6 +223,56 @@ def measure(case: Case, new_tokens: int, repeats: int, device: str = "cpu") -> d
     }
 
 
+def per_token_work(generate: Callable[[int], torch.Tensor], device: torch.device) -> dict:
+    """What one more generated token costs in work launched, from the torch profiler: on the CPU the
+    top-level aten operators, on CUDA the GPU kernels (and copies) and the host's stream syncs.
+    ``generate(n)`` writes n new tokens; the count over 24 tokens less that over 8, divided by 16,
+    leaves the prompt pass out."""
+    from torch.profiler import DeviceType, ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+    def count(n: int) -> tuple[int, int]:
+        with torch.inference_mode(), profile(activities=acts) as prof:
+            generate(n)
+            _sync(device)
+        events = prof.events()
+        if device.type == "cuda":
+            work = sum(1 for e in events if e.device_type == DeviceType.CUDA)
+        else:
+            work = sum(1 for e in events if e.cpu_parent is None and e.name.startswith("aten::"))
+        syncs = sum(1 for e in events if e.name in ("cudaStreamSynchronize", "cudaDeviceSynchronize"))
+        return work, syncs
+
+    generate(8)  # warm
+    (w8, s8), (w24, s24) = count(8), count(24)
+    unit = "GPU kernels" if device.type == "cuda" else "aten ops"
+    return {"unit": unit, "work": (w24 - w8) / 16, "syncs": (s24 - s8) / 16}
+
+
+def work_counts(device: str = "cpu") -> list[dict]:
+    """``per_token_work`` for ours and transformers', per case (``python -m bench.generation --work``)."""
+    import models
+
+    device = torch.device(device)
+    out = []
+    for case in CASES:
+        torch.manual_seed(SEED)
+        hf = case.build().eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            hf.save_pretrained(Path(tmp) / "ckpt")
+            _word_tokenizer().save_pretrained(Path(tmp) / "ckpt")
+            ours, _ = models.load(Path(tmp) / "ckpt", device=device)
+        hf.to(device)
+        ids = torch.randint(0, hf.config.vocab_size, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(SEED))
+        ids = ids.to(device)
+        mine = per_token_work(lambda n: ours.generate(ids, max_new_tokens=n, temperature=0.0), device)
+        theirs = per_token_work(lambda n: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+                                                      min_new_tokens=n, do_sample=False, pad_token_id=0), device)
+        out.append({"case": case.name, "unit": mine["unit"], "ours": mine, "transformers": theirs})
+    return out
+
+
 def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     """One row per case. ``quick``: 16 new tokens and 1 timed run (for tests and development)."""
     new_tokens, repeats = (16, 1) if quick else (NEW_TOKENS, REPEATS)
@@ -245,9 +296,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="16 new tokens, 1 timed run")
     p.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both run (default: cpu)")
+    p.add_argument("--work", action="store_true",
+                   help="instead of timing: the work one more token launches (aten ops; on CUDA kernels and syncs)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.work:
+        rows = work_counts(args.device)
+        print(f"per generated token, ours vs transformers ({rows[0]['unit']}; host syncs on CUDA)")
+        for r in rows:
+            a, b = r["ours"], r["transformers"]
+            print(f"{r['case']:<52} {a['work']:>7.1f} vs {b['work']:>7.1f}   syncs {a['syncs']:.1f} vs {b['syncs']:.1f}")
+        return
     rows = run(quick=args.quick, device=args.device)
     how = "QUICK: 16 new tokens, 1 timed run" if args.quick else MEASURE
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} threads"
