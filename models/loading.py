@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .assets import asset_dir
 from .decoder import Decoder, DecoderConfig
 from .encoder import Encoder, EncoderConfig
 from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig, hf_config as _t5_config, hf_rename as _t5_rename
@@ -385,7 +386,7 @@ def _load_tokenizer(folder: Path, vocab_size: int) -> HFTokenizer:
     return tokenizer
 
 
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "checkpoints"
+BUILTIN_DIR = asset_dir() / "checkpoints"
 FAMILIES = {  # family -> (config class, model class)
     "decoder": (DecoderConfig, Decoder), "encoder": (EncoderConfig, Encoder),
     "encoder-decoder": (EncoderDecoderConfig, EncoderDecoder), "moe": (MoEConfig, MoEDecoder),

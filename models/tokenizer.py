@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Protocol
 
+from .assets import asset_dir
+
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
@@ -148,7 +150,7 @@ class HFTokenizer:
 
 # --------------------------------------------------------------------------- SentencePiece
 
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizer"
+ASSET_DIR = asset_dir() / "tokenizer"
 MODEL_NAME = "archplay.model"
 VOCAB_SIZE = 1280  # 7 specials + 256 byte pieces + 1017 learned BPE pieces
 SPECIAL_IDS = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, "<cls>": 4, "<sep>": 5, "<mask>": 6}
