@@ -49,7 +49,9 @@ def build(registry: Registry, demo: gr.Blocks, explore_ui: SimpleNamespace) -> S
         with gr.Column(scale=3, min_width=420):
             ui.plot = gr.Plot(show_label=False, elem_id="card-plot")
     # The card follows the Explore tab's model choice, and its own dropdown.
-    explore_ui.model.change(lambda key: key, inputs=[explore_ui.model], outputs=[ui.model], show_progress="hidden")
+    # (with the list as it is now: Explore may have just loaded a checkpoint this dropdown has not seen)
+    explore_ui.model.change(lambda key: gr.update(choices=registry.choices(), value=key), inputs=[explore_ui.model],
+                            outputs=[ui.model], show_progress="hidden")  # fmt: skip
     gr.on(triggers=[demo.load, ui.model.change], fn=lambda key: card(registry, key), inputs=[ui.model],
           outputs=[ui.table, ui.plot], api_name="card", show_progress="hidden")  # fmt: skip
     return ui

@@ -133,6 +133,12 @@ def quote_line(s: str) -> str:
     return f"“{md_escape(s)}”"
 
 
+def encoder_choices(registry: Registry) -> list[tuple[str, str]]:
+    """The sentence-embedding model list: the encoders (BERT family), or every model when there is none."""
+    encoders = [(label, key) for label, key in registry.choices() if registry.get(key).family == "encoder"]
+    return encoders or registry.choices()
+
+
 def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
     ui = SimpleNamespace()
     gr.Markdown("### Embeddings: tokens as points in the model's space")
@@ -151,11 +157,10 @@ def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
             ui.path = gr.Plot(show_label=False, elem_id="emb-path")
     gr.Markdown("#### Sentence embeddings (encoder)")
     gr.Markdown(SENTENCE_HELP, elem_classes="ap-help")
-    encoders = [(label, key) for label, key in registry.choices() if registry.get(key).family == "encoder"]
+    encoders = encoder_choices(registry)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
-            ui.encoder = gr.Dropdown(encoders or registry.choices(), value=(encoders or registry.choices())[0][1],
-                                     label="Encoder", elem_id="sent-model")  # fmt: skip
+            ui.encoder = gr.Dropdown(encoders, value=encoders[0][1], label="Encoder", elem_id="sent-model")
             ui.sentences = gr.Textbox(DEFAULT_SENTENCES, lines=6, label="Sentences", elem_id="sent-text")
             ui.compare = gr.Button("Embed", variant="primary", elem_id="sent-run")
             ui.sent_note = gr.Markdown("", elem_id="sent-note")

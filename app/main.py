@@ -77,12 +77,24 @@ def build_app(registry: Registry) -> gr.Blocks:
                 explore_ui = explore.build(registry, demo)
             with gr.Tab("Logit lens", id="lens"):
                 lens.build(registry, explore_ui)
-            with gr.Tab("Embeddings", id="embeddings"):
-                embeddings.build(registry, explore_ui)
-            with gr.Tab("Compare", id="compare"):
-                compare.build(registry, demo)
-            with gr.Tab("Architecture", id="architecture"):
-                card.build(registry, demo, explore_ui)
+            with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
+                embeddings_ui = embeddings.build(registry, explore_ui)
+            with gr.Tab("Compare", id="compare") as compare_tab:
+                compare_ui = compare.build(registry, demo)
+            with gr.Tab("Architecture", id="architecture") as card_tab:
+                card_ui = card.build(registry, demo, explore_ui)
+
+        # The registry grows while the server runs (a page loads a checkpoint from --models-dir), but a
+        # component's choices are fixed when the page is built: every model list is refreshed when a
+        # page opens and when a tab with its own list is shown, so anyone's loaded model appears everywhere.
+        def model_lists():
+            everything = gr.update(choices=registry.choices())
+            return (everything, gr.update(choices=registry.folders()),
+                    gr.update(choices=embeddings.encoder_choices(registry)), everything, everything)  # fmt: skip
+
+        gr.on(triggers=[demo.load, embeddings_tab.select, compare_tab.select, card_tab.select], fn=model_lists,
+              outputs=[explore_ui.model, explore_ui.folder, embeddings_ui.encoder, compare_ui.models, card_ui.model],
+              api_name=False, show_progress="hidden")  # fmt: skip
     return demo
 
 

@@ -41,14 +41,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def models_dir(tmp_path_factory):
+    """The server's --models-dir: one tiny random Llama checkpoint, loadable from the page."""
+    from conftest import make_hf_model
+
+    root = tmp_path_factory.mktemp("models")
+    hf = make_hf_model("llama", root / "tiny-llama")
+    return root, sum(p.numel() for p in hf.parameters())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, models_dir):
     """``python -m app`` on a free port of 127.0.0.1; yields its URL, stops it afterwards."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu"],
+            [sys.executable, "-m", "app", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
+             "--models-dir", str(models_dir[0])],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -509,4 +520,38 @@ def test_lens_embeddings_compare_and_architecture_tabs(page, model):
     screenshot(page, "architecture")
     open_tab(page, "Explore")
 
+    assert_no_console_errors(page)
+
+
+def test_a_checkpoint_loaded_from_the_page_appears_in_every_model_list(page, server, models_dir):
+    _, n_params = models_dir
+    open_tab(page, "Compare")  # before: only what the server started with
+    assert page.locator("#compare-models label").filter(has_text="tiny-llama").count() == 0
+    open_tab(page, "Explore")
+    page.locator("#load-section").get_by_text("Load a checkpoint").click()
+    page.locator("#folder input").fill("tiny-llama")
+    page.locator("#folder input").press("Enter")
+    page.locator("#load").click()
+    wait_until(page, lambda: "Loaded" in page.locator("#status").inner_text(), "the checkpoint to load",
+               show=lambda: page.locator("#status").inner_text())  # fmt: skip
+    assert "tiny-llama" in page.locator("#model input").input_value()  # Explore picked it
+
+    open_tab(page, "Compare")
+    wait_until(page, lambda: page.locator("#compare-models label").filter(has_text="tiny-llama").count() == 1,
+               "tiny-llama among Compare's models")  # fmt: skip
+    open_tab(page, "Architecture")  # the card follows Explore's choice, and has it in its list
+    wait_until(page, lambda: "tiny-llama" in page.locator("#card-model input").input_value(), "the card's model")
+    plot = wait_for_plot(page, "card-plot", "tiny-llama")
+    assert int(_array(plot["data"][0]["x"]).sum()) == n_params
+
+    other = page.context.new_page()  # another visitor, arriving after the load, is offered it too
+    try:
+        other.goto(server)
+        other.locator("#model input").click()
+        wait_until(other, lambda: other.get_by_role("option").filter(has_text="tiny-llama").count() == 1,
+                   "tiny-llama in a new page's model list")  # fmt: skip
+    finally:
+        other.close()
+    open_tab(page, "Explore")
+    choose_model(page, "gpt")
     assert_no_console_errors(page)
