@@ -64,7 +64,7 @@ def mamba(tmp_path, request):
 
 @pytest.fixture
 def tiny(tmp_path):
-    hf = make_hf_mamba(tmp_path / "mamba")
+    make_hf_mamba(tmp_path / "mamba")
     ours, tok = models.load(tmp_path / "mamba")
     return ours, tok
 
