@@ -56,10 +56,45 @@ STEP_INFO = "T5: which translation token's candidates to show (step 0 = the firs
 POSITION_INFO = "which token's prediction to show: a decoder's guess for the token after it, an encoder's for it"
 GRID_HELP = (
     "Each small map is one layer (row) and head (column), shrunk to at most 32 × 32 cells by "
-    "averaging; the framed one is the layer and head chosen above, shown full size. Heads of one "
+    "averaging; the framed one is the layer and head chosen above, shown full size (click a map to "
+    "choose it). Heads of one "
     "layer often split the work: one looks at the previous token, one at the start, one at a name. "
     "The mask is the rule the architecture imposes before any learning: who *may* look at whom."
 )
+
+# Clicking a thumbnail of the grid chooses its layer and head. Gradio's Plot has no click event, so
+# the page does it: it listens for Plotly's own click on the grid (re-attached whenever the figure is
+# redrawn) and moves the Layer and Head sliders as a user would, so the usual events redraw the rest.
+# A thumbnail's trace name carries its numbers ("layer 1, head 2"; a state-space grid has one per layer).
+GRID_CLICK_JS = """
+() => {
+  const setSlider = (id, value) => {
+    const range = document.querySelector(`#${id} input[type=range]`);
+    if (!range || range.value === String(value)) return;
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(range, String(value));
+    range.dispatchEvent(new Event("input", {bubbles: true}));
+    range.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
+  };
+  const onClick = (ev) => {
+    const point = ev && ev.points && ev.points[0];
+    const numbers = ((point && point.data && point.data.name) || "").match(/\\d+/g) || [];
+    if (numbers.length >= 1) setSlider("layer", numbers[0]);
+    if (numbers.length >= 2) setSlider("head", numbers[1]);
+  };
+  let queued = false;
+  const attach = () => {
+    queued = false;
+    const gd = document.querySelector("#grid-plot .js-plotly-plot");
+    if (!gd || typeof gd.on !== "function") return;
+    if (gd.removeListener) gd.removeListener("plotly_click", onClick);
+    gd.on("plotly_click", onClick);
+    gd.style.cursor = "pointer";
+  };
+  new MutationObserver(() => {
+    if (!queued) { queued = true; requestAnimationFrame(attach); }
+  }).observe(document.body, {childList: true, subtree: true});
+}
+"""
 
 EXAMPLES = [
     handlers.DEFAULT_TEXT,

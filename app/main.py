@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         ssr_mode=False,
         theme=THEME,
         css=CSS,
+        js=explore.GRID_CLICK_JS,
     )
     print(f"archplay: serving on {local_url.rstrip('/')}  (Ctrl+C to stop)", flush=True)
     try:

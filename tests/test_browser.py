@@ -411,6 +411,15 @@ def test_grid_mask_position_and_sampling_in_the_page(page, model):
     grid = wait_until(page, lambda: (g := read_plot(page, "grid-plot")) and len(g["data"]) == 16 and g, "the grid")
     # thumbnail (layer 1, head 2) is trace 1 * 4 + 2; at this length it is the full map
     np.testing.assert_allclose(_array(grid["data"][6]["z"]), out.trace.attentions[1][0, 2].numpy(), atol=1e-6)
+    # clicking a thumbnail chooses it: trace 11 (layer 2, head 3) is drawn on the axes x12 / y12
+    page.locator("#grid-plot .draglayer .x12y12 .nsewdrag").click()
+    att = wait_for_plot(page, "attention-plot", "Layer 2, head 3")
+    np.testing.assert_allclose(_array(att["data"][0]["z"]), out.trace.attentions[2][0, 3].numpy(), atol=1e-6)
+    assert [page.locator(f"#{s} input[type=number]").input_value() for s in ("layer", "head")] == ["2", "3"]
+    frame_x0 = "() => document.querySelector('#grid-plot .js-plotly-plot').layout.shapes[0].x0"
+    wait_until(page, lambda: page.evaluate(frame_x0) > 0.5, "the grid redrawn with head 3 framed")
+    page.locator("#grid-plot .draglayer .xy .nsewdrag").click()  # and again after the redraw: layer 0, head 0
+    wait_for_plot(page, "attention-plot", "Layer 0, head 0")
     mask = wait_for_plot(page, "mask-plot", "causal")
     z = _array(mask["data"][0]["z"])
     assert np.array_equal(z, np.tril(np.ones_like(z)))
