@@ -38,9 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="ask for this user name and password before showing the page")  # fmt: skip
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
+    p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N",
+                   help="keep the last Run of at most N visitors (browser tabs) in memory; the least recently "
+                        f"used is dropped first and its visitor presses Run again (default: {MAX_SESSIONS})")  # fmt: skip
     args = p.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
         p.error("--auth takes USER:PASSWORD")
+    if args.max_sessions < 1:
+        p.error("--max-sessions takes a whole number of at least 1")
     return args
 
 
@@ -51,6 +56,12 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CONCURRENCY = 4
 QUEUE_SIZE = 64
 MAX_UPLOAD = "10mb"
+# Each visitor's last Run (its trace: attention maps, logits, hidden states) stays in memory so that
+# sliders redraw without the model. Gradio keeps a closed tab's state for an hour and up to 10,000
+# sessions; this caps them, dropping the least recently used. Measured: a built-in's Run of one
+# sentence holds about 0.2 MB, its longest (Mamba, 512 tokens) about 11 MB; a GPT-2-sized checkpoint's
+# Run of 512 tokens would hold some 250 MB (12 x 12 maps of 512 x 512 and 512 x 50,257 logits, float32).
+MAX_SESSIONS = 100
 
 
 def host_warning(host: str) -> str | None:
@@ -117,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         share=args.share,
         auth=tuple(args.auth.split(":", 1)) if args.auth else None,
         max_file_size=MAX_UPLOAD,
+        state_session_capacity=args.max_sessions,
         prevent_thread_lock=True,
         quiet=True,
         ssr_mode=False,

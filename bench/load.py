@@ -48,10 +48,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(device: str = "cpu") -> tuple[subprocess.Popen, str]:
+def start_server(device: str = "cpu", *extra: str) -> tuple[subprocess.Popen, str]:
+    """``python -m app`` on a free loopback port (plus ``extra`` arguments) -> (process, URL), once it answers."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--device", device], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--device", device, *extra], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120

@@ -39,3 +39,32 @@ def test_the_server_does_not_serve_arbitrary_files_or_take_huge_uploads():
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+
+
+def test_the_server_keeps_the_runs_of_at_most_max_sessions_visitors():
+    from gradio_client import Client
+
+    proc, url = start_server("cpu", "--max-sessions", "2")
+    try:
+        a, b, c = (Client(url, verbose=False) for _ in range(3))
+
+        def run(client, text):
+            client.predict("gpt", text, 0, 0, 1.0, 0, 1.0, api_name="/analyse")
+
+        def redraw(client) -> tuple[str, str]:
+            plot, note = client.predict(0.7, 0, 0.9, api_name="/distribution")[:2]
+            return (plot or {}).get("plot", ""), note
+
+        run(a, "Mia has a red ball. Then Mia")
+        assert "(position" in redraw(a)[0] and "Mia" in redraw(a)[0]
+        run(b, "Tom has a big box. Then Tom")
+        assert "(position" in redraw(a)[0]  # two visitors fit
+        run(c, "Sara has a pink letter. Then Sara")  # a third: the least recently used (b) is dropped
+        assert "Mia" in redraw(a)[0] and "Sara" in redraw(c)[0]
+        plot, note = redraw(b)  # (b comes back as a new, empty session, and now a is the one dropped)
+        assert plot == "" and "Press Run" in note  # told what to do, not an error
+        run(b, "Tom has a big box. Then Tom")  # pressing Run again works
+        assert "Tom" in redraw(b)[0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)

@@ -209,6 +209,10 @@ def test_safe_defaults_and_explicit_opt_ins():
     assert parse_args(["--auth", "ada:secret"]).auth == "ada:secret"
     with pytest.raises(SystemExit):
         parse_args(["--auth", "no-colon"])
+    assert args.max_sessions == 100 and parse_args(["--max-sessions", "5"]).max_sessions == 5
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit):
+            parse_args(["--max-sessions", bad])
 
 
 # --------------------------------------------------------------------------- a stopped generation
