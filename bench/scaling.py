@@ -166,7 +166,8 @@ def measure_here(name: str, length: int, trace: bool, repeats: int, device: str)
     except Exception as e:  # noqa: BLE001 - out of memory, say: a finding, reported in the row
         import torch
 
-        torch.cuda.empty_cache() if device == "cuda" else None
+        if device == "cuda":
+            torch.cuda.empty_cache()
         return {"model": name, "length": length, "trace": trace, "error": f"{type(e).__name__}: {str(e)[:120]}"}
     res["case_s"] = round(time.perf_counter() - t0, 2)
     return res
