@@ -24,7 +24,7 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from bench.report import free_port, percentiles
+from bench.report import free_port, percentiles, stop
 from models import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,11 +144,7 @@ def run_load(sessions: int = 32, requests: int = 25, device: str = "cpu") -> dic
         time.sleep(3)
         after = rss_mb(proc.pid)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     lat = {}
     for k, v in out["times"].items():
         p50, p95 = percentiles(v)

@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from bench.report import free_port, print_table
+from bench.report import descendants, free_port, print_table, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,28 +52,6 @@ def _status_kib(pid: int, key: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def descendants(pid: int) -> list[int]:
-    """Every living process under ``pid`` (children, grandchildren, …), from /proc/*/stat."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state, ppid, …
-        parent[int(entry)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        found += kids
-        frontier += kids
-    return found
 
 
 def _get(url: str) -> int | None:
@@ -153,24 +131,6 @@ def start_once(device: str = "cpu") -> dict:
         "serving_line_s": first("archplay: serving on"),
         "log_tail": [line for _, line in lines[-8:]],
     }  # fmt: skip
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Terminate the server (and anything it started), then kill what is left."""
-    if proc.poll() is not None:
-        return
-    kids = descendants(proc.pid)
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
-    for pid in kids:  # processes the server started, by their ids
-        try:
-            os.kill(pid, 9)
-        except OSError:
-            pass
 
 
 def time_command(code: str) -> float:

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.report import stop
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "assets" / "screenshots"
@@ -79,12 +81,7 @@ def server(tmp_path_factory, models_dir):
             time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.fixture(scope="module")

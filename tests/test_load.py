@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from bench.load import run_load, session_texts, start_server
+from bench.report import stop
 
 
 def test_session_texts_are_told_apart_by_last_word_and_length():
@@ -37,8 +38,7 @@ def test_the_server_does_not_serve_arbitrary_files_or_take_huge_uploads():
         small = httpx.post(url + "gradio_api/upload", files={"files": ("small.txt", b"hello")}, timeout=30)
         assert big.status_code == 413 and small.status_code == 200  # the 10 MB cap, and uploads otherwise work
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop(proc)
 
 
 def test_the_server_keeps_the_runs_of_at_most_max_sessions_visitors():
@@ -66,5 +66,4 @@ def test_the_server_keeps_the_runs_of_at_most_max_sessions_visitors():
         run(b, "Tom has a big box. Then Tom")  # pressing Run again works
         assert "Tom" in redraw(b)[0]
     finally:
-        proc.terminate()
-        proc.wait(timeout=15)
+        stop(proc)
