@@ -141,17 +141,15 @@ def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float,
     return time.perf_counter() - t0, out
 
 
-def measure(case: Case, new_tokens: int, repeats: int, device: str = "cpu") -> dict:
-    """Build, save, load, check and time one case -> its row for the table."""
+def _pair(case: Case, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """transformers' model for ``case`` (seeded), ours loaded from its saved folder, and the seeded
+    prompt: (hf, ours, ids (1, PROMPT_LEN)), all on ``device``."""
     from transformers.utils import logging as hf_logging
 
     import models
 
-    load_before = os.getloadavg()[0]
     torch.manual_seed(SEED)
-    device = torch.device(device)
     hf = case.build().eval()
-    vocab = hf.config.vocab_size
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # "Writing model shards" would clutter the table
     try:
@@ -165,14 +163,36 @@ def measure(case: Case, new_tokens: int, repeats: int, device: str = "cpu") -> d
             hf_logging.enable_progress_bar()
     ours.eval()
     hf.to(device)
-    ids = torch.randint(0, vocab, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(SEED)).to(device)
+    gen = torch.Generator().manual_seed(SEED)
+    ids = torch.randint(0, hf.config.vocab_size, (1, PROMPT_LEN), generator=gen).to(device)
+    return hf, ours, ids
+
+
+def _generators(hf, ours, ids) -> tuple[Callable[[int], torch.Tensor], Callable[[int], torch.Tensor]]:
+    """(ours, transformers'): greedy ``generate`` of exactly n new tokens (end-of-sequence off on both)."""
+
+    def run_ours(n: int) -> torch.Tensor:
+        return ours.generate(ids, max_new_tokens=n, temperature=0.0, eos_token_id=None)
+
+    def run_hf(n: int) -> torch.Tensor:
+        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
+
+    return run_ours, run_hf
+
+
+def measure(case: Case, new_tokens: int, repeats: int, device: str = "cpu") -> dict:
+    """Build, save, load, check and time one case -> its row for the table."""
+    load_before = os.getloadavg()[0]
+    device = torch.device(device)
+    hf, ours, ids = _pair(case, device)
+    gen_ours, gen_hf = _generators(hf, ours, ids)
 
     def run_ours():
-        return ours.generate(ids, max_new_tokens=new_tokens, temperature=0.0, eos_token_id=None)
+        return gen_ours(new_tokens)
 
     def run_hf():
-        return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                           min_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
+        return gen_hf(new_tokens)
 
     _, out_ours = _timed(run_ours, device)  # warm-up, and the tokens compared
     _, out_hf = _timed(run_hf, device)
@@ -252,23 +272,11 @@ def per_token_work(generate: Callable[[int], torch.Tensor], device: torch.device
 
 def work_counts(device: str = "cpu") -> list[dict]:
     """``per_token_work`` for ours and transformers', per case (``python -m bench.generation --work``)."""
-    import models
-
     device = torch.device(device)
     out = []
     for case in CASES:
-        torch.manual_seed(SEED)
-        hf = case.build().eval()
-        with tempfile.TemporaryDirectory() as tmp:
-            hf.save_pretrained(Path(tmp) / "ckpt")
-            _word_tokenizer().save_pretrained(Path(tmp) / "ckpt")
-            ours, _ = models.load(Path(tmp) / "ckpt", device=device)
-        hf.to(device)
-        ids = torch.randint(0, hf.config.vocab_size, (1, PROMPT_LEN), generator=torch.Generator().manual_seed(SEED))
-        ids = ids.to(device)
-        mine = per_token_work(lambda n: ours.generate(ids, max_new_tokens=n, temperature=0.0), device)
-        theirs = per_token_work(lambda n: hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                                                      min_new_tokens=n, do_sample=False, pad_token_id=0), device)
+        run_ours, run_hf = _generators(*_pair(case, device))
+        mine, theirs = per_token_work(run_ours, device), per_token_work(run_hf, device)
         out.append({"case": case.name, "unit": mine["unit"], "ours": mine, "transformers": theirs})
     return out
 
