@@ -1,8 +1,17 @@
-"""archplay's browser app: ``python -m app`` (or ``archplay``) serves it on http://127.0.0.1:7860.
+"""archplay's browser app: ``python -m archplay`` (or ``archplay``) serves it on http://127.0.0.1:7860.
 
-``app.main`` parses the command line and composes the pages; ``app.explore`` is the Explore
-page (layout and wiring) over the pure functions in ``app.handlers``, with the family-specific
-views in ``app.translate`` (encoder-decoder), ``app.routing`` (mixture of experts) and
-``app.state_space`` (Mamba); ``app.messages`` formats status lines; ``app.registry`` holds
-the loaded models, shared read-only by every session.
+One module (or package) per tab, the shared pieces beside them:
+
+* ``main``: the command line, and the tabs composed into one page
+* ``explore/``: the Explore tab (``page`` lays it out and wires it; ``run``, ``attention``,
+  ``sampling``, ``generation``; the family views ``translation``, ``routing``, ``scan``)
+* ``lens``, ``embeddings``, ``compare``, ``card``: the Logit lens, Embeddings, Compare and
+  Architecture tabs
+* ``session``: per-session state, the ``Analysis`` one Run leaves (and the traced run behind it)
+* ``registry``: the loaded models, shared read-only by every session
+* ``tokens``: text and tokens as every tab handles them (encoding, mask token, token chips)
+* ``messages``: status lines (✓ ℹ ⚠ ✕, markdown-safe); ``sliders``: slider values checked or clamped
+
+What a model's family has (views, objective, heads) is asked of ``archplay.models.registry``;
+nothing here branches on a family's name.
 """

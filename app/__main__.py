@@ -1,6 +1,6 @@
-"""``python -m app``: serve archplay (see ``app.main``)."""
+"""``python -m archplay.app``: serve the page (see ``archplay.app.main``)."""
 
-from app.main import main
+from archplay.app.main import main
 
 if __name__ == "__main__":
     main()

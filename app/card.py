@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import gradio as gr
 import plotly.graph_objects as go
 
-from models.card import active_parameters, architecture, parameter_breakdown
-from models.layers import count_parameters
-from viz.card import parameter_figure
+from archplay.models.analysis.card import active_parameters, architecture, parameter_breakdown
+from archplay.models.architectures.layers import count_parameters
+from archplay.viz.card import parameter_figure
 
 from .messages import error, md_escape
 from .registry import Registry, UnknownModelError

@@ -4,7 +4,7 @@ Each chosen model runs once on the text (traced, as on the Explore tab) and gets
 most telling map (attention averaged over the last layer's heads, a mixture of experts' router,
 Mamba's hidden attention, T5's cross-attention), what it predicts, the surprisal of every token,
 its parameters (total and active per token) and its measured latency. The latency chart times
-untraced forward passes from 64 to 2048 tokens (``models.timing``), where attention's T × T
+untraced forward passes from 64 to 2048 tokens (``archplay.models.analysis.timing``), where attention's T × T
 scores show up as a steeper line than the state-space model's scan.
 """
 
@@ -19,18 +19,17 @@ import gradio as gr
 import plotly.graph_objects as go
 import torch
 
-from models.card import active_parameters
-from models.layers import count_parameters
-from models.timing import LENGTHS, forward_latency, growth, time_forward
-from viz.attention import attention_heatmap
-from viz.compare import latency_chart, surprisal_bars
+from archplay.models.analysis.card import active_parameters
+from archplay.models.analysis.timing import LENGTHS, forward_latency, growth, time_forward
+from archplay.models.architectures.layers import count_parameters
+from archplay.viz.attention import attention_heatmap
+from archplay.viz.compare import latency_chart, surprisal_bars
 
-from . import handlers
-from . import routing as moe
-from . import state_space as ssm
-from . import translate as seq2seq
+from .explore import routing, scan
 from .messages import error, md_escape, note, ok, quote
 from .registry import Entry, Registry, UnknownModelError
+from .session import Analysis, record, traced_run
+from .tokens import DEFAULT_TEXT, encode, mask_id
 
 MAX_MODELS = 4
 PSEUDO_LIMIT = 128  # an encoder's surprisal masks every token in turn: one batch row per token
@@ -85,36 +84,32 @@ def panel(registry: Registry, key: str, text: str) -> Panel:
         entry = registry.get(key)
     except UnknownModelError as e:
         return Panel(key, f"#### {md_escape(str(key))}", message=error(md_escape(str(e))))
-    ids, cut_from = handlers.encode(entry, text)
+    ids, cut_from = encode(entry, text)
     if not ids:
         return Panel(key, _title(entry, None, None), message=error("This text produced no tokens."))
     started = time.perf_counter()
     try:
-        if entry.family == "encoder-decoder":
-            translation, out = seq2seq.translate(entry, ids)
-        else:
-            translation, out = None, handlers.run_model(entry, ids)
+        run = traced_run(entry, ids)
         traced_ms = (time.perf_counter() - started) * 1000
         forward_ms = time_forward(entry.model, len(ids), repeats=3)
     except (ValueError, RuntimeError) as e:
         return Panel(key, _title(entry, None, None), message=error(f"The model failed: {md_escape(str(e))}"))
-    labels = list(entry.tokenizer.tokens(ids))
-    logits = out.logits[0].float().cpu()
-    p = Panel(key, _title(entry, forward_ms, traced_ms))
-    p.view = _view(entry, out.trace, labels, translation)
-    p.prediction = _prediction(entry, ids, logits, translation)
+    a = record(entry, text, ids, cut_from, run)
+    p = Panel(key, _title(entry, forward_ms, traced_ms), view=_view(a), prediction=_prediction(entry, a))
     if cut_from is not None:
         p.prediction += "\n\n" + note(f"Cut to the first {len(ids)} of {cut_from} tokens.")
-    if translation is not None:
-        bits, shown = _bits_of(logits, translation.ids), translation.labels
-        title = "Surprisal of its translation"
-    elif entry.family == "encoder":
-        bits, shown, title = _pseudo_bits(entry, ids), labels, "Pseudo-surprisal (each token masked in turn)"
-    else:
-        bits, shown, title = [math.nan, *_bits_of(logits[:-1], ids[1:])], labels, "Surprisal per token"
-    p.bits = bits
-    p.surprisal = surprisal_bars(bits, shown, title=title)
+    p.bits, shown, title = _surprisal(entry, a)
+    p.surprisal = surprisal_bars(p.bits, shown, title=title)
     return p
+
+
+def _surprisal(entry: Entry, a: Analysis) -> tuple[list[float], list[str], str]:
+    """(bits per token, their labels, the chart's title) by what the family predicts."""
+    if a.translation is not None:
+        return _bits_of(a.logits, a.translation.ids), a.translation.labels, "Surprisal of its translation"
+    if entry.spec.objective == "masked":
+        return _pseudo_bits(entry, a.ids), a.labels, "Pseudo-surprisal (each token masked in turn)"
+    return [math.nan, *_bits_of(a.logits[:-1], a.ids[1:])], a.labels, "Surprisal per token"
 
 
 def _title(entry: Entry, forward_ms: float | None, traced_ms: float | None) -> str:
@@ -140,54 +135,49 @@ def _bits_of(logits: torch.Tensor, targets: list[int]) -> list[float]:
 @torch.inference_mode()
 def _pseudo_bits(entry: Entry, ids: list[int]) -> list[float]:
     """An encoder's pseudo-surprisal: token t masked (row t of one batch), −log₂ p(token t)."""
-    mask_id = getattr(entry.tokenizer, "mask_token_id", None)
-    if mask_id is None or len(ids) > PSEUDO_LIMIT:
+    mask = mask_id(entry.tokenizer)
+    if mask is None or len(ids) > PSEUDO_LIMIT:
         return [math.nan] * len(ids)
     T = len(ids)
     batch = torch.tensor([ids] * T, device=entry.device)
-    batch[torch.arange(T), torch.arange(T)] = mask_id
+    batch[torch.arange(T), torch.arange(T)] = mask
     logits = entry.model(batch).logits[torch.arange(T), torch.arange(T)].float().cpu()  # (T, V)
     bits = _bits_of(logits, ids)
     # Specials around the text (<cls>, <sep>) are no words to predict: they decode to nothing.
     return [math.nan if entry.tokenizer.decode([i]) == "" else b for i, b in zip(ids, bits)]
 
 
-def _view(entry: Entry, trace, labels: list[str], translation) -> go.Figure | None:
-    if trace is None:
-        return None
-    if trace.ssm_attention:
-        state = ssm.StateSpace.from_trace(trace)
-        return ssm.attention_figure(state, labels, state.n_layer - 1)
-    if trace.router_logits:
-        routing = moe.Routing.from_trace(trace, entry.config)
-        return moe.view(routing, labels, [0] * len(labels), routing.n_layer - 1).heatmap
-    if translation is not None:
-        last = translation.cross_attentions[-1].mean(0)  # (n, S)
-        n = len(translation.cross_attentions)
-        return attention_heatmap(last, translation.labels, labels, title=f"Cross-attention, layer {n - 1}, mean of heads",
+def _view(a: Analysis) -> go.Figure | None:
+    """The model's most telling map of its last layer: the view its family has."""
+    if a.scan is not None:
+        return scan.attention_figure(a.scan, a.labels, a.scan.n_layer - 1)
+    if a.routing is not None:
+        return routing.heatmap(a.routing, a.labels, a.routing.n_layer - 1)
+    if a.translation is not None:
+        t = a.translation
+        n = len(t.cross_attentions)
+        return attention_heatmap(t.cross_attentions[-1].mean(0), t.labels, a.labels,  # (n, S)
+                                 title=f"Cross-attention, layer {n - 1}, mean of heads",
                                  query_title="translation token", key_title="source token")  # fmt: skip
-    if trace.attentions:
-        n = len(trace.attentions)
-        mean = trace.attentions[-1][0].float().mean(0).cpu()  # (T, T)
-        return attention_heatmap(mean, labels, labels, title=f"Attention, layer {n - 1}, mean of heads")
+    if a.attentions:
+        n = len(a.attentions)
+        return attention_heatmap(a.attentions[-1].mean(0), a.labels, a.labels,  # (T, T)
+                                 title=f"Attention, layer {n - 1}, mean of heads")  # fmt: skip
     return None
 
 
-def _prediction(entry: Entry, ids: list[int], logits: torch.Tensor, translation) -> str:
-    tok = entry.tokenizer
-    if translation is not None:
-        return f"**Translation:** {md_escape(translation.text) or '(empty)'}"
-    if entry.family == "encoder":
-        mask_id = getattr(tok, "mask_token_id", None)
-        masks = [i for i, t in enumerate(ids) if t == mask_id]
-        if not masks:
+def _prediction(entry: Entry, a: Analysis) -> str:
+    if a.translation is not None:
+        return f"**Translation:** {md_escape(a.translation.text) or '(empty)'}"
+    if entry.spec.objective == "masked":
+        if a.predict_at is None:
             return note("No mask in the text: add one to see what this encoder would fill in.")
-        row, what = logits[masks[0]], f"Fills the mask at position {masks[0]} with"
+        what = f"Fills the mask at position {a.predict_at} with"
     else:
-        row, what = logits[-1], "Next token"
-    probs = torch.softmax(row.float(), -1)
+        what = "Next token"
+    probs = torch.softmax(a.logits[a.predict_at].float(), -1)
     top = torch.topk(probs, 5)
-    names = tok.tokens(top.indices.tolist())
+    names = entry.tokenizer.tokens(top.indices.tolist())
     items = ", ".join(f"{quote(n)} {float(p):.0%}" for n, p in zip(names, top.values))
     return f"**{what}:** {items}"
 
@@ -223,7 +213,7 @@ def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
     gr.Markdown(HELP, elem_classes="ap-help")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            ui.text = gr.Textbox(value=handlers.DEFAULT_TEXT, label="Text", lines=2, elem_id="compare-text")
+            ui.text = gr.Textbox(value=DEFAULT_TEXT, label="Text", lines=2, elem_id="compare-text")
         with gr.Column(scale=2, min_width=260):
             ui.models = gr.CheckboxGroup(registry.choices(), value=default, label=f"Models (up to {MAX_MODELS})",
                                          elem_id="compare-models")  # fmt: skip
@@ -246,14 +236,9 @@ def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
 
     def run(models, text):
         status, panels = compare(registry, models, text)
-        updates = [status]
-        for i in range(MAX_MODELS):
-            p = panels[i] if i < len(panels) else None
-            if p is None:
-                updates += [gr.update(visible=False), "", None, "", None]
-            else:
-                updates += [gr.update(visible=True), p.title + ("\n\n" + p.message if p.message else ""), p.view,
-                            p.prediction, p.surprisal]  # fmt: skip
+        updates = {ui.status: status}
+        for i, slot in enumerate(ui.slots):
+            updates |= _slot_updates(slot, panels[i] if i < len(panels) else None)
         return updates
 
     outputs = [ui.status]
@@ -263,3 +248,13 @@ def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
     ui.measure.click(lambda models: latency(registry, models), inputs=[ui.models],
                      outputs=[ui.latency_plot, ui.latency_note], api_name="latency")  # fmt: skip
     return ui
+
+
+def _slot_updates(slot: SimpleNamespace, p: Panel | None) -> dict:
+    """One column of the comparison: a panel's title, map, prediction and surprisal, or hidden."""
+    if p is None:
+        return {slot.column: gr.update(visible=False), slot.title: "", slot.view: None, slot.prediction: "",
+                slot.surprisal: None}  # fmt: skip
+    title = p.title + ("\n\n" + p.message if p.message else "")
+    return {slot.column: gr.update(visible=True), slot.title: title, slot.view: p.view, slot.prediction: p.prediction,
+            slot.surprisal: p.surprisal}  # fmt: skip

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import html
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import gradio as gr
 import plotly.graph_objects as go
 import torch
 
-from models.embeddings import (
+from archplay.models.analysis.embeddings import (
     cosine_matrix,
     layer_projection,
     part_of_speech,
@@ -24,11 +25,12 @@ from models.embeddings import (
     sentence_embeddings,
     umap_available,
 )
-from viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
+from archplay.viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
 
-from .handlers import Analysis
 from .messages import error, md_escape, note, ok
-from .registry import Registry, UnknownModelError
+from .registry import Entry, Registry, UnknownModelError
+from .session import Analysis
+from .sliders import check
 
 HELP = (
     "Each point is one token of your text as a vector after the chosen layer (layer 0: the token "
@@ -67,19 +69,25 @@ def tags_for(registry: Registry, analysis: Analysis) -> list[str] | None:
     return part_of_speech(analysis.text, offsets[: len(analysis.ids)])
 
 
-def views(registry: Registry, analysis: Analysis | None, layer, token, dims="2-D", method="PCA"):
-    """(the layer's scatter, the token's path, a note, layer count, token count) from the session's Run."""
+class LayerViews(NamedTuple):
+    """The Run's tokens in one layer, one token's path, and the sliders' ranges."""
+
+    scatter: go.Figure | None
+    path: go.Figure | None
+    note: str  # markdown
+    n_layers: int  # the embeddings and every layer's output
+    n_tokens: int
+
+
+def views(registry: Registry, analysis: Analysis | None, layer, token, dims="2-D", method="PCA") -> LayerViews:
+    """The layer's scatter and the token's path, from the session's Run."""
     if analysis is None:
-        return None, None, note("Run a model on the Explore tab first."), 1, 1
+        return LayerViews(None, None, note("Run a model on the Explore tab first."), 1, 1)
     if not analysis.hidden_states:
-        return None, None, note("This Run kept no hidden states."), 1, 1
+        return LayerViews(None, None, note("This Run kept no hidden states."), 1, 1)
     k = 3 if str(dims).startswith("3") else 2
     n_layers, T = len(analysis.hidden_states), len(analysis.ids)
-    layer, token = int(layer), int(token)
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"layer must be between 0 and {n_layers - 1}, got {layer}")
-    if not 0 <= token < T:
-        raise ValueError(f"token must be between 0 and {T - 1}, got {token}")
+    layer, token = check(layer, n_layers, "layer"), check(token, T, "token")
     proj = layer_projection(analysis.hidden_states, k, "umap" if method == "UMAP" else "pca")
     tags = tags_for(registry, analysis)
     where = "token embeddings" if layer == 0 else f"after layer {layer}"
@@ -92,22 +100,28 @@ def views(registry: Registry, analysis: Analysis | None, layer, token, dims="2-D
     if proj.explained is not None:
         kept = f" The {k} axes keep {float(proj.explained.sum()):.0%} of the spread."
     coloured = " Coloured by part of speech." if tags else " (Parts of speech need the built-in tokenizer.)"
-    return scatter, path, ok(f"{n_layers} layers × {T} tokens in one basis.{kept}{coloured}"), n_layers, T
+    return LayerViews(scatter, path, ok(f"{n_layers} layers × {T} tokens in one basis.{kept}{coloured}"), n_layers, T)
 
 
-def sentences(registry: Registry, key: str | None, text: str | None) -> tuple[go.Figure | None, go.Figure | None, str]:
-    """(cosine-similarity heatmap, 2-D PCA of the sentence vectors, note) for one sentence per line."""
+class SentenceViews(NamedTuple):
+    similarity: go.Figure | None  # cosine similarity of every pair
+    scatter: go.Figure | None  # 2-D PCA of the sentence vectors
+    note: str  # markdown
+
+
+def sentences(registry: Registry, key: str | None, text: str | None) -> SentenceViews:
+    """The sentence vectors of one sentence per line, compared."""
     try:
         entry = registry.get(key)
     except UnknownModelError as e:
-        return None, None, error(md_escape(str(e)))
-    if entry.family != "encoder":
-        return None, None, note("Sentence embeddings need an encoder: choose bert.")
+        return SentenceViews(None, None, error(md_escape(str(e))))
+    if not is_encoder(entry):
+        return SentenceViews(None, None, note("Sentence embeddings need an encoder: choose bert."))
     lines = [s.strip() for s in str(text or "").splitlines() if s.strip()]
     if len(lines) < 2:
-        return None, None, error("Give at least two sentences, one per line.")
+        return SentenceViews(None, None, error("Give at least two sentences, one per line."))
     if len(lines) > MAX_SENTENCES:
-        return None, None, error(f"At most {MAX_SENTENCES} sentences at once; {len(lines)} were given.")
+        return SentenceViews(None, None, error(f"At most {MAX_SENTENCES} sentences at once; {len(lines)} were given."))
     limit = int(entry.config.max_seq_len)
     lines = [s[: limit * 4] for s in lines]  # a very long line is cut before tokenising
     with torch.inference_mode():
@@ -118,8 +132,14 @@ def sentences(registry: Registry, key: str | None, text: str | None) -> tuple[go
     C = cosine_matrix(E)
     C.fill_diagonal_(-2)
     i, j = divmod(int(C.argmax()), len(lines))
-    return sim, scatter, ok(f"Most similar: {quote_line(lines[i])} and {quote_line(lines[j])} "
-                            f"(cosine {float(C[i, j]):.2f}).")  # fmt: skip
+    return SentenceViews(sim, scatter, ok(f"Most similar: {quote_line(lines[i])} and {quote_line(lines[j])} "
+                                          f"(cosine {float(C[i, j]):.2f})."))  # fmt: skip
+
+
+def is_encoder(entry: Entry) -> bool:
+    """Whether the model reads a whole sentence at once (a masked, bidirectional model): its mean
+    last layer is a sentence vector."""
+    return entry.spec.objective == "masked"
 
 
 def _fit(entry, sentence: str, limit: int) -> str:
@@ -135,7 +155,7 @@ def quote_line(s: str) -> str:
 
 def encoder_choices(registry: Registry) -> list[tuple[str, str]]:
     """The sentence-embedding model list: the encoders (BERT family), or every model when there is none."""
-    encoders = [(label, key) for label, key in registry.choices() if registry.get(key).family == "encoder"]
+    encoders = [(label, key) for label, key in registry.choices() if is_encoder(registry.get(key))]
     return encoders or registry.choices()
 
 
@@ -171,19 +191,24 @@ def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
 
     def redraw(analysis, layer, token, dims, method):
         try:
-            scatter, path, text, n_layers, T = views(registry, analysis, layer, token, dims, method)
+            v = views(registry, analysis, layer, token, dims, method)
         except ValueError as e:
             raise gr.Error(str(e)) from None
-        return scatter, path, text
+        return {ui.scatter: v.scatter, ui.path: v.path, ui.note: v.note}
 
     def fresh(analysis, dims, method):
         """After a Run: the last layer, the last token, sliders spanning the new Run."""
         if analysis is None or not analysis.hidden_states:
-            return gr.update(), gr.update(), *redraw(analysis, 0, 0, dims, method)
+            return {ui.layer: gr.update(), ui.token: gr.update(), **redraw(analysis, 0, 0, dims, method)}
         n_layers, T = len(analysis.hidden_states), len(analysis.ids)
         layer, token = n_layers - 1, T - 1
-        return (gr.update(maximum=max(n_layers - 1, 1), value=layer), gr.update(maximum=max(T - 1, 1), value=token),
-                *redraw(analysis, layer, token, dims, method))  # fmt: skip
+        return {ui.layer: gr.update(maximum=max(n_layers - 1, 1), value=layer),
+                ui.token: gr.update(maximum=max(T - 1, 1), value=token),
+                **redraw(analysis, layer, token, dims, method)}  # fmt: skip
+
+    def embed(key, text):
+        v = sentences(registry, key, text)
+        return {ui.similarity: v.similarity, ui.sent_scatter: v.scatter, ui.sent_note: v.note}
 
     outputs = [ui.scatter, ui.path, ui.note]
     explore_ui.analysed.then(fresh, inputs=[explore_ui.state, ui.dims, ui.method],
@@ -191,6 +216,6 @@ def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
     gr.on(triggers=[ui.layer.input, ui.token.input, ui.dims.input, ui.method.input], fn=redraw,
           inputs=[explore_ui.state, ui.layer, ui.token, ui.dims, ui.method], outputs=outputs,
           api_name="embeddings", trigger_mode="always_last", show_progress="hidden")  # fmt: skip
-    ui.compare.click(lambda key, text: sentences(registry, key, text), inputs=[ui.encoder, ui.sentences],
-                     outputs=[ui.similarity, ui.sent_scatter, ui.sent_note], api_name="sentences")  # fmt: skip
+    ui.compare.click(embed, inputs=[ui.encoder, ui.sentences], outputs=[ui.similarity, ui.sent_scatter, ui.sent_note],
+                     api_name="sentences")  # fmt: skip
     return ui

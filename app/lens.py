@@ -1,8 +1,9 @@
 """The Logit lens tab: what every layer of a decoder would predict if the model stopped there.
 
 Drawn from the Explore tab's Run (the session's cached hidden states): the shared model's final
-norm and LM head read out each layer (``models.lens``), which is arithmetic on the cached states,
-not a new forward pass. Encoders and T5 get a sentence saying why there is no lens.
+norm and LM head read out each layer (``archplay.models.analysis.lens``), which is arithmetic on the cached states,
+not a new forward pass. A family whose registry entry has no lens (``Family.lens``: encoders,
+encoder-decoders) gets a sentence saying why.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from types import SimpleNamespace
 import gradio as gr
 import plotly.graph_objects as go
 
-from models.lens import LENS_FAMILIES, logit_lens
-from viz.lens import logit_lens_heatmap
+from archplay.models import BUILTIN_NAMES
+from archplay.models.analysis.lens import logit_lens
+from archplay.viz.lens import logit_lens_heatmap
 
-from .handlers import Analysis
 from .messages import error, md_escape, note, ok
 from .registry import Registry, UnknownModelError
+from .session import Analysis
 
 HELP = (
     "Each row reads the residual stream after one layer through the model's **final norm and LM "
@@ -33,18 +35,21 @@ def lens_view(registry: Registry, analysis: Analysis | None) -> tuple[go.Figure 
     """The logit-lens heatmap of the session's Run and a sentence on it."""
     if analysis is None:
         return None, note("Run a model on the Explore tab first.")
-    if analysis.family not in LENS_FAMILIES:
+    if not analysis.spec.lens:
+        with_lens = [key for key in registry.keys() if key in BUILTIN_NAMES and registry.get(key).spec.lens]
         return None, note(f"The logit lens reads a decoder's layers through its output head; "
-                          f"{md_escape(analysis.model_label)} is an {analysis.family} model. Choose gpt, moe or mamba.")  # fmt: skip
+                          f"{md_escape(analysis.model_label)} is an {analysis.family} model."
+                          + (f" Choose {_either(with_lens)}." if with_lens else ""))  # fmt: skip
     if not analysis.hidden_states:
         return None, note("This Run kept no hidden states.")
     try:
         entry = registry.get(analysis.model_key)
     except UnknownModelError as e:
         return None, error(md_escape(str(e)))
-    model = entry.model
-    device = next(model.parameters()).device
-    lens = logit_lens(model, [h.to(device) for h in analysis.hidden_states])
+    try:
+        lens = logit_lens(entry.model, [h.to(entry.device) for h in analysis.hidden_states])
+    except ValueError as e:  # a read-out the model lacks (no final norm or LM head of the usual shape)
+        return None, note(f"No logit lens for {md_escape(entry.label)}: {md_escape(str(e))}")
     fig = logit_lens_heatmap(lens, analysis.labels, entry.tokenizer.tokens,
                              title=f"Logit lens: {html.escape(entry.label)}")  # fmt: skip
     final = lens.final_rank  # (L+1, T): 0 where a layer already has the model's answer on top
@@ -53,6 +58,11 @@ def lens_view(registry: Registry, analysis: Analysis | None) -> tuple[go.Figure 
     mean = sum(settled) / len(settled)
     return fig, ok(f"{len(analysis.ids)} positions × {final.shape[0]} rows. On average the model's final answer "
                    f"is on top from row {mean:.1f} of {final.shape[0] - 1} upward.")  # fmt: skip
+
+
+def _either(keys: list[str]) -> str:
+    """``gpt``, ``gpt or moe``, ``gpt, moe or mamba``."""
+    return keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} or {keys[-1]}"
 
 
 def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:

@@ -8,7 +8,8 @@ import sys
 import gradio as gr
 import torch
 
-from . import card, compare, embeddings, explore, lens
+from . import card, compare, embeddings, lens
+from .explore import page as explore
 from .registry import Registry
 
 TITLE = "archplay"
@@ -100,8 +101,9 @@ def build_app(registry: Registry) -> gr.Blocks:
         # page opens and when a tab with its own list is shown, so anyone's loaded model appears everywhere.
         def model_lists():
             everything = gr.update(choices=registry.choices())
-            return (everything, gr.update(choices=registry.folders()),
-                    gr.update(choices=embeddings.encoder_choices(registry)), everything, everything)  # fmt: skip
+            return {explore_ui.model: everything, explore_ui.folder: gr.update(choices=registry.folders()),
+                    embeddings_ui.encoder: gr.update(choices=embeddings.encoder_choices(registry)),
+                    compare_ui.models: everything, card_ui.model: everything}  # fmt: skip
 
         gr.on(triggers=[demo.load, embeddings_tab.select, compare_tab.select, card_tab.select], fn=model_lists,
               outputs=[explore_ui.model, explore_ui.folder, embeddings_ui.encoder, compare_ui.models, card_ui.model],

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from models import BUILTIN_NAMES, LoadError, load
+from archplay.models import BUILTIN_NAMES, LoadError, load
+from archplay.models import registry as families
+from archplay.models.registry import Family
 
 
 class UnknownModelError(KeyError):
@@ -40,6 +42,11 @@ class Entry:
     @property
     def family(self) -> str:
         return self.model.config.family
+
+    @property
+    def spec(self) -> Family:
+        """The family's registry entry: what it predicts and which views it has."""
+        return families.of(self.model)
 
     @property
     def trained(self) -> bool:
@@ -120,7 +127,7 @@ class Registry:
         builtins: tuple[str, ...] = BUILTIN_NAMES,
         log: Callable[[str], None] = print,
         models_dir: str | Path | None = None,
-    ) -> "Registry":
+    ) -> Registry:
         """The built-ins, then each of ``names``. A name that fails is logged and skipped.
 
         The first of ``names`` that loads becomes the default choice (the user asked for it).
@@ -157,11 +164,11 @@ class Registry:
     @property
     def default_key(self) -> str | None:
         """The model a new page starts with: the first one given on the command line, else the
-        first text-generating built-in (the default text is a story to continue), else the first."""
+        first that continues text (the default text is a story to continue), else the first."""
         if self.preferred in self._entries:
             return self.preferred
         for entry in self._entries.values():
-            if entry.family == "decoder":
+            if entry.spec.objective == "causal":
                 return entry.key
         return next(iter(self._entries), None)
 

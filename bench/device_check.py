@@ -4,7 +4,7 @@
 
 For each built-in: the largest difference between CUDA and CPU logits on a story, whether greedy
 generation writes the same tokens on both, and the untraced forward latency on the GPU against
-input length (``models.timing``; beyond a model's context, a same-shaped copy). Needs no gradio
+input length (``archplay.models.analysis.timing``; beyond a model's context, a same-shaped copy). Needs no gradio
 or plotly, so it runs on a bare PyTorch image.
 """
 
@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from models import BUILTIN_NAMES, load
-from models.timing import forward_latency, growth
+from archplay.models import BUILTIN_NAMES, load, registry
+from archplay.models.analysis.timing import forward_latency, growth
 
 TEXT = "Mia finds a big red ball. She throws the ball to Tom. Then Tom"
 
@@ -28,19 +28,20 @@ def check(name: str, lengths: list[int]) -> dict:
     gpu, _ = load(name, device="cuda")
     ids = torch.tensor([tok.encode(TEXT)])
     kwargs = {}
-    if cpu.config.family == "encoder-decoder":
+    family = registry.of(cpu)
+    if family.objective == "translation":
         start = int(cpu.config.decoder_start_token_id)
         kwargs["decoder_input_ids"] = torch.tensor([[start] + tok.encode("Mia")])
     ref = cpu(ids, trace=True, **kwargs)
     out = gpu(ids.cuda(), trace=True, **{k: v.cuda() for k, v in kwargs.items()})
     diff = float((out.logits.float().cpu() - ref.logits).abs().max())
     same_tokens = None
-    if hasattr(cpu, "generate") and cpu.config.family != "encoder":
+    if family.generates:
         a = cpu.generate(ids, max_new_tokens=32, temperature=0.0)
         b = gpu.generate(ids.cuda(), max_new_tokens=32, temperature=0.0).cpu()
         same_tokens = bool(torch.equal(a, b))
     timings = forward_latency(gpu, lengths, repeats=5)
-    return {"name": name, "family": cpu.config.family, "max_logit_diff": diff, "greedy_tokens_equal": same_tokens,
+    return {"name": name, "family": family.name, "max_logit_diff": diff, "greedy_tokens_equal": same_tokens,
             "latency_ms": {t.length: round(t.ms, 3) for t in timings},
             "stretched_from": min((t.length for t in timings if t.stretched), default=None),
             "growth_from_512": growth(timings)}  # fmt: skip

@@ -146,7 +146,7 @@ def _pair(case: Case, device: torch.device) -> tuple[torch.nn.Module, torch.nn.M
     prompt: (hf, ours, ids (1, PROMPT_LEN)), all on ``device``."""
     from transformers.utils import logging as hf_logging
 
-    import models
+    from archplay import models
 
     torch.manual_seed(SEED)
     hf = case.build().eval()

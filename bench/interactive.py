@@ -1,12 +1,12 @@
 """How instant the page feels: a sampler update, and a whole Explore analysis.
 
 1. **Sampler update**: a temperature / top-k / top-p change turned into the new figure from the
-   cached logits. Measured twice: the handler alone (``app.handlers.distribution``), and the
+   cached logits. Measured twice: the handler alone (``archplay.app.explore.sampling.distribution``), and the
    round trip a browser makes, through the running app with ``gradio_client`` on loopback
    (queue, JSON, HTTP included). At the built-in vocabulary (1,280) and at GPT-2's 50,257
    (a random-weight decoder of that vocabulary).
 2. **Analyse**: text → traced forward pass → every figure of the Explore tab
-   (``app.handlers.analyse``), per built-in model, at 32, 128 and 512 tokens; and the size of
+   (``archplay.app.explore.run.analyse``), per built-in model, at 32, 128 and 512 tokens; and the size of
    what is sent to the browser (the figures' JSON and the HTML).
 
 The models run on ``device`` (the cached logits the sampler works from are on the CPU either way).
@@ -20,12 +20,13 @@ import time
 
 import torch
 
-from app import handlers
-from app.registry import Registry
+from archplay.app.explore import run as explore, sampling
+from archplay.app.registry import Registry
 from bench.report import free_port, percentiles
-from models import BUILTIN_NAMES, corpus
-from models.decoder import Decoder, DecoderConfig
-from models.tokenizer import ByteTokenizer
+from archplay.models import BUILTIN_NAMES
+from archplay.models import story
+from archplay.models.architectures.decoder import Decoder, DecoderConfig
+from archplay.models.story.tokenizer import ByteTokenizer
 
 SETTINGS = [(t, k, p) for t in (0.3, 0.7, 1.0, 1.5) for k in (0, 5, 40, 200) for p in (0.5, 0.9, 0.95, 1.0)]  # 64
 
@@ -41,7 +42,7 @@ def big_vocab_registry(registry: Registry) -> str:
 
 def story_text(n_tokens: int, tok) -> str:
     """Story-world text of about ``n_tokens`` tokens (for this tokenizer)."""
-    stories = corpus.make_splits(seed=0, n_train=0, n_valid=60, n_test=0)["validation"]
+    stories = story.make_splits(seed=0, n_train=0, n_valid=60, n_test=0)["validation"]
     text = " ".join(s.text for s in stories)
     ids = tok.encode(text)
     return tok.decode(ids[: n_tokens + 1])  # the tokenizer's own specials are added again on encode
@@ -49,12 +50,12 @@ def story_text(n_tokens: int, tok) -> str:
 
 def sampler_handler(registry: Registry, key: str, changes: int) -> dict:
     text = story_text(64, registry.get(key).tokenizer)
-    a = handlers.analyse(registry, key, text).analysis
+    a = explore.analyse(registry, key, text).analysis
     ms = []
     for i in range(changes):
         t, k, p = SETTINGS[i % len(SETTINGS)]
         t0 = time.perf_counter()
-        handlers.distribution(registry, a, t, k, p)
+        sampling.distribution(registry, a, t, k, p)
         ms.append((time.perf_counter() - t0) * 1000)
     return {"p50": percentiles(ms)[0], "p95": percentiles(ms)[1], "n": len(ms), "vocab": a.logits.shape[-1]}
 
@@ -94,7 +95,7 @@ def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dic
     ``gradio_client``, and through the page's own protocol (``PageProtocol``)."""
     from gradio_client import Client
 
-    from app.main import CSS, THEME, build_app
+    from archplay.app.main import CSS, THEME, build_app
 
     demo = build_app(registry)
     demo.queue(default_concurrency_limit=4)
@@ -128,7 +129,7 @@ def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dic
     return out
 
 
-def response_bytes(r: handlers.AnalyseResult) -> int:
+def response_bytes(r: explore.AnalyseResult) -> int:
     """What one Run sends to the page: every figure's JSON plus the HTML and markdown."""
     figs = [r.attention, r.distribution, r.delta, r.grid, r.mask]
     if r.routing is not None:
@@ -143,11 +144,11 @@ def response_bytes(r: handlers.AnalyseResult) -> int:
 def analyse(registry: Registry, key: str, n_tokens: int, repeats: int) -> dict:
     entry = registry.get(key)
     text = story_text(n_tokens, entry.tokenizer)
-    handlers.analyse(registry, key, text)  # warm-up
+    explore.analyse(registry, key, text)  # warm-up
     ms, size, tokens = [], 0, 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        r = handlers.analyse(registry, key, text)
+        r = explore.analyse(registry, key, text)
         ms.append((time.perf_counter() - t0) * 1000)
         size, tokens = response_bytes(r), len(r.analysis.ids)
     p50, p95 = percentiles(ms)

@@ -1,6 +1,6 @@
 """A classroom on one server: many browser sessions at once, each seeing only its own work.
 
-Starts ``python -m app`` on loopback, then ``sessions`` clients (each a ``gradio_client``
+Starts ``python -m archplay`` on loopback, then ``sessions`` clients (each a ``gradio_client``
 session, in its own thread) each send ``requests`` mixed requests: a Run (/analyse), redraws
 (/distribution, /position), samples (/sample_many), generation (/generate) and comparisons
 (/compare). Every session uses its own text, whose last token and length no other session
@@ -25,7 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from bench.report import free_port, percentiles, stop
-from models import corpus
+from archplay.models import story
 
 ROOT = Path(__file__).resolve().parents[1]
 PATTERN = ["distribution", "position", "sample_many", "distribution", "generate", "distribution", "compare",
@@ -35,7 +35,7 @@ PATTERN = ["distribution", "position", "sample_many", "distribution", "generate"
 def session_texts(n: int) -> list[str]:
     """``n`` texts whose (last word, length) pairs are all different: a name ends each, and the
     i-th repeats its opening sentence i // names + 1 times."""
-    names = [w for w in corpus.FEMALE + corpus.MALE]
+    names = [w for w in story.FEMALE + story.MALE]
     return [" ".join(["Mia has a red ball."] * (i // len(names) + 1)) + f" Then {names[i % len(names)]}"
             for i in range(n)]  # fmt: skip
 
@@ -49,10 +49,10 @@ def rss_mb(pid: int) -> float:
 
 
 def start_server(device: str = "cpu", *extra: str) -> tuple[subprocess.Popen, str]:
-    """``python -m app`` on a free loopback port (plus ``extra`` arguments) -> (process, URL), once it answers."""
+    """``python -m archplay`` on a free loopback port (plus ``extra`` arguments) -> (process, URL), once it answers."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "--port", str(port), "--device", device, *extra], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "archplay", "--port", str(port), "--device", device, *extra], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120

@@ -6,7 +6,7 @@
 Every (model, length, trace) case runs in a fresh subprocess, batch 1, under ``torch.inference_mode``:
 
 1. load the built-in (``models.load``); for the decoder beyond its context of 256 tokens, a
-   ``models.timing.stretched_copy`` (same shapes, longer position table, random weights: the
+   ``archplay.models.analysis.timing.stretched_copy`` (same shapes, longer position table, random weights: the
    arithmetic, and so the cost, is the architecture's);
 2. a tiny warm-up pass (8 tokens, same trace setting);
 3. reset the peak-RSS counter (``/proc/self/clear_refs``), read VmRSS, run one pass at the full
@@ -22,7 +22,7 @@ and Mamba's traced path runs the reference (sequential) scan, T Python steps per
 (T, T) hidden attention per layer built from per-channel terms (O(T² · D_inner · N) work: about
 1.8 s per layer at 1024 tokens, so some 25 s a pass at 2048 and 100 s at 4096). Mamba's trace on
 is therefore measured up to ``TRACE_MAX`` tokens only (the app traces at most 512 tokens,
-``app.handlers.PAGE_MAX_TOKENS``); the rows say so.
+``archplay.app.tokens.PAGE_MAX_TOKENS``); the rows say so.
 
 Threads: each case runs torch on one thread by default (``--threads``). On a shared 2-core machine
 two threads collide with anyone else's work (OpenMP workers wait on a descheduled sibling: a
@@ -94,8 +94,8 @@ def measure_one(name: str, length: int, trace: bool, repeats: int, threads: int 
 
     import torch
 
-    from models import load
-    from models.timing import stretched_copy
+    from archplay.models import load, registry
+    from archplay.models.analysis.timing import stretched_copy
 
     cuda = device == "cuda"
     if threads > 0 and not cuda:
@@ -104,7 +104,7 @@ def measure_one(name: str, length: int, trace: bool, repeats: int, threads: int 
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     model, _ = load(name, device=device)
     context = int(getattr(model.config, "max_seq_len", 0) or 0)
-    stretched = model.config.family != "ssm" and length > context  # Mamba has no position table: no limit
+    stretched = "scan" not in registry.of(model).views and length > context  # a scan has no position table: no limit
     if stretched:
         model = stretched_copy(model, length)
         gc.collect()
@@ -244,7 +244,7 @@ def _rows_for(name: str, trace: bool, cases: list[dict], lengths: tuple[int, ...
         value += "; doubling " + ", ".join(f"{k} {r:.2f}×" for k, r in ratios.items())
         value += f" (worst {worst:.2f}×); fitted exponent {exponent:.2f}"
     target, met = "", None
-    if family == "ssm" and not trace:
+    if name == "mamba" and not trace:  # the claim under test: Mamba's untraced forward pass is linear
         target = f"each doubling from 512 tokens ≤ {LINEAR_TARGET}× (linear)"
         if worst is not None:
             met = worst <= LINEAR_TARGET if not errors else (False if worst > LINEAR_TARGET else None)

@@ -2,7 +2,7 @@
 
     python -m bench.startup [--quick] [--runs N] [--device cpu|cuda] [--json out.json]
 
-Each run starts ``python -m app --port <free> --host 127.0.0.1 --device cpu`` (all five built-ins;
+Each run starts ``python -m archplay --port <free> --host 127.0.0.1 --device cpu`` (all five built-ins;
 ``--device cuda`` starts it on the GPU and adds the GPU memory ``nvidia-smi`` reports for it),
 polls ``/`` with urllib until it answers 200, then reads the resident memory (VmRSS from
 /proc/<pid>/status) of the server and any processes it started, and stops it (terminate, then
@@ -80,7 +80,7 @@ def gpu_memory_bytes(pids: list[int]) -> int | None:
 def start_once(device: str = "cpu") -> dict:
     """One cold start of the app: seconds to the first 200 on /, then memory; the server is stopped after."""
     port = free_port()
-    cmd = [sys.executable, "-m", "app", "--port", str(port), "--host", "127.0.0.1", "--device", device]
+    cmd = [sys.executable, "-m", "archplay", "--port", str(port), "--host", "127.0.0.1", "--device", device]
     lines: list[tuple[float, str]] = []
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -159,7 +159,7 @@ def run(quick: bool = False, runs: int | None = None, device: str = "cpu") -> li
     ok = [s for s in starts if s["ready_s"] is not None]
     errors = [s["error"] + " — " + " | ".join(s["log_tail"][-3:]) for s in starts if s["ready_s"] is None]
     note = ("; failed: " + "; ".join(errors)) if errors else ""
-    case = f"python -m app --device {device} (5 built-ins)"
+    case = f"python -m archplay --device {device} (5 built-ins)"
     ready = [s["ready_s"] for s in ok]
     rss = [s["rss_bytes"] for s in ok]
     phases = [

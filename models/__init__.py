@@ -1,13 +1,20 @@
 """archplay's models: small, faithful PyTorch implementations that expose a Trace.
 
-    from models import load
+    from archplay.models import load
     model, tokenizer = load("gpt")            # a built-in
     model, tokenizer = load("path/to/folder")  # a local Hugging Face checkpoint
 
-``models`` imports neither gradio nor plotly.
+Rooms: ``architectures`` (shared blocks, one file per family), ``checkpoints`` (reading and
+converting), ``story`` (the story world and its tokenizer), ``training`` (training and
+evaluation), ``analysis`` (lens, embedding geometry, card, timing); ``registry`` says what each
+family is, ``families`` lists them. ``archplay.models`` imports neither gradio nor plotly.
 """
 
-from .layers import ModelOutput, Trace
-from .loading import BUILTIN_NAMES, SUPPORTED, LoadError, load
+from archplay.models import families, registry  # noqa: F401  (families registers the built-in families)
+from archplay.models.architectures.layers import ModelOutput, Trace
+from archplay.models.checkpoints.convert import LoadError
+from archplay.models.checkpoints.loading import BUILTIN_NAMES, load
 
-__all__ = ["load", "LoadError", "BUILTIN_NAMES", "SUPPORTED", "Trace", "ModelOutput"]
+
+
+__all__ = ["load", "LoadError", "BUILTIN_NAMES", "Trace", "ModelOutput", "registry"]

@@ -36,6 +36,11 @@ class StagedDistribution:
         """Entropy of the final distribution in nats, (...)."""
         return entropy(self.final)
 
+    @property
+    def raw_entropy(self) -> Tensor:
+        """Entropy of the model's own distribution (before any setting) in nats, (...)."""
+        return entropy(self.raw)
+
 
 def entropy(p: Tensor) -> Tensor:
     """Shannon entropy in nats over the last axis; zero-probability tokens contribute nothing."""
@@ -94,27 +99,8 @@ def staged_distribution(
     return StagedDistribution(raw, tempered, final, kept, float(temperature), top_k, float(top_p))
 
 
-def sample(
-    logits: Tensor,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Draw one token per row of ``logits`` (..., V) -> (...) ids. Temperature 0 is the argmax."""
-    if temperature == 0:
-        check_settings(temperature, top_k, top_p)
-        return logits.argmax(-1)
-    probs = staged_distribution(logits, temperature, top_k, top_p).final
-    flat = probs.reshape(-1, probs.shape[-1])
-    draws = torch.multinomial(flat, 1, generator=generator)  # (N, 1)
-    return draws.reshape(probs.shape[:-1])
-
-
-def sample_many(
-    logits_1d: Tensor, n: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0
-) -> Tensor:
-    """``n`` independent draws from one position's final distribution -> (n,) ids."""
-    probs = staged_distribution(logits_1d, temperature, top_k, top_p).final
+def sample_many(probs: Tensor, n: int, seed: int = 0) -> Tensor:
+    """``n`` independent draws from one distribution (V,) (e.g. ``staged_distribution(...).final``)
+    -> (n,) ids; same seed, same draws."""
     gen = torch.Generator().manual_seed(seed)
     return torch.multinomial(probs.cpu(), n, replacement=True, generator=gen)

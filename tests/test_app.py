@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from app import handlers
-from app.main import build_app, parse_args, resolve_device
-from models import BUILTIN_NAMES
-from app.registry import Registry, UnknownModelError, describe
-from models.sampling import staged_distribution
+from archplay.app import tokens
+from archplay.app.explore import attention, generation, routing, run, sampling, scan
+from archplay.app.main import build_app, parse_args, resolve_device
+from archplay.models import BUILTIN_NAMES
+from archplay.app.registry import Registry, UnknownModelError, describe
+from archplay.models.sampling import staged_distribution
 
 TEXT = "Mia has a red ball."
 
@@ -112,7 +113,8 @@ def test_app_exposes_the_named_endpoints(registry):
     demo = build_app(registry)
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
     assert {"analyse", "attention", "attention_kind", "distribution", "routing", "delta", "generate", "grid",
-            "sample_once", "sample_many", "compare", "latency", "position", "lens", "card"} <= names
+            "sample_once", "sample_many", "compare", "latency", "position", "lens", "card", "corpus_routing",
+            "load_model", "embeddings", "sentences"} <= names
     params = {fn.api_name: [getattr(c, "label", None) for c in fn.inputs] for fn in demo.fns.values() if fn.api_name}
     # the original parameters first, in their order; new ones only appended
     assert params["analyse"][:7] == ["Model", "Text", "Layer", "Head", "Temperature", "Top-k", "Top-p"]
@@ -124,7 +126,7 @@ def test_app_exposes_the_named_endpoints(registry):
 
 
 def test_analyse_caches_the_trace_and_draws_the_chosen_layer_and_head(registry):
-    r = handlers.analyse(registry, "gpt", TEXT, layer=2, head=3)
+    r = run.analyse(registry, "gpt", TEXT, layer=2, head=3)
     out = trace_of(registry, TEXT)
     a = r.analysis
     assert r.ok and r.status.startswith("✓")
@@ -147,25 +149,25 @@ def test_analyse_caches_the_trace_and_draws_the_chosen_layer_and_head(registry):
 
 
 def test_analyse_clamps_layer_and_head_into_the_model(registry):
-    r = handlers.analyse(registry, "gpt", TEXT, layer=99, head=-5)
+    r = run.analyse(registry, "gpt", TEXT, layer=99, head=-5)
     assert (r.layer, r.head) == (3, 0)
 
 
 def test_attention_slider_redraws_any_layer_and_head_from_the_cache(registry):
-    a = handlers.analyse(registry, "gpt", TEXT).analysis
+    a = run.analyse(registry, "gpt", TEXT).analysis
     out = trace_of(registry, TEXT)
     for layer, head in [(0, 0), (1, 2), (3, 3)]:
-        fig = handlers.attention_figure(a, layer, head)
+        fig = attention.attention_figure(a, layer, head)
         np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=np.float64),
                                    out.trace.attentions[layer][0, head].numpy(), atol=1e-7)  # fmt: skip
     with pytest.raises(ValueError, match="layer must be between 0 and 3"):
-        handlers.attention_figure(a, 4, 0)
-    assert handlers.attention_figure(None, 0, 0) is None
+        attention.attention_figure(a, 4, 0)
+    assert attention.attention_figure(None, 0, 0) is None
 
 
 def test_tokens_strip_escapes_html_and_numbers_every_token(registry):
     text = '<b>"x" & y</b>'
-    r = handlers.analyse(registry, "gpt", text)
+    r = run.analyse(registry, "gpt", text)
     html = r.tokens_html
     assert "<b>" not in html and "&lt;" in html and "&amp;" in html and "&quot;" in html
     assert html.count('<span class="ap-tok') == len(r.analysis.ids)
@@ -176,16 +178,16 @@ def test_tokens_strip_escapes_html_and_numbers_every_token(registry):
 
 @pytest.mark.parametrize("text", ["", "   \n ", None])
 def test_empty_text_is_an_error_message_not_an_exception(registry, text):
-    r = handlers.analyse(registry, "gpt", text)
+    r = run.analyse(registry, "gpt", text)
     assert not r.ok and r.analysis is None
     assert r.status.startswith("✕") and "Type some text" in r.status
     assert r.attention is None and r.distribution is None
 
 
 def test_unknown_model_is_an_error_message(registry):
-    r = handlers.analyse(registry, "no-such-model", TEXT)
+    r = run.analyse(registry, "no-such-model", TEXT)
     assert not r.ok and "Unknown model" in r.status and "gpt" in r.status
-    r = handlers.analyse(registry, None, TEXT)
+    r = run.analyse(registry, None, TEXT)
     assert not r.ok and "Choose a model" in r.status
 
 
@@ -194,7 +196,7 @@ def test_too_long_text_is_cut_to_the_context_with_a_visible_note(registry):
     text = "Mia runs. " * limit
     full = len(registry.get("gpt").tokenizer.encode(text))
     assert full > limit
-    r = handlers.analyse(registry, "gpt", text)
+    r = run.analyse(registry, "gpt", text)
     assert r.ok and len(r.analysis.ids) == limit and r.analysis.truncated_from == full
     assert "⚠" in r.status and f"at most {limit}" in r.status
     assert f"cut to the first {limit} of {full}" in r.tokens_html
@@ -205,11 +207,11 @@ def test_too_long_text_is_cut_to_the_context_with_a_visible_note(registry):
 
 
 def test_distribution_follows_the_sliders_and_matches_staged_distribution(registry):
-    a = handlers.analyse(registry, "gpt", TEXT).analysis
+    a = run.analyse(registry, "gpt", TEXT).analysis
     last = a.logits[-1]
     figs = {}
     for t, k, p in [(1.0, 0, 1.0), (0.3, 0, 1.0), (1.5, 10, 0.8), (0.0, 0, 1.0)]:
-        fig, summary = handlers.distribution(registry, a, t, k, p)
+        fig, summary = sampling.distribution(registry, a, t, k, p)
         ids, final = final_bars(fig)
         expected = staged_distribution(last, t, k, p).final[ids].double().numpy()
         np.testing.assert_allclose(final, expected, rtol=1e-6, atol=1e-9)
@@ -218,13 +220,13 @@ def test_distribution_follows_the_sliders_and_matches_staged_distribution(regist
     assert not np.allclose(figs[1.0], figs[0.3])  # temperature changes the final bars
     assert figs[0.0].max() == 1.0  # greedy: all mass on one token
     # the raw bars ignore the settings
-    raw_1 = trace_by_name(handlers.distribution(registry, a, 1.0, 0, 1.0)[0], "raw").y
-    raw_2 = trace_by_name(handlers.distribution(registry, a, 0.3, 5, 0.5)[0], "raw").y
+    raw_1 = trace_by_name(sampling.distribution(registry, a, 1.0, 0, 1.0)[0], "raw").y
+    raw_2 = trace_by_name(sampling.distribution(registry, a, 0.3, 5, 0.5)[0], "raw").y
     np.testing.assert_array_equal(np.asarray(raw_1), np.asarray(raw_2))
 
 
 def test_distribution_is_for_the_last_position(registry):
-    r = handlers.analyse(registry, "gpt", TEXT)
+    r = run.analyse(registry, "gpt", TEXT)
     a = r.analysis
     assert a.predict_at == len(a.ids) - 1
     assert "position %d" % a.predict_at in r.distribution.layout.title.text
@@ -232,25 +234,25 @@ def test_distribution_is_for_the_last_position(registry):
 
 
 def test_distribution_rejects_settings_out_of_range(registry):
-    a = handlers.analyse(registry, "gpt", TEXT).analysis
+    a = run.analyse(registry, "gpt", TEXT).analysis
     with pytest.raises(ValueError, match="top_p"):
-        handlers.distribution(registry, a, 1.0, 0, 0.0)
+        sampling.distribution(registry, a, 1.0, 0, 0.0)
     with pytest.raises(ValueError, match="temperature"):
-        handlers.distribution(registry, a, -1.0, 0, 1.0)
-    fig, msg = handlers.distribution(registry, None)
+        sampling.distribution(registry, a, -1.0, 0, 1.0)
+    fig, msg = sampling.distribution(registry, None)
     assert fig is None and "Run" in msg
 
 
 def test_slider_handlers_never_call_the_model(registry, forward_calls):
-    a = handlers.analyse(registry, "gpt", TEXT).analysis
+    a = run.analyse(registry, "gpt", TEXT).analysis
     assert len(forward_calls) == 1  # Run: exactly one traced forward pass
     for layer in range(4):
         for head in range(4):
-            handlers.attention_figure(a, layer, head)
+            attention.attention_figure(a, layer, head)
     for t in np.linspace(0, 2, 9):
         for k in (0, 1, 50):
             for p in (0.1, 0.9, 1.0):
-                handlers.distribution(registry, a, float(t), k, p)
+                sampling.distribution(registry, a, float(t), k, p)
     assert len(forward_calls) == 1
 
 
@@ -259,22 +261,22 @@ def test_slider_handlers_never_call_the_model(registry, forward_calls):
 
 def test_generate_streams_and_greedy_matches_model_generate(registry):
     entry = registry.get("gpt")
-    steps = list(handlers.generate(registry, "gpt", TEXT, max_new_tokens=8, temperature=0.0))
-    texts = [t for t, *_ in steps]
+    steps = list(generation.generate(registry, "gpt", TEXT, max_new_tokens=8, temperature=0.0))
+    texts = [step.text for step in steps]
     assert len(steps) == 9  # one per token, then the final status
     assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))
-    assert steps[-1][1].startswith("✓") and "Generated 8 tokens" in steps[-1][1]
+    assert steps[-1].status.startswith("✓") and "Generated 8 tokens" in steps[-1].status
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     expected = entry.model.generate(ids, max_new_tokens=8, temperature=0.0)
     assert texts[-1] == entry.tokenizer.decode(expected[0].tolist())
 
 
 def test_generate_is_reproducible_by_seed(registry):
-    def run(seed):
-        return list(handlers.generate(registry, "gpt", TEXT, 6, 1.0, 0, 1.0, seed))[-1][0]
+    def last_text(seed):
+        return list(generation.generate(registry, "gpt", TEXT, 6, 1.0, 0, 1.0, seed))[-1].text
 
-    assert run(1) == run(1)
-    assert run(1) != run(2) or run(1) != run(3)
+    assert last_text(1) == last_text(1)
+    assert last_text(1) != last_text(2) or last_text(1) != last_text(3)
 
 
 @pytest.mark.parametrize(
@@ -282,16 +284,16 @@ def test_generate_is_reproducible_by_seed(registry):
     [("gpt", "", "Type some text"), ("nope", TEXT, "Unknown model")],
 )
 def test_generate_reports_problems(registry, model, text, message):
-    steps = list(handlers.generate(registry, model, text, 4))
-    assert len(steps) == 1 and steps[0][0] == "" and message in steps[0][1]
+    steps = list(generation.generate(registry, model, text, 4))
+    assert len(steps) == 1 and steps[0].text == "" and message in steps[0].status
 
 
 def test_generate_leaves_room_in_the_context(registry):
     limit = registry.get("gpt").config.max_seq_len
-    steps = list(handlers.generate(registry, "gpt", "a" * limit, max_new_tokens=5, temperature=0.0))
-    assert "Generated 5 tokens" in steps[-1][1] and f"last {limit - 5} tokens" in steps[-1][1]
-    settings = list(handlers.generate(registry, "gpt", TEXT, 4, temperature=0.5, top_p=0.0))
-    assert len(settings) == 1 and "top_p" in settings[0][1]
+    steps = list(generation.generate(registry, "gpt", "a" * limit, max_new_tokens=5, temperature=0.0))
+    assert "Generated 5 tokens" in steps[-1].status and f"last {limit - 5} tokens" in steps[-1].status
+    settings = list(generation.generate(registry, "gpt", TEXT, 4, temperature=0.5, top_p=0.0))
+    assert len(settings) == 1 and "top_p" in settings[0].status
 
 
 # --------------------------------------------------------------------------- an encoder (BERT)
@@ -312,17 +314,17 @@ def test_a_model_from_the_command_line_is_the_default(bert_registry, registry):
     reg, key = bert_registry
     assert reg.keys() == [*BUILTIN_NAMES, key] and reg.default_key == key
     assert registry.default_key == "gpt"
-    from app.explore import default_text_for
+    from archplay.app.explore.page import default_text_for
 
     assert "[MASK]" in default_text_for(reg.get(key))
-    assert default_text_for(registry.get("gpt")) == handlers.DEFAULT_TEXT
+    assert default_text_for(registry.get("gpt")) == tokens.DEFAULT_TEXT
 
 
 def test_encoder_predicts_at_the_first_mask(bert_registry):
     reg, key = bert_registry
     entry = reg.get(key)
     assert entry.family == "encoder"
-    r = handlers.analyse(reg, key, "the cat [MASK] on the [MASK] mat")
+    r = run.analyse(reg, key, "the cat [MASK] on the [MASK] mat")
     a = r.analysis
     assert r.ok and a.predict_at == 3  # [CLS] the cat [MASK]
     assert not r.can_generate and "fill in blanks" in r.generate_note
@@ -331,13 +333,13 @@ def test_encoder_predicts_at_the_first_mask(bert_registry):
     assert np.all(z[np.triu_indices_from(z, k=1)] > 0)  # an encoder looks both ways
     ids, final = final_bars(r.distribution)
     np.testing.assert_allclose(final, staged_distribution(a.logits[3]).final[ids].numpy(), rtol=1e-6, atol=1e-9)
-    fig, _ = handlers.distribution(reg, a, 0.5, 3, 1.0)
+    fig, _ = sampling.distribution(reg, a, 0.5, 3, 1.0)
     ids, final = final_bars(fig)
     np.testing.assert_allclose(final, staged_distribution(a.logits[3], 0.5, 3).final[ids].numpy(), rtol=1e-6, atol=1e-9)
 
 
 def test_encoder_adds_a_fill_in_the_blank_example(bert_registry, registry):
-    from app.explore import examples_for
+    from archplay.app.explore.page import examples_for
 
     assert any("[MASK]" in e for e in examples_for(bert_registry[0]))
     assert not any("[MASK]" in e for e in examples_for(registry))
@@ -345,23 +347,23 @@ def test_encoder_adds_a_fill_in_the_blank_example(bert_registry, registry):
 
 def test_encoder_without_mask_asks_for_one_and_cannot_generate(bert_registry):
     reg, key = bert_registry
-    r = handlers.analyse(reg, key, "the cat sat on the mat")
+    r = run.analyse(reg, key, "the cat sat on the mat")
     assert r.ok and r.distribution is None and "Add [MASK]" in r.distribution_note
-    steps = list(handlers.generate(reg, key, "the cat", 4))
-    assert len(steps) == 1 and "Generate is off" in steps[0][1]
+    steps = list(generation.generate(reg, key, "the cat", 4))
+    assert len(steps) == 1 and "Generate is off" in steps[0].status
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_on_cuda_the_session_cache_is_on_the_cpu_and_matches(registry):
     cuda = Registry.from_names([], device="cuda")
-    r = handlers.analyse(cuda, "gpt", TEXT)
+    r = run.analyse(cuda, "gpt", TEXT)
     assert r.analysis.logits.device.type == "cpu"
     assert all(a.device.type == "cpu" for a in r.analysis.attentions)
-    cpu = handlers.analyse(registry, "gpt", TEXT).analysis
+    cpu = run.analyse(registry, "gpt", TEXT).analysis
     torch.testing.assert_close(r.analysis.logits, cpu.logits, atol=1e-3, rtol=1e-3)
-    fig, _ = handlers.distribution(cuda, r.analysis, 0.7, 5, 0.9)
+    fig, _ = sampling.distribution(cuda, r.analysis, 0.7, 5, 0.9)
     assert fig is not None
-    assert "Generated 4 tokens" in list(handlers.generate(cuda, "gpt", TEXT, 4, 0.0))[-1][1]
+    assert "Generated 4 tokens" in list(generation.generate(cuda, "gpt", TEXT, 4, 0.0))[-1].status
 
 
 # --------------------------------------------------------------------------- the named API, as a script uses it
@@ -378,7 +380,7 @@ def test_named_endpoints_through_gradio_client(registry):
 
     from gradio_client import Client
 
-    from app.main import CSS, THEME
+    from archplay.app.main import CSS, THEME
 
     demo = build_app(registry)
     demo.queue()
@@ -387,10 +389,10 @@ def test_named_endpoints_through_gradio_client(registry):
                 ssr_mode=False, theme=THEME, css=CSS)  # fmt: skip
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        status, tokens, attention, *_ = client.predict("gpt", TEXT, 1, 2, 1.0, 0, 1.0, api_name="/analyse")
-        assert status.startswith("✓") and "ap-tok" in tokens
+        status, strip, attention_fig, *_ = client.predict("gpt", TEXT, 1, 2, 1.0, 0, 1.0, api_name="/analyse")
+        assert status.startswith("✓") and "ap-tok" in strip
         out = trace_of(registry, TEXT)
-        z = _decode(json.loads(attention["plot"])["data"][0]["z"])
+        z = _decode(json.loads(attention_fig["plot"])["data"][0]["z"])
         np.testing.assert_allclose(z, out.trace.attentions[1][0, 2].numpy(), atol=1e-7)
 
         fig, summary = client.predict(0.5, 0, 1.0, api_name="/distribution")
@@ -477,7 +479,7 @@ def model_calls(registry, monkeypatch):
 
 def translate_in_test(entry, text):
     """The greedy translation and the traced pass over it, computed here from the model itself."""
-    from app.translate import budget
+    from archplay.app.explore.translation import budget
 
     tok, model = entry.tokenizer, entry.model
     ids = torch.tensor([tok.encode(text)])
@@ -495,7 +497,7 @@ def z_of(fig):
 
 def test_t5_translates_and_shows_encoder_decoder_and_cross_attention(registry):
     entry = registry.get("t5")
-    r = handlers.analyse(registry, "t5", TEXT, layer=1, head=2, attention_kind="cross")
+    r = run.analyse(registry, "t5", TEXT, layer=1, head=2, attention_kind="cross")
     a = r.analysis
     new, out = translate_in_test(entry, TEXT)
     assert r.ok and r.status.startswith("✓") and "translated it greedily" in r.status
@@ -510,10 +512,10 @@ def test_t5_translates_and_shows_encoder_decoder_and_cross_attention(registry):
     assert list(r.attention.layout.xaxis.ticktext[:3]) == a.labels[:3]
     assert "Cross-attention" in r.attention_help
     # the other two kinds from the same Run
-    enc = handlers.attention_figure(a, 0, 3, "encoder")
+    enc = attention.attention_figure(a, 0, 3, "encoder")
     np.testing.assert_allclose(z_of(enc), out.trace.attentions[0][0, 3].numpy(), rtol=0, atol=1e-7)
     assert np.all(z_of(enc)[np.triu_indices(len(a.ids), 1)] > 0)  # the encoder looks both ways
-    dec = handlers.attention_figure(a, 2, 1, "decoder")
+    dec = attention.attention_figure(a, 2, 1, "decoder")
     np.testing.assert_allclose(z_of(dec), out.trace.decoder_attentions[2][0, 1].numpy(), rtol=0, atol=1e-7)
     assert np.all(z_of(dec)[np.triu_indices(len(new), 1)] == 0)  # causal
     assert a.translation.input_labels[0] == entry.tokenizer.tokens([entry.config.decoder_start_token_id])[0]
@@ -524,12 +526,12 @@ def test_t5_translates_and_shows_encoder_decoder_and_cross_attention(registry):
 
 
 def test_t5_distribution_is_the_decoders_choice_at_each_translation_step(registry):
-    r = handlers.analyse(registry, "t5", TEXT, step=2)
+    r = run.analyse(registry, "t5", TEXT, step=2)
     a = r.analysis
     new, out = translate_in_test(registry.get("t5"), TEXT)
     assert r.step == 2 and a.predict_at == 2 and "Translation step 2" in r.distribution.layout.title.text
     for step in (0, 2, len(new) - 1):
-        fig, summary = handlers.distribution(registry, a, 0.7, 5, 1.0, step)
+        fig, summary = sampling.distribution(registry, a, 0.7, 5, 1.0, step)
         ids, final = final_bars(fig)
         expected = staged_distribution(out.logits[0, step], 0.7, 5).final[ids].double().numpy()
         np.testing.assert_allclose(final, expected, rtol=1e-5, atol=1e-7)
@@ -538,12 +540,12 @@ def test_t5_distribution_is_the_decoders_choice_at_each_translation_step(registr
         raw = trace_by_name(fig, "raw")
         assert int(raw.customdata[0][1]) == new[step]
     with pytest.raises(ValueError, match="step must be between 0 and"):
-        handlers.distribution(registry, a, 1.0, 0, 1.0, len(new))
+        sampling.distribution(registry, a, 1.0, 0, 1.0, len(new))
 
 
 def test_t5_layer_range_follows_the_attention_kind():
-    from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-    from models.tokenizer import ByteTokenizer
+    from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+    from archplay.models.story.tokenizer import ByteTokenizer
 
     tok = ByteTokenizer()
     cfg = EncoderDecoderConfig.t5_tiny(
@@ -553,68 +555,68 @@ def test_t5_layer_range_follows_the_attention_kind():
     torch.manual_seed(0)
     reg = Registry()
     reg.put("deep-t5", EncoderDecoder(cfg), tok)
-    r = handlers.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="decoder")
+    r = run.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="decoder")
     a = r.analysis
     assert r.layer == 4 and [a.layer_count(k) for k in ("encoder", "decoder", "cross")] == [2, 5, 5]
     assert a.n_layer == 2  # the first kind, the encoder's
-    layer, n, fig, help_text = handlers.attention_kind(a, "encoder", 4, 0)
+    layer, n, fig, help_text = attention.attention_kind(a, "encoder", 4, 0)
     assert (layer, n) == (1, 2) and "Encoder self-attention: layer 1" in fig.layout.title.text
     assert "both ways" in help_text
-    layer, n, fig, _ = handlers.attention_kind(a, "cross", 4, 0)
+    layer, n, fig, _ = attention.attention_kind(a, "cross", 4, 0)
     assert (layer, n) == (4, 5) and "Cross-attention: layer 4" in fig.layout.title.text
     with pytest.raises(ValueError, match="layer must be between 0 and 1"):
-        handlers.attention_figure(a, 4, 0, "encoder")
+        attention.attention_figure(a, 4, 0, "encoder")
     with pytest.raises(ValueError, match="attention kind"):
-        handlers.attention_figure(a, 0, 0, "sideways")
+        attention.attention_figure(a, 0, 0, "sideways")
     # analyse clamps the layer into the chosen kind's range
-    assert handlers.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="encoder").layer == 1
+    assert run.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="encoder").layer == 1
 
 
 def test_t5_redraws_never_call_the_model(registry, model_calls):
     calls = model_calls("t5")
-    a = handlers.analyse(registry, "t5", TEXT).analysis
+    a = run.analyse(registry, "t5", TEXT).analysis
     assert calls.count("generate") == 1 and calls.count("forward") == 1  # translate, then trace it
     ran = len(calls)
     for kind in ("encoder", "decoder", "cross"):
         for layer in range(a.layer_count(kind)):
-            handlers.attention_figure(a, layer, 1, kind)
-        handlers.attention_kind(a, kind, 3, 0)
+            attention.attention_figure(a, layer, 1, kind)
+        attention.attention_kind(a, kind, 3, 0)
     for step in range(a.n_steps):
-        handlers.distribution(registry, a, 0.5, 3, 0.9, step)
+        sampling.distribution(registry, a, 0.5, 3, 0.9, step)
     assert len(calls) == ran
 
 
 def test_t5_generate_streams_a_translation(registry):
     entry = registry.get("t5")
-    steps = list(handlers.generate(registry, "t5", TEXT, max_new_tokens=6, temperature=0.0))
+    steps = list(generation.generate(registry, "t5", TEXT, max_new_tokens=6, temperature=0.0))
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     expected = entry.model.generate(ids, max_new_tokens=6, temperature=0.0, eos_token_id=entry.tokenizer.eos_token_id)
-    assert steps[-1][0] == entry.tokenizer.decode(expected[0].tolist())
-    assert steps[-1][1].startswith("✓") and "Translated into" in steps[-1][1]
-    assert not steps[-1][0].startswith(TEXT)  # a translation, not a continuation
+    assert steps[-1].text == entry.tokenizer.decode(expected[0].tolist())
+    assert steps[-1].status.startswith("✓") and "Translated into" in steps[-1].status
+    assert not steps[-1].text.startswith(TEXT)  # a translation, not a continuation
     assert len(steps) == expected.shape[1] + 1
-    r = handlers.analyse(registry, "t5", TEXT)
+    r = run.analyse(registry, "t5", TEXT)
     assert r.can_generate and "translates it again" in r.generate_note
 
 
 def test_t5_bad_input_is_a_message(registry):
-    from app.translate import TRANSLATION_LIMIT
+    from archplay.app.explore.translation import TRANSLATION_LIMIT
 
-    r = handlers.analyse(registry, "t5", "  ", attention_kind="cross")
+    r = run.analyse(registry, "t5", "  ", attention_kind="cross")
     assert not r.ok and "Type some text" in r.status
     limit = registry.get("t5").config.max_seq_len
-    r = handlers.analyse(registry, "t5", "ab" * limit, attention_kind="cross")
+    r = run.analyse(registry, "t5", "ab" * limit, attention_kind="cross")
     assert r.ok and len(r.analysis.ids) == limit and "⚠" in r.status and f"first {limit}" in r.status
     assert r.analysis.n_steps <= TRANSLATION_LIMIT
     # an unknown kind from a script falls back to the first kind on Run
-    assert handlers.analyse(registry, "t5", TEXT, attention_kind="nope").attention_kind == "encoder"
+    assert run.analyse(registry, "t5", TEXT, attention_kind="nope").attention_kind == "encoder"
 
 
 def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(registry):
-    from models.moe import expert_load
+    from archplay.models.architectures.moe import expert_load
 
     entry = registry.get("moe")
-    r = handlers.analyse(registry, "moe", TEXT, moe_layer=1)
+    r = run.analyse(registry, "moe", TEXT, moe_layer=1)
     a = r.analysis
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     with torch.inference_mode():
@@ -622,7 +624,7 @@ def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(registry
     E, k = entry.config.n_experts, entry.config.top_k
     assert r.moe_layer == 1 and a.routing.n_layer == len(out.trace.router_logits)
     for layer in range(a.routing.n_layer):
-        view = handlers.routing(a, layer)
+        view = routing.view(a, layer)
         probs = torch.softmax(out.trace.router_logits[layer][0].float(), dim=-1).numpy()
         z = np.asarray(trace_by_name(view.heatmap, "router probability").z, dtype=np.float64)
         np.testing.assert_allclose(z, probs, rtol=0, atol=1e-7)
@@ -642,12 +644,12 @@ def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(registry
         assert f"layer {layer}" in view.heatmap.layout.title.text
     assert r.routing is not None and "routed slots" in r.routing.note
     with pytest.raises(ValueError, match="MoE layer must be between"):
-        handlers.routing(a, a.routing.n_layer)
-    assert handlers.routing(handlers.analyse(registry, "gpt", TEXT).analysis, 0) is None
+        routing.view(a, a.routing.n_layer)
+    assert routing.view(run.analyse(registry, "gpt", TEXT).analysis, 0) is None
 
 
 def test_moe_chips_escape_the_text(registry):
-    r = handlers.analyse(registry, "moe", "<b>&</b>")
+    r = run.analyse(registry, "moe", "<b>&</b>")
     chips = r.routing.chips
     assert "<b>" not in chips and "</b>" not in chips
     assert "&lt;" in chips and "&amp;" in chips and chips.count('class="ap-tok ap-exp"') == len(r.analysis.ids)
@@ -655,18 +657,18 @@ def test_moe_chips_escape_the_text(registry):
 
 def test_moe_redraws_never_call_the_model(registry, model_calls):
     calls = model_calls("moe")
-    a = handlers.analyse(registry, "moe", TEXT).analysis
+    a = run.analyse(registry, "moe", TEXT).analysis
     assert calls == ["forward"]
     for layer in range(a.routing.n_layer):
-        handlers.routing(a, layer)
-        handlers.attention_figure(a, layer, 1)
-    handlers.distribution(registry, a, 0.3, 4, 0.8)
+        routing.view(a, layer)
+        attention.attention_figure(a, layer, 1)
+    sampling.distribution(registry, a, 0.3, 4, 0.8)
     assert calls == ["forward"]
 
 
 def test_mamba_shows_hidden_attention_and_step_sizes_without_heads(registry):
     entry = registry.get("mamba")
-    r = handlers.analyse(registry, "mamba", TEXT, layer=2, head=3)
+    r = run.analyse(registry, "mamba", TEXT, layer=2, head=3)
     a = r.analysis
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     with torch.inference_mode():
@@ -675,62 +677,69 @@ def test_mamba_shows_hidden_attention_and_step_sizes_without_heads(registry):
     assert r.head_info.startswith("Mamba has no heads")
     assert "Hidden attention" in r.attention_help and "Step size" in r.attention_help
     for layer in range(a.n_layer):
-        z = z_of(handlers.attention_figure(a, layer, 0))
+        z = z_of(attention.attention_figure(a, layer, 0))
         np.testing.assert_allclose(z, out.trace.ssm_attention[layer][0].numpy(), rtol=0, atol=0)
         assert np.all(z[np.triu_indices(len(a.ids), 1)] == 0)
-        delta = trace_by_name(handlers.delta_figure(a, layer), "mean Δ")
+        delta = trace_by_name(scan.delta_figure(a, layer), "mean Δ")
         np.testing.assert_allclose(np.asarray(delta.y, dtype=np.float64),
                                    out.trace.ssm_delta[layer][0].mean(-1).numpy(), rtol=1e-6, atol=0)  # fmt: skip
     assert "hidden attention" in r.attention.layout.title.text
     np.testing.assert_allclose(np.asarray(trace_by_name(r.delta, "mean Δ").y, dtype=np.float64),
                                out.trace.ssm_delta[2][0].mean(-1).numpy(), rtol=1e-6)  # fmt: skip
     # the session keeps the mean of Δ, not the (T, D_inner) tensor
-    assert a.ssm.delta_mean[0].shape == (len(a.ids),)
-    assert handlers.delta_figure(handlers.analyse(registry, "gpt", TEXT).analysis, 0) is None
+    assert a.scan.delta_mean[0].shape == (len(a.ids),)
+    assert scan.delta_figure(run.analyse(registry, "gpt", TEXT).analysis, 0) is None
 
 
 def test_mamba_redraws_never_call_the_model(registry, model_calls):
     calls = model_calls("mamba")
-    a = handlers.analyse(registry, "mamba", TEXT).analysis
+    a = run.analyse(registry, "mamba", TEXT).analysis
     assert calls == ["forward"]
     for layer in range(a.n_layer):
-        handlers.attention_figure(a, layer, 0)
-        handlers.delta_figure(a, layer)
-    handlers.distribution(registry, a, 1.5, 0, 0.5)
+        attention.attention_figure(a, layer, 0)
+        scan.delta_figure(a, layer)
+    sampling.distribution(registry, a, 1.5, 0, 0.5)
     assert calls == ["forward"]
 
 
 def test_long_text_for_a_long_context_model_is_cut_to_the_page_limit(registry):
-    limit = handlers.PAGE_MAX_TOKENS
+    limit = tokens.PAGE_MAX_TOKENS
     assert registry.get("mamba").config.max_seq_len > limit
-    r = handlers.analyse(registry, "mamba", "a" * (limit + 40))
+    r = run.analyse(registry, "mamba", "a" * (limit + 40))
     assert r.ok and len(r.analysis.ids) == limit and "this page analyses at most" in r.status
     assert z_of(r.attention).shape == (limit, limit)
 
 
 def test_page_updates_show_only_the_views_of_the_models_family(registry):
-    from app.explore import analyse_updates
+    import gradio as gr
+
+    from archplay.app.explore import page
+
+    with gr.Blocks() as demo:
+        ui = page.build(registry, demo)
+    assert set(page.analyse_outputs(ui)) == set(page.analyse_updates(ui, run.analyse(registry, "gpt", TEXT)))
 
     def updates(key, **kw):
-        return analyse_updates(handlers.analyse(registry, key, TEXT, **kw))
+        return page.analyse_updates(ui, run.analyse(registry, key, TEXT, **kw))
 
-    # positions after the original eleven outputs: kind, translation, step, Δ, routing section, MoE layer
     t5 = updates("t5", attention_kind="cross")
-    kind, translation, step, delta, section = t5[11:16]
+    kind, translation, step = t5[ui.attention_kind], t5[ui.translation], t5[ui.step]
     assert kind["visible"] and kind["value"] == "cross"
-    assert translation["visible"] and translation["value"] == t5[0].translation.text
-    assert step["visible"] and step["maximum"] == t5[0].n_steps - 1
-    assert not delta["visible"] and not section["visible"]
-    head = updates("mamba")[6]
+    assert translation["visible"] and translation["value"] == t5[ui.state].translation.text
+    assert step["visible"] and step["maximum"] == t5[ui.state].n_steps - 1
+    assert not t5[ui.delta_plot]["visible"] and not t5[ui.routing_section]["visible"]
+    head = updates("mamba")[ui.head]
     assert head["interactive"] is False and head["maximum"] >= 1  # a Gradio slider needs max > min
     assert head["info"].startswith("Mamba has no heads") and head["value"] == 0
     mamba = updates("mamba")
-    assert mamba[14]["visible"] and mamba[14]["value"] is not None and not mamba[15]["visible"]
+    assert mamba[ui.delta_plot]["visible"] and mamba[ui.delta_plot]["value"] is not None
+    assert not mamba[ui.routing_section]["visible"]
     moe = updates("moe")
-    assert moe[15]["visible"] and not moe[11]["visible"] and not moe[12]["visible"]
-    assert moe[16]["maximum"] == registry.get("moe").config.n_layer - 1
+    assert moe[ui.routing_section]["visible"] and not moe[ui.attention_kind]["visible"]
+    assert not moe[ui.translation]["visible"]
+    assert moe[ui.moe_layer]["maximum"] == registry.get("moe").config.n_layer - 1
     gpt = updates("gpt")
-    assert gpt[6]["interactive"] is True and gpt[6]["info"] == handlers.HEAD_INFO
+    assert gpt[ui.head]["interactive"] is True and gpt[ui.head]["info"] == attention.HEAD_INFO
     # an error clears the drawings and the state
-    bad = analyse_updates(handlers.analyse(registry, "moe", ""))
-    assert bad[0] is None and bad[18] is None and "Type some text" in bad[1]
+    bad = page.analyse_updates(ui, run.analyse(registry, "moe", ""))
+    assert bad[ui.state] is None and bad[ui.routing_plot] is None and "Type some text" in bad[ui.status]

@@ -1,4 +1,4 @@
-"""The Explore page in a real headless Chromium, against ``python -m app`` in a subprocess.
+"""The Explore page in a real headless Chromium, against ``python -m archplay`` in a subprocess.
 
 It types a text, presses Run, reads the plots' data back out of the DOM, moves sliders the way
 a user does and checks each redraw against numbers computed here from the same model: so a
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +55,13 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
-    """``python -m app`` on a free port of 127.0.0.1; yields its URL, stops it afterwards."""
+    """``python -m archplay`` on a free port of 127.0.0.1; yields its URL, stops it afterwards."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("server") / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
+            [sys.executable, "-m", "archplay", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
              "--models-dir", str(models_dir[0])],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
@@ -84,8 +85,10 @@ def server(tmp_path_factory, models_dir):
         stop(proc)
 
 
-@pytest.fixture(scope="module")
-def page(server):
+@contextmanager
+def chromium_page(url: str, timeout_ms: int = 30_000):
+    """A page of headless Chromium (Debian's, never a downloaded one) open on ``url``; it records
+    console errors for ``assert_no_console_errors``."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -100,16 +103,22 @@ def page(server):
             pg.console_errors = []
             pg.on("console", lambda m: m.type == "error" and pg.console_errors.append(f"{m.text} @ {m.location}"))
             pg.on("pageerror", lambda e: pg.console_errors.append(f"page error: {e}"))
-            pg.set_default_timeout(30_000)
-            pg.goto(server)
+            pg.set_default_timeout(timeout_ms)
+            pg.goto(url)
             yield pg
         finally:
             browser.close()
 
 
 @pytest.fixture(scope="module")
+def page(server):
+    with chromium_page(server) as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
 def model():
-    from models import load
+    from archplay.models import load
 
     return load("gpt", device="cpu")  # the same seeded weights the server built
 
@@ -160,16 +169,24 @@ def final_bars(plot: dict) -> tuple[list[int], np.ndarray]:
     return [int(row[1]) for row in final["customdata"]], _array(final["y"])
 
 
+_TITLE_HAS = """
+([id, text]) => {
+  const gd = document.querySelector(`#${id} .js-plotly-plot`);
+  return !!(gd && gd.layout && gd.layout.title && (gd.layout.title.text || "").includes(text));
+}
+"""
+
+
 def wait_for_plot(page, elem_id: str, contains: str, timeout: float = 30.0) -> dict:
-    """Poll until the plot's title contains ``contains``; returns the plot."""
-    deadline = time.monotonic() + timeout
-    plot = None
-    while time.monotonic() < deadline:
+    """Wait (in the page, on each animation frame) until the plot's title contains ``contains``; returns the plot."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(_TITLE_HAS, arg=[elem_id, contains], timeout=timeout * 1000)
+    except PlaywrightTimeout:
         plot = read_plot(page, elem_id)
-        if plot and contains in plot["title"]:
-            return plot
-        time.sleep(0.1)
-    raise AssertionError(f"#{elem_id} never showed {contains!r}; last title: {plot and plot['title']!r}")
+        raise AssertionError(f"#{elem_id} never showed {contains!r}; last title: {plot and plot['title']!r}") from None
+    return read_plot(page, elem_id)
 
 
 def wait_until(page, predicate, what: str, timeout: float = 30.0, show=None):
@@ -226,7 +243,7 @@ def expected_state(model, text):
 
 
 def test_explore_page_end_to_end(page, model):
-    from models.sampling import staged_distribution
+    from archplay.models.sampling import staged_distribution
 
     # The page runs the default text on load; then we type our own and press Run.
     wait_for_plot(page, "distribution-plot", "position")
@@ -309,8 +326,8 @@ def test_explore_page_end_to_end(page, model):
 
 
 def test_t5_translation_and_cross_attention_in_the_page(page):
-    from app.translate import budget
-    from models import load
+    from archplay.app.explore.translation import budget
+    from archplay.models import load
 
     net, tok = load("t5", device="cpu")
     ids = torch.tensor([tok.encode(TEXT)])
@@ -353,7 +370,7 @@ def test_t5_translation_and_cross_attention_in_the_page(page):
 
 
 def test_moe_routing_marks_in_the_page(page):
-    from models import load
+    from archplay.models import load
 
     net, tok = load("moe", device="cpu")
     ids = tok.encode(TEXT)
@@ -398,7 +415,7 @@ def open_tab(page, name: str) -> None:
 
 
 def test_grid_mask_position_and_sampling_in_the_page(page, model):
-    from models.sampling import staged_distribution
+    from archplay.models.sampling import staged_distribution
 
     net, tok = model
     choose_model(page, "gpt")
@@ -443,7 +460,7 @@ def test_grid_mask_position_and_sampling_in_the_page(page, model):
 
 
 def test_mamba_and_bert_views_in_the_page(page):
-    from models import load
+    from archplay.models import load
 
     net, tok = load("mamba", device="cpu")
     ids = tok.encode(TEXT)
@@ -475,7 +492,7 @@ def test_mamba_and_bert_views_in_the_page(page):
 
 
 def test_lens_embeddings_compare_and_architecture_tabs(page, model):
-    from models.lens import logit_lens
+    from archplay.models.analysis.lens import logit_lens
 
     net, tok = model
     ids, out = expected_state(model, TEXT)

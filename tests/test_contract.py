@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models
-from models.decoder import Decoder, DecoderConfig
-from models.encoder import Encoder, EncoderConfig
-from models.layers import attention_mask
-from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from models.moe import MoEConfig, MoEDecoder
-from models.ssm import Mamba, MambaConfig
+from archplay import models
+from archplay.models.architectures.decoder import Decoder, DecoderConfig
+from archplay.models.architectures.encoder import Encoder, EncoderConfig
+from archplay.models.architectures.layers import attention_mask
+from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from archplay.models.architectures.moe import MoEConfig, MoEDecoder
+from archplay.models.architectures.ssm import Mamba, MambaConfig
 
 WINDOW = 3
 
@@ -183,7 +183,7 @@ def test_masks():
 def test_config_rejects_unknown_keys_and_bad_shapes():
     with pytest.raises(ValueError, match="unknown DecoderConfig keys"):
         DecoderConfig.from_dict({**DecoderConfig.gpt2_tiny().to_dict(), "n_experts": 4})
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="DecoderConfig: n_head must be a multiple of n_kv_head"):
         DecoderConfig.gpt2_tiny(n_kv_head=3)
     cfg = DecoderConfig.from_dict(DecoderConfig.llama_tiny().to_dict())
     assert cfg == DecoderConfig.llama_tiny()

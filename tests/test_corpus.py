@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from models import corpus as C
+from archplay.models import story as C
 
 SMALL = dict(n_train=60, n_valid=20, n_test=20)
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models import corpus
-from models.embeddings import (
+from archplay.models import story
+from archplay.models.analysis.embeddings import (
     WORD_POS,
     cosine_matrix,
     layer_projection,
@@ -18,13 +18,12 @@ from models.embeddings import (
     pca,
     project,
     sentence_embeddings,
-    token_embedding_projection,
     umap_available,
 )
-from models.encoder import Encoder, EncoderConfig
-from models.tokenizer import SPTokenizer
-from viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
-from viz.style import safe_label
+from archplay.models.architectures.encoder import Encoder, EncoderConfig
+from archplay.models.story.tokenizer import SPTokenizer
+from archplay.viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
+from archplay.viz.style import safe_label
 
 
 def randn(*shape, seed: int = 0) -> torch.Tensor:
@@ -117,14 +116,6 @@ def test_layer_projection_normalises_each_layer():
     torch.testing.assert_close(lp.coords[1], lp.coords[0])  # ... land on the same points
 
 
-def test_token_embedding_projection_projects_the_given_rows():
-    table = torch.nn.Embedding(50, 12)
-    ids = [3, 17, 17, 42, 0, 8]
-    p = token_embedding_projection(table, ids, k=2)
-    torch.testing.assert_close(p.coords, pca(table.weight.detach()[ids], 2).coords)
-    torch.testing.assert_close(token_embedding_projection(table.weight, ids).coords, p.coords)
-
-
 # ---------------------------------------------------------------- sentence embeddings
 
 TEXTS = ["Mia has a red ball.", "Tom has a red ball.", "Then she eats two cakes."]
@@ -137,7 +128,7 @@ def sp_encoder():
 
 
 def hf_encoder(hf_folder):
-    from models import load
+    from archplay.models import load
 
     folder, _ = hf_folder("bert")
     return load(folder)
@@ -184,9 +175,9 @@ def test_part_of_speech_of_a_story_sentence():
 
     words = "One day , she plays with her kite . Then Tom and Lily go home .".split()
     pos = "NUM NOUN PUNCT PRON VERB PREP POSS NOUN PUNCT ADV NAME CONJ NAME VERB NOUN PUNCT".split()
-    text, spans = corpus.detokenize(words)
+    text, spans = story.detokenize(words)
     _, offsets = tok.encode_with_offsets(text)
-    owner = corpus.token_word_index(SimpleNamespace(text=text, spans=spans), offsets)  # token -> word
+    owner = story.token_word_index(SimpleNamespace(text=text, spans=spans), offsets)  # token -> word
     want = ["special" if w is None else pos[w] for w in owner]
     assert part_of_speech(text, offsets) == want and want.count("special") == 2
 
@@ -201,12 +192,12 @@ def test_part_of_speech_pieces_unknown_words_and_spaces():
 def test_word_table_agrees_with_the_generator():
     seen = set()
     for i in range(300):
-        s = corpus.generate_story(random.Random(i))
+        s = story.generate_story(random.Random(i))
         for word, tag in zip(s.words, s.pos):
             assert WORD_POS[word.lower()] == tag, word
             seen.add(tag)
-    assert seen == set(corpus.TAGS)
-    assert set(WORD_POS.values()) == set(corpus.TAGS)
+    assert seen == set(story.TAGS)
+    assert set(WORD_POS.values()) == set(story.TAGS)
 
 
 # ---------------------------------------------------------------- figures

@@ -23,8 +23,15 @@ def installed(tmp_path_factory) -> Path:
                     str(ROOT)], check=True, capture_output=True, cwd=tmp)  # fmt: skip
     (wheel,) = wheels.glob("archplay-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "archplay_assets/tokenizer/archplay.model" in names
-    assert not any(n.startswith("archplay_assets/screenshots/") for n in names)  # the README's pictures stay out
+    assert "archplay/assets/tokenizer/archplay.model" in names
+    assert not any(n.startswith("archplay/assets/screenshots/") for n in names)  # the README's pictures stay out
+    # One import root: nothing named app, models or viz (or anything else) at the top of site-packages.
+    assert {n.split("/")[0] for n in names} == {"archplay", "archplay-0.1.0.dist-info"}
+    # Every source file of the checkout's app/, models/ and viz/ travels (a new subpackage must be listed).
+    sources = {f"archplay/{p.relative_to(ROOT).as_posix()}" for top in ("app", "models", "viz")
+               for p in (ROOT / top).rglob("*.py")}  # fmt: skip
+    assert sources and sources <= set(names), sorted(sources - set(names))
+    assert {"archplay/__init__.py", "archplay/__main__.py", "archplay/models/registry.py"} <= set(names)
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(target),
                     str(wheel)], check=True, capture_output=True, cwd=tmp)  # fmt: skip
     return target
@@ -32,15 +39,16 @@ def installed(tmp_path_factory) -> Path:
 
 def test_the_installed_copy_loads_every_builtin_away_from_the_checkout(installed, tmp_path):
     code = (
-        "import models, models.assets as a\n"
+        "from archplay import models\n"
+        "from archplay.models.checkpoints.assets import ASSETS\n"
         "print(models.__file__)\n"
-        "print(a.asset_dir())\n"
+        "print(ASSETS)\n"
         "for name in models.BUILTIN_NAMES:\n"
         "    model, tok = models.load(name)\n"
         "    assert model.config.trained and len(tok.encode('Mia has a red ball.')) > 3, name\n"
         "print('ok')\n"
     )
-    # -S: no site hooks, so the checkout's editable install cannot answer for `models`; the
+    # -S: no site hooks, so the checkout's editable install cannot answer for `archplay`; the
     # interpreter's packages (torch, transformers) come in as a plain path after the install.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed), sysconfig.get_paths()["purelib"]])}
     out = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -48,5 +56,5 @@ def test_the_installed_copy_loads_every_builtin_away_from_the_checkout(installed
     assert out.returncode == 0, out.stderr[-2000:]
     module_file, assets, ok = out.stdout.split()
     assert Path(module_file).is_relative_to(installed)  # the installed copy ran, not the checkout
-    assert Path(assets) == installed / "archplay_assets"
+    assert Path(assets) == installed / "archplay" / "assets"
     assert ok == "ok"

@@ -9,8 +9,8 @@ import shutil
 import pytest
 import torch
 
-import models
-from models import LoadError
+from archplay import models
+from archplay.models import LoadError
 
 
 def test_builtins_load_trained_and_round_trip_any_text():
@@ -24,8 +24,8 @@ def test_builtins_load_trained_and_round_trip_any_text():
 
 
 def test_missing_builtin_says_how_to_train_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(models.loading, "BUILTIN_DIR", tmp_path)
-    with pytest.raises(LoadError, match="python -m models.train --model gpt"):
+    monkeypatch.setattr(models.checkpoints.loading, "BUILTIN_DIR", tmp_path)
+    with pytest.raises(LoadError, match="python -m archplay.models.training.train --model gpt"):
         models.load("gpt")
 
 
@@ -128,7 +128,7 @@ def test_labels_for_ids_beyond_the_tokenizer(hf_folder):
 
 def test_fast_cpu_layout_keeps_values_ties_and_outputs():
     """Loading on the CPU stores widening projections column-major: same numbers, same model."""
-    from models.loading import BUILTIN_DIR, fast_cpu_layout, load_builtin
+    from archplay.models.checkpoints.loading import BUILTIN_DIR, fast_cpu_layout, load_builtin
 
     model, tok = load_builtin(BUILTIN_DIR / "moe")  # as trained: every weight contiguous
     ids = torch.tensor([tok.encode("Mia has a red ball. Then she")])

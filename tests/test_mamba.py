@@ -9,20 +9,19 @@ import torch
 import torch.nn.functional as F
 from conftest import randomize, word_tokenizer
 
-import models
-from models import LoadError
-from models.ssm import (
+from archplay import models
+from archplay.models import LoadError
+from archplay.models.architectures.ssm import (
     Mamba,
     MambaConfig,
     compiled_scan,
-    hf_config,
-    hf_rename,
     hidden_attention,
     hidden_attention_full,
     selective_scan_chunked,
     selective_scan_segmented,
     selective_scan_sequential,
 )
+from archplay.models.checkpoints.mamba import hf_config, hf_rename
 
 ATOL = 1e-4
 PROMPT = "mia has a red ball and the cat sat on the mat then she ran to the park with her dog"
@@ -351,7 +350,7 @@ def test_config_derives_rejects_and_round_trips():
     assert MambaConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown MambaConfig keys"):
         MambaConfig.from_dict({**cfg.to_dict(), "n_head": 4})
-    with pytest.raises(AssertionError):
+    with pytest.raises(ValueError, match="MambaConfig: dt_rank must be a whole number of at least 1, got 0"):
         MambaConfig.mamba_tiny(dt_rank=0)
     torch.manual_seed(0)
     model = Mamba(cfg).eval()  # a fresh random model is well-behaved: finite, traced == untraced

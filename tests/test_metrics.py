@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.metrics import bleu, entropy_bits, head_hits, mutual_information
+from archplay.models.training.metrics import bleu, entropy_bits, head_hits, mutual_information
 
 
 def test_bleu_perfect_and_disjoint():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models
-from models.moe import MoEConfig, MoEDecoder, expert_load, load_balancing_loss
+from archplay import models
+from archplay.models.architectures.moe import MoEConfig, MoEDecoder, expert_load, load_balancing_loss
 
 ATOL = 1e-4
 PROMPT = "mia has a red ball and the cat sat on the mat then she ran to the park with her dog"
@@ -90,10 +90,12 @@ def test_trace_names_exactly_the_experts_used():
 
 
 def test_expert_load_and_parameter_counts():
+    from archplay.models.analysis.card import active_parameters
+    from archplay.models.architectures.layers import count_parameters
+
     model = MoEDecoder(MoEConfig.mixtral_tiny())
-    counts = model.parameter_counts()
     per_expert = 3 * 32 * 48
-    assert counts["total"] - counts["active"] == 2 * 2 * per_expert  # 2 layers x 2 idle experts
+    assert count_parameters(model) - active_parameters(model) == 2 * 2 * per_expert  # 2 layers x 2 idle experts
     idx = torch.tensor([[[0, 1], [0, 2], [0, 3]]])
     torch.testing.assert_close(expert_load(idx, 4), torch.tensor([0.5, 1 / 6, 1 / 6, 1 / 6]))
 
@@ -117,7 +119,7 @@ def test_load_balancing_loss_equals_transformers(masked):
 
 def test_one_token_path_equals_the_grouped_path():
     """Generation steps run a token's k experts directly; the result is the grouped computation's."""
-    from models.moe import MoEConfig, SparseMoE
+    from archplay.models.architectures.moe import MoEConfig, SparseMoE
 
     torch.manual_seed(0)
     cfg = MoEConfig.mixtral_tiny()
@@ -131,7 +133,7 @@ def test_one_token_path_equals_the_grouped_path():
 
 
 def test_rmsnorm_fast_path_equals_the_reference_formula():
-    from models.layers import RMSNorm
+    from archplay.models.architectures.layers import RMSNorm
 
     norm = RMSNorm(64, eps=1e-6)
     with torch.no_grad():

@@ -15,12 +15,13 @@ import pytest
 import torch
 from conftest import make_hf_model
 
-from app import handlers
-from app.main import host_warning, parse_args
-from app.registry import Registry
-from models import LoadError
-from models.decoder import Decoder, DecoderConfig
-from models.tokenizer import ByteTokenizer
+from archplay.app import tokens
+from archplay.app.explore import generation, run, sampling
+from archplay.app.main import host_warning, parse_args
+from archplay.app.registry import Registry
+from archplay.models import LoadError
+from archplay.models.architectures.decoder import Decoder, DecoderConfig
+from archplay.models.story.tokenizer import ByteTokenizer
 
 TEXT = "Mia has a red ball."
 
@@ -31,7 +32,7 @@ def registry() -> Registry:
 
 
 def still_serving(registry: Registry) -> None:
-    r = handlers.analyse(registry, "gpt", TEXT)
+    r = run.analyse(registry, "gpt", TEXT)
     assert r.ok and r.status.startswith("✓")
 
 
@@ -52,7 +53,7 @@ ODD_TEXTS = {
 @pytest.mark.parametrize("model", ["gpt", "bert", "t5", "moe", "mamba"])
 def test_odd_unicode_is_analysed_and_escaped(registry, model, case):
     text = ODD_TEXTS[case]
-    r = handlers.analyse(registry, model, text)
+    r = run.analyse(registry, model, text)
     assert r.ok, r.status
     assert "<script" not in r.tokens_html and "\x00" not in r.tokens_html
     still_serving(registry)
@@ -67,16 +68,16 @@ BAD_TEXTS = [
 
 @pytest.mark.parametrize("case, text, message", BAD_TEXTS, ids=[c[0] for c in BAD_TEXTS])
 def test_missing_text_gets_a_message(registry, case, text, message):
-    r = handlers.analyse(registry, "gpt", text)
+    r = run.analyse(registry, "gpt", text)
     assert not r.ok and message in r.status
     still_serving(registry)
 
 
 @pytest.mark.parametrize("model", ["gpt", "mamba", "t5"])
 def test_huge_text_is_cut_with_a_visible_note(registry, model):
-    r = handlers.analyse(registry, model, "Mia has a red ball. " * 20_000)  # 400 k characters
+    r = run.analyse(registry, model, "Mia has a red ball. " * 20_000)  # 400 k characters
     assert r.ok and "only the first" in r.status and "cut to the first" in r.tokens_html
-    assert len(r.analysis.ids) <= handlers.PAGE_MAX_TOKENS
+    assert len(r.analysis.ids) <= tokens.PAGE_MAX_TOKENS
 
 
 # --------------------------------------------------------------------------- bad settings (as the API can send them)
@@ -95,29 +96,29 @@ BAD_SETTINGS = [
 
 @pytest.mark.parametrize("case, settings, message", BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
 def test_out_of_range_settings_are_refused_with_a_message(registry, case, settings, message):
-    a = handlers.analyse(registry, "gpt", TEXT).analysis
+    a = run.analyse(registry, "gpt", TEXT).analysis
     args = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **settings}
     with pytest.raises(ValueError, match=message):  # the page shows a ValueError as an error toast
-        handlers.distribution(registry, a, args["temperature"], args["top_k"], args["top_p"])
-    steps = list(handlers.generate(registry, "gpt", TEXT, 4, args["temperature"], args["top_k"], args["top_p"]))
-    assert len(steps) == 1 and message in steps[0][1]  # generation reports it as its status
+        sampling.distribution(registry, a, args["temperature"], args["top_k"], args["top_p"])
+    steps = list(generation.generate(registry, "gpt", TEXT, 4, args["temperature"], args["top_k"], args["top_p"]))
+    assert len(steps) == 1 and message in steps[0].status  # generation reports it as its status
     still_serving(registry)
 
 
 def test_extreme_but_valid_settings_work_and_say_what_they_do(registry):
-    a = handlers.analyse(registry, "gpt", TEXT).analysis
-    fig, summary = handlers.distribution(registry, a, 1e6, 0, 1.0)  # huge temperature: nearly uniform
+    a = run.analyse(registry, "gpt", TEXT).analysis
+    fig, summary = sampling.distribution(registry, a, 1e6, 0, 1.0)  # huge temperature: nearly uniform
     final = [t for t in fig.data if t.name == "final"][0].y
     assert max(final) - min(final) < 1e-4
-    fig, summary = handlers.distribution(registry, a, 1.0, 10**9, 1.0)
+    fig, summary = sampling.distribution(registry, a, 1.0, 10**9, 1.0)
     assert "above the vocabulary" in summary
 
 
 def test_unknown_model_names_get_a_message(registry):
-    r = handlers.analyse(registry, "../../etc/passwd", TEXT)
+    r = run.analyse(registry, "../../etc/passwd", TEXT)
     assert not r.ok and "Unknown model" in r.status
-    steps = list(handlers.generate(registry, "nope", TEXT, 3))
-    assert "Unknown model" in steps[0][1]
+    steps = list(generation.generate(registry, "nope", TEXT, 3))
+    assert "Unknown model" in steps[0].status
     still_serving(registry)
 
 
@@ -136,10 +137,10 @@ def test_a_model_producing_nan_shows_an_error_and_the_others_keep_working(regist
     with torch.no_grad():
         bad.lm_head.weight.fill_(float("nan"))
     registry.put("nan-model", bad, ByteTokenizer())
-    r = handlers.analyse(registry, "nan-model", TEXT)
+    r = run.analyse(registry, "nan-model", TEXT)
     assert "NaN" in r.distribution_note and r.distribution is None
-    steps = list(handlers.generate(registry, "nan-model", TEXT, 3, 1.0))
-    assert steps[-1][1].startswith("✕") and "NaN" in steps[-1][1]
+    steps = list(generation.generate(registry, "nan-model", TEXT, 3, 1.0))
+    assert steps[-1].status.startswith("✕") and "NaN" in steps[-1].status
     still_serving(registry)
 
 
@@ -151,10 +152,10 @@ def test_a_model_that_raises_shows_an_error_and_the_others_keep_working(registry
 
     broken.forward = explode
     registry.put("raising-model", broken, ByteTokenizer())
-    r = handlers.analyse(registry, "raising-model", TEXT)
+    r = run.analyse(registry, "raising-model", TEXT)
     assert not r.ok and "The model failed" in r.status and "simulated" in r.status
-    steps = list(handlers.generate(registry, "raising-model", TEXT, 3))
-    assert "Generation stopped" in steps[-1][1]
+    steps = list(generation.generate(registry, "raising-model", TEXT, 3))
+    assert "Generation stopped" in steps[-1].status
     still_serving(registry)
 
 
@@ -182,17 +183,17 @@ TRAVERSALS = ["../secret", "../../etc", "/etc", "tiny-gpt2/../../secret", "link-
 @pytest.mark.parametrize("name", TRAVERSALS)
 def test_a_typed_name_cannot_leave_the_models_directory(models_dir, name):
     reg = Registry(device="cpu", models_dir=models_dir)
-    status, key = handlers.load_model(reg, name)
+    status, key = run.load_model(reg, name)
     assert key is None and status.startswith("✕") and len(reg) == 0
 
 
 def test_loading_by_name_inside_the_models_directory(models_dir):
     reg = Registry(device="cpu", models_dir=models_dir)
     assert reg.folders() == ["broken", "tiny-gpt2"]  # the link pointing out is not offered
-    status, key = handlers.load_model(reg, "tiny-gpt2")
+    status, key = run.load_model(reg, "tiny-gpt2")
     assert status.startswith("✓") and key in reg and reg.get(key).family == "decoder"
     for name, why in (("broken", "config"), ("empty", "")):
-        status, key = handlers.load_model(reg, name)
+        status, key = run.load_model(reg, name)
         assert key is None and status.startswith("✕"), status
     with pytest.raises(LoadError, match="no models directory"):
         Registry(device="cpu").add_from_models_dir("tiny-gpt2")
@@ -225,7 +226,7 @@ def test_a_cancelled_generation_stops_running_the_model():
 
     from gradio_client import Client
 
-    from app.main import build_app
+    from archplay.app.main import build_app
 
     reg = Registry.from_names([], device="cpu")
     model = reg.get("mamba").model  # the longest context: room for many tokens

@@ -12,8 +12,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from models import generation
-from models.sampling import entropy, sample, sample_many, staged_distribution
+from archplay.models.architectures import generation
+from archplay.models.sampling import entropy, sample_many, staged_distribution
 
 V = 97
 
@@ -120,11 +120,12 @@ def test_entropy_and_sampling_follow_final():
     p = s.final[s.kept]
     assert float(s.entropy) == pytest.approx(float(-(p * p.log()).sum()), abs=1e-6)
     assert float(entropy(torch.tensor([1.0, 0.0]))) == 0.0
-    draws = sample_many(logits, 4000, 1.0, top_k=3, seed=0)
+    draws = sample_many(s.final, 4000, seed=0)
     counts = torch.bincount(draws, minlength=V).float() / 4000
     assert set(draws.tolist()) <= set(s.kept.nonzero().flatten().tolist())
     torch.testing.assert_close(counts, s.final, atol=0.03, rtol=0)
-    assert int(sample(logits, 0.0)) == int(logits.argmax())
+    greedy = staged_distribution(logits, 0.0).final
+    assert sample_many(greedy, 5).tolist() == [int(logits.argmax())] * 5  # temperature 0: the argmax
 
 
 # --------------------------------------------------------------------------- NaN logits in greedy generation

@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import randomize, word_tokenizer
 
-import models
-from models.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, hf_config, relative_position_bucket
+from archplay import models
+from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig, relative_position_bucket
+from archplay.models.checkpoints.t5 import hf_config
 
 ATOL = 1e-4
 PROMPT = "mia has a red ball and the cat sat on the mat then she ran to the park with her dog"

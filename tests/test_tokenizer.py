@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from models import corpus as C
-from models.tokenizer import ASSET_DIR, MODEL_NAME, SPTokenizer, train_model_proto, train_tokenizer
+from archplay.models import story as C
+from archplay.models.story.tokenizer import ASSET_DIR, MODEL_NAME, SPTokenizer, train_model_proto, train_tokenizer
 
 ODD_TEXTS = [
     "",

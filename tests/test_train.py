@@ -15,15 +15,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import models
-from models import corpus, evaluate, train
-from models.loading import BUILTIN_DIR, LoadError, load_builtin, save_builtin
-from models.tokenizer import SPTokenizer
+from archplay import models
+from archplay.models import story
+from archplay.models.training import evaluate
+from archplay.models.training import train
+from archplay.models.checkpoints.loading import BUILTIN_DIR, LoadError, load_builtin, save_builtin
+from archplay.models.story.tokenizer import SPTokenizer
 
 
 @pytest.fixture(scope="module")
 def small_splits():
-    return corpus.make_splits(seed=0, n_train=120, n_valid=20, n_test=20)
+    return story.make_splits(seed=0, n_train=120, n_valid=20, n_test=20)
 
 
 def _weights(model):
@@ -91,7 +93,7 @@ def test_language_model_cross_entropy_of_a_uniform_model_is_log_vocab(small_spli
     r = evaluate.language_model(Uniform(), tok, stories)
     assert r["cross_entropy"] == pytest.approx(math.log(V), rel=1e-6)
     assert r["tokens"] == sum(len(tok.encode(s.text)) for s in stories)  # <s> not predicted, </s> is
-    assert r["entropy_floor"] == pytest.approx(corpus.entropy_floor(stories, r["tokens"]))
+    assert r["entropy_floor"] == pytest.approx(story.entropy_floor(stories, r["tokens"]))
 
 
 SHIPPED = all((BUILTIN_DIR / n / "config.json").is_file() for n in models.BUILTIN_NAMES)
@@ -107,7 +109,7 @@ def test_shipped_builtins_are_trained_and_load_by_name():
 
 @pytest.mark.skipif(not SHIPPED, reason="the trained built-ins are not in assets/checkpoints")
 def test_shipped_builtins_meet_loose_targets():
-    stories = corpus.make_splits(seed=0)["test"][:40]
+    stories = story.make_splits(seed=0)["test"][:40]
     r = evaluate.evaluate(models.BUILTIN_NAMES, stories, log=lambda m: None)
     for name in ("gpt", "moe", "mamba"):
         assert r[name]["lm"]["gap"] < 0.5, (name, r[name]["lm"])  # the target: 0.25

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-from app import compare, handlers
-from app.registry import Registry
-from models import timing
-from models.decoder import Decoder, DecoderConfig
-from viz.attention import attention_grid, downsample
-from viz.compare import latency_chart, surprisal_bars
-from viz.sampling import sample_histogram
+from archplay.app import compare, session
+from archplay.app.explore import attention, generation, routing, run, sampling
+from archplay.app.registry import Registry
+from archplay.models.analysis import timing
+from archplay.models.architectures.decoder import Decoder, DecoderConfig
+from archplay.viz.attention import attention_grid, downsample
+from archplay.viz.compare import latency_chart, surprisal_bars
+from archplay.viz.sampling import sample_histogram
 
 TEXT = "Mia has a red ball. She throws the ball to Tom. Then Tom"
 
@@ -30,7 +31,7 @@ def registry() -> Registry:
 
 @pytest.fixture(scope="module")
 def gpt_run(registry):
-    r = handlers.analyse(registry, "gpt", TEXT)
+    r = run.analyse(registry, "gpt", TEXT)
     assert r.ok
     return r
 
@@ -50,7 +51,7 @@ def test_downsample_averages_contiguous_blocks():
 
 def test_grid_thumbnails_equal_the_trace_and_frame_the_chosen_head(gpt_run):
     a = gpt_run.analysis
-    fig = handlers.grid_figure(a, 2, 1)
+    fig = attention.grid_figure(a, 2, 1)
     L, H = a.n_layer, a.n_head
     assert len(fig.data) == L * H
     for i, tr in enumerate(fig.data):
@@ -70,24 +71,24 @@ def test_grid_downsamples_long_inputs():
 
 
 def test_mask_patterns_follow_the_architecture(registry, gpt_run):
-    fig, text = handlers.mask_figure(gpt_run.analysis, 0)
+    fig, text = attention.mask_figure(gpt_run.analysis, 0)
     z = np.asarray(fig.data[0].z)
     assert np.array_equal(z, np.tril(np.ones_like(z))) and "Causal" in text
-    bert = handlers.analyse(registry, "bert", "Sara has a pink letter. Then Sara reads her <mask>.").analysis
-    fig, text = handlers.mask_figure(bert, 0)
+    bert = run.analyse(registry, "bert", "Sara has a pink letter. Then Sara reads her <mask>.").analysis
+    fig, text = attention.mask_figure(bert, 0)
     assert np.asarray(fig.data[0].z).all() and "Bidirectional" in text
-    t5 = handlers.analyse(registry, "t5", "Mia has a red ball.").analysis
-    cross, text = handlers.mask_figure(t5, 0, "cross")
+    t5 = run.analyse(registry, "t5", "Mia has a red ball.").analysis
+    cross, text = attention.mask_figure(t5, 0, "cross")
     assert np.asarray(cross.data[0].z).shape == (t5.n_steps, len(t5.ids)) and np.asarray(cross.data[0].z).all()
-    dec, _ = handlers.mask_figure(t5, 0, "decoder")
+    dec, _ = attention.mask_figure(t5, 0, "decoder")
     zd = np.asarray(dec.data[0].z)
     assert np.array_equal(zd, np.tril(np.ones_like(zd)))
 
 
 def test_sliding_window_mask(gpt_run):
     a = gpt_run.analysis
-    windowed = handlers.Analysis(**{**a.__dict__, "windows": [3] * a.n_layer})
-    fig, text = handlers.mask_figure(windowed, 1)
+    windowed = session.Analysis(**{**a.__dict__, "windows": [3] * a.n_layer})
+    fig, text = attention.mask_figure(windowed, 1)
     z = np.asarray(fig.data[0].z).astype(bool)
     i, j = np.indices(z.shape)
     assert np.array_equal(z, (j <= i) & (i - j < 3)) and "last 3 tokens" in text
@@ -99,21 +100,21 @@ def test_sliding_window_mask(gpt_run):
 def test_distribution_at_any_position_equals_that_rows_softmax(registry, gpt_run):
     a = gpt_run.analysis
     for pos in (0, 4, len(a.ids) - 1):
-        fig, _ = handlers.distribution(registry, a, 1.0, 0, 1.0, None, pos)
+        fig, _ = sampling.distribution(registry, a, 1.0, 0, 1.0, None, pos)
         bars = [t for t in fig.data if t.name == "raw"][0]
         ids = [int(row[1]) for row in bars.customdata]
         expected = torch.softmax(a.logits[pos], -1)[ids].numpy()
         np.testing.assert_allclose(np.asarray(bars.y), expected, rtol=1e-5)
         assert f"(position {pos})" in fig.layout.title.text
     with pytest.raises(ValueError, match="position must be between"):
-        handlers.distribution(registry, a, 1.0, 0, 1.0, None, len(a.ids))
+        sampling.distribution(registry, a, 1.0, 0, 1.0, None, len(a.ids))
 
 
 def test_encoder_without_a_mask_predicts_at_a_chosen_position(registry):
-    a = handlers.analyse(registry, "bert", "Mia has a red ball.").analysis
-    fig, msg = handlers.distribution(registry, a)
+    a = run.analyse(registry, "bert", "Mia has a red ball.").analysis
+    fig, msg = sampling.distribution(registry, a)
     assert fig is None and "pick a position" in msg
-    fig, _ = handlers.distribution(registry, a, 1.0, 0, 1.0, None, 2)
+    fig, _ = sampling.distribution(registry, a, 1.0, 0, 1.0, None, 2)
     assert "position 2" in fig.layout.title.text
 
 
@@ -129,22 +130,22 @@ def test_sample_histogram_bars_are_the_draw_shares():
 
 def test_samples_are_seeded_and_respect_the_kept_set(registry, gpt_run):
     a = gpt_run.analysis
-    fig_a, note_a = handlers.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
-    fig_b, _ = handlers.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
+    fig_a, note_a = sampling.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
+    fig_b, _ = sampling.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
     assert np.array_equal(fig_a.data[0].y, fig_b.data[0].y)
     kept = torch.topk(a.logits[a.predict_at], 3).indices.tolist()
     drawn = [int(r[1]) for r in fig_a.data[0].customdata]
     assert set(drawn) <= set(kept) and sum(int(r[2]) for r in fig_a.data[0].customdata) == 200
-    greedy, text = handlers.samples(registry, a, 0.0, 0, 1.0, None, None, 1, seed=1)
+    greedy, text = sampling.samples(registry, a, 0.0, 0, 1.0, None, None, 1, seed=1)
     assert [int(r[1]) for r in greedy.data[0].customdata] == [int(a.logits[a.predict_at].argmax())]
     assert "100.0% probability" in text
     with pytest.raises(ValueError, match="between 1 and 10000"):
-        handlers.samples(registry, a, 1.0, 0, 1.0, None, None, 0)
+        sampling.samples(registry, a, 1.0, 0, 1.0, None, None, 0)
 
 
 def test_generation_colours_each_new_token_by_its_probability(registry):
-    steps = list(handlers.generate(registry, "gpt", TEXT, 6, 0.8, 0, 1.0, 3))
-    text, status, coloured = steps[-1]
+    steps = list(generation.generate(registry, "gpt", TEXT, 6, 0.8, 0, 1.0, 3))
+    status, coloured = steps[-1].status, steps[-1].tokens_html
     pieces = coloured.split('class="ap-gen"')[1:]
     assert len(pieces) == 6
     probs = [float(p.split('title="p = ')[1].split("%")[0]) / 100 for p in pieces]
@@ -232,7 +233,7 @@ def test_forward_latency_stretches_beyond_the_context():
 
 
 def test_specialisation_heatmap_rows_are_shares_of_each_tag():
-    from viz.moe import specialisation_heatmap
+    from archplay.viz.moe import specialisation_heatmap
 
     counts = np.array([[3, 1], [0, 0], [0, 5]])
     fig = specialisation_heatmap(counts, ["NOUN", "VERB", "DET"])
@@ -241,28 +242,31 @@ def test_specialisation_heatmap_rows_are_shares_of_each_tag():
 
 
 def test_corpus_routing_counts_match_the_truth(registry):
-    from models import corpus, evaluate
+    from archplay.models import story
+    from archplay.models.training import evaluate
 
     entry = registry.get("moe")
-    a = handlers.analyse(registry, "moe", TEXT).analysis
-    spec, load, text = handlers.corpus_routing(registry, a, 1)
+    a = run.analyse(registry, "moe", TEXT).analysis
+    view = routing.corpus_view(registry, a, 1)
+    spec, load, text = view.heatmap, view.load, view.note
     stats = evaluate.expert_pos_counts(entry.model, entry.tokenizer,
-                                       corpus.make_splits(seed=0, n_train=0, n_valid=100, n_test=0)["validation"])  # fmt: skip
+                                       story.make_splits(seed=0, n_train=0, n_valid=100, n_test=0)["validation"])  # fmt: skip
     counts = stats["counts"][1]
     assert int(counts.sum()) == len(stats["pos"])  # every word token counted once
     kept = counts.sum(1) > 0
     np.testing.assert_allclose(np.asarray(spec.data[0].z), (counts[kept] / counts[kept].sum(1, keepdim=True)).numpy())
     np.testing.assert_allclose(np.asarray(load.data[0].y), stats["load"][1].numpy())
     assert "validation stories" in text
-    assert handlers.corpus_routing(registry, handlers.analyse(registry, "gpt", TEXT).analysis, 0) == (None, None, "")
+    gpt = routing.corpus_view(registry, run.analyse(registry, "gpt", TEXT).analysis, 0)
+    assert gpt.heatmap is None and gpt.load is None and gpt.note == ""
 
 
 # --------------------------------------------------------------------------- logit lens and architecture tabs
 
 
 def test_lens_tab_reads_the_runs_hidden_states(registry, gpt_run):
-    from app.lens import lens_view
-    from models.lens import logit_lens
+    from archplay.app.lens import lens_view
+    from archplay.models.analysis.lens import logit_lens
 
     a = gpt_run.analysis
     fig, text = lens_view(registry, a)
@@ -274,14 +278,15 @@ def test_lens_tab_reads_the_runs_hidden_states(registry, gpt_run):
     top = torch.softmax(out.logits[0], -1).max(-1).values  # the last row is the model's own output
     np.testing.assert_allclose(lens.top_probs[-1, :, 0].numpy(), top.numpy(), atol=1e-5)
     assert "positions" in text
-    bert = handlers.analyse(registry, "bert", "Mia has a red ball.").analysis
-    assert lens_view(registry, bert)[0] is None and "decoder" in lens_view(registry, bert)[1]
+    bert = run.analyse(registry, "bert", "Mia has a red ball.").analysis
+    fig, text = lens_view(registry, bert)
+    assert fig is None and "decoder" in text
     assert lens_view(registry, None)[0] is None
 
 
 @pytest.mark.parametrize("key", ["gpt", "moe", "t5"])
 def test_architecture_card_counts_every_parameter(registry, key):
-    from app.card import card
+    from archplay.app.card import card
 
     table, fig = card(registry, key)
     model = registry.get(key).model
@@ -296,33 +301,34 @@ def test_architecture_card_counts_every_parameter(registry, key):
 
 def test_choosing_a_position_carries_into_redraws_and_samples(registry, gpt_run):
     a = gpt_run.analysis
-    moved, fig, _ = handlers.at_position(registry, a, 3, 1.0, 0, 1.0)
+    moved, fig, _ = sampling.at_position(registry, a, 3, 1.0, 0, 1.0)
     assert moved.predict_at == 3 and a.predict_at == len(a.ids) - 1  # a new Analysis; the old one untouched
-    redraw, _ = handlers.distribution(registry, moved, 0.5, 0, 1.0)
+    redraw, _ = sampling.distribution(registry, moved, 0.5, 0, 1.0)
     assert "(position 3)" in redraw.layout.title.text
-    hist, _ = handlers.samples(registry, moved, 0.0, 0, 1.0, None, None, 1)
+    hist, _ = sampling.samples(registry, moved, 0.0, 0, 1.0, None, None, 1)
     assert [int(r[1]) for r in hist.data[0].customdata] == [int(a.logits[3].argmax())]
     with pytest.raises(ValueError):
-        handlers.at_position(registry, a, 99, 1.0, 0, 1.0)
+        sampling.at_position(registry, a, 99, 1.0, 0, 1.0)
 
 
 def test_ssm_grid_shows_each_layers_hidden_attention(registry):
-    a = handlers.analyse(registry, "mamba", TEXT).analysis
-    fig = handlers.grid_figure(a, 1, 0)
+    a = run.analyse(registry, "mamba", TEXT).analysis
+    fig = attention.grid_figure(a, 1, 0)
     assert len(fig.data) == a.n_layer
     for layer, tr in enumerate(fig.data):
-        np.testing.assert_allclose(np.asarray(tr.z), downsample(a.ssm.hidden_attention[layer].numpy(), 32), atol=1e-7)
+        np.testing.assert_allclose(np.asarray(tr.z), downsample(a.scan.hidden_attention[layer].numpy(), 32), atol=1e-7)
 
 
 # --------------------------------------------------------------------------- embeddings tab
 
 
 def test_embeddings_tab_projects_the_runs_layers(registry, gpt_run):
-    from app.embeddings import views
-    from models.embeddings import layer_projection
+    from archplay.app.embeddings import views
+    from archplay.models.analysis.embeddings import layer_projection
 
     a = gpt_run.analysis
-    scatter, path, text, n_layers, T = views(registry, a, 2, 5)
+    v = views(registry, a, 2, 5)
+    scatter, path, n_layers, T = v.scatter, v.path, v.n_layers, v.n_tokens
     proj = layer_projection(a.hidden_states, 2)
     points = np.zeros((T, 2))
     for tr in scatter.data:  # one trace per part of speech; customdata = row indices
@@ -338,8 +344,8 @@ def test_embeddings_tab_projects_the_runs_layers(registry, gpt_run):
 
 
 def test_sentence_embeddings_tab(registry):
-    from app.embeddings import sentences
-    from models.embeddings import cosine_matrix, sentence_embeddings
+    from archplay.app.embeddings import sentences
+    from archplay.models.analysis.embeddings import cosine_matrix, sentence_embeddings
 
     lines = ["Mia has a red ball.", "Tom has a blue ball.", "Sara reads her letter."]
     sim, scatter, text = sentences(registry, "bert", "\n".join(lines))
@@ -348,8 +354,8 @@ def test_sentence_embeddings_tab(registry):
         expected = cosine_matrix(sentence_embeddings(bert.model, bert.tokenizer, lines))
     np.testing.assert_allclose(np.asarray(sim.data[0].z), expected.numpy(), atol=1e-5)
     assert "Most similar" in text
-    assert sentences(registry, "gpt", "a\nb")[0] is None
-    assert "at least two" in sentences(registry, "bert", "one line")[2]
+    assert sentences(registry, "gpt", "a\nb").similarity is None
+    assert "at least two" in sentences(registry, "bert", "one line").note
 
 
 # --------------------------------------------------------------------------- streaming across threads
@@ -364,7 +370,7 @@ def test_streaming_survives_a_new_thread_at_every_token(registry, key):
     import threading
 
     entry = registry.get(key)
-    handlers.analyse(registry, key, TEXT)
+    run.analyse(registry, key, TEXT)
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     stream = entry.model.generate_stream(ids, max_new_tokens=6, temperature=0.0)
     got, errors = [], []
@@ -411,19 +417,24 @@ def test_every_view_builds_with_plotlys_validation_on(registry, monkeypatch):
 
 
 def _every_view(registry):
-    from app.card import card
-    from app.embeddings import sentences, views
-    from app.lens import lens_view
+    from archplay.app.card import card
+    from archplay.app.embeddings import sentences, views
+    from archplay.app.lens import lens_view
 
     figs = []
     for key in ("gpt", "bert", "t5", "moe", "mamba"):
-        r = handlers.analyse(registry, key, TEXT + (" <mask>" if key == "bert" else ""))
+        r = run.analyse(registry, key, TEXT + (" <mask>" if key == "bert" else ""))
         figs += [r.attention, r.distribution, r.delta, r.grid, r.mask]
         if r.routing:
-            figs += [r.routing.heatmap, r.routing.load, *handlers.corpus_routing(registry, r.analysis, 0)[:2]]
-        figs += [handlers.samples(registry, r.analysis, 1.0, 0, 1.0, None, 0 if key == "bert" else None, 20)[0]]
-        figs += [lens_view(registry, r.analysis)[0], *views(registry, r.analysis, 0, 0, "3-D")[:2], card(registry, key)[1]]
-    figs += list(sentences(registry, "bert", "Mia has a ball.\\nTom has a map.")[:2])
+            corpus = routing.corpus_view(registry, r.analysis, 0)
+            figs += [r.routing.heatmap, r.routing.load, corpus.heatmap, corpus.load]
+        histogram, _ = sampling.samples(registry, r.analysis, 1.0, 0, 1.0, None, 0 if key == "bert" else None, 20)
+        lens, _ = lens_view(registry, r.analysis)
+        layer = views(registry, r.analysis, 0, 0, "3-D")
+        _, parameters = card(registry, key)
+        figs += [histogram, lens, layer.scatter, layer.path, parameters]
+    embedded = sentences(registry, "bert", "Mia has a ball.\\nTom has a map.")
+    figs += [embedded.similarity, embedded.scatter]
     _, panels = compare.compare(registry, ["gpt", "moe", "mamba"], TEXT)
     figs += [p.view for p in panels] + [p.surprisal for p in panels]
     figs += [latency_chart({"m": ([64, 128], [1.0, 2.0], [False, True])})]

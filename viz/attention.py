@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
+from archplay.viz import style
 
 # ``%{x:d}`` formats the raw index; a bare ``%{x}`` would show the axis tick text where there is one.
 _ATTN_HOVER = "QUERY %{y:d} → KEY %{x:d}<br>%{customdata}<br>VALUE %{z:.4f}<extra></extra>"

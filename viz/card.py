@@ -1,6 +1,6 @@
 """Where a model's parameters sit: one horizontal bar per component.
 
-``parameter_figure`` takes the (component, count) rows of ``models.card.parameter_breakdown``
+``parameter_figure`` takes the (component, count) rows of ``archplay.models.analysis.card.parameter_breakdown``
 (any list of pairs will do) and draws them top to bottom in the order given, each bar labelled
 with its count and share of the total. For a mixture of experts, pass ``active`` to note how
 many parameters one token actually uses.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
+from archplay.viz import style
 
 
 def compact_count(n: int) -> str:

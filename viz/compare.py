@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
+from archplay.viz import style
+from archplay.viz.attention import tick_positions
 
 SURPRISAL = "#c0392b"
 SERIES = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd")
@@ -26,20 +27,13 @@ def surprisal_bars(bits, labels, *, title: str = "Surprisal per token", max_tick
     customdata = [style.safe_label(s) for s in labels]
     bars = dict(type="bar", x=x, y=bits, customdata=customdata, marker=dict(color=SURPRISAL),
                 hovertemplate="%{x:d} ‘%{customdata}’<br>%{y:.2f} bits<extra></extra>")  # fmt: skip
-    ticks = _ticks(labels, max_ticks)
+    ticks = tick_positions(len(labels), max_ticks).tolist()
     return style.figure(data=[bars], layout=style.base_layout(
         f"{title}<br><sup>{mean}</sup>", height=300, margin=dict(l=60, r=20, t=80, b=80),
         xaxis=dict(tickvals=ticks, ticktext=[style.safe_label(style.short_label(labels[i])) for i in ticks],
                    tickangle=-60),
         yaxis=dict(title="bits", rangemode="tozero"),
     ))  # fmt: skip
-
-
-def _ticks(labels, max_ticks: int) -> list[int]:
-    n = len(labels)
-    if n <= max_ticks:
-        return list(range(n))
-    return sorted(set(np.linspace(0, n - 1, max_ticks).round().astype(int).tolist()))
 
 
 def latency_chart(series: dict, *, title: str = "Forward latency against input length") -> go.Figure:

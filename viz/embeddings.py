@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
-from viz.attention import tick_positions
+from archplay.viz import style
+from archplay.viz.attention import tick_positions
 
 # One colour per part of speech, so a tag keeps its colour from figure to figure.
 GROUP_COLOURS = {
@@ -137,7 +137,7 @@ def layer_paths(
     """Every token at every layer, faint and coloured by layer, and token ``highlight``'s path as a line.
 
     ``coords`` (L+1, T, 2|3): token t after layer l (l = 0: the embeddings), all in one basis
-    (``models.embeddings.layer_projection``); ``labels``: T token labels; ``names``: L+1 layer
+    (``archplay.models.analysis.embeddings.layer_projection``); ``labels``: T token labels; ``names``: L+1 layer
     names (default ``layer_names``).
     """
     c = style.to_numpy(coords).astype(np.float64)

@@ -13,7 +13,7 @@ the probability of the model's final answer and the entropy).
 
 The lens comes as an object with attributes or a mapping with keys ``top_ids`` (L, T, k) and
 ``top_probs`` (L, T, k), optionally ``final_prob`` (L, T), ``entropy`` (L, T) and
-``layer_labels`` (e.g. ``models.lens.Lens``); arrays or tensors alike. Predicted ids become
+``layer_labels`` (e.g. ``archplay.models.analysis.lens.Lens``); arrays or tensors alike. Predicted ids become
 labels through ``labels_for``: a function ids -> labels, or a sequence indexed by id.
 """
 
@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
-from viz.attention import tick_positions, tick_text
+from archplay.viz import style
+from archplay.viz.attention import tick_positions, tick_text
 
 LENS_SCALE = "YlGnBu"
 CELL_TEXT_LIMIT = 8  # characters of the top-1 label written in a cell

@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
-from viz.attention import pair_labels, tick_positions, tick_text
+from archplay.viz import style
+from archplay.viz.attention import pair_labels, tick_positions, tick_text
 
 _CELL_HOVER = "token %{y:d} → expert %{x:d}<br>%{customdata}<br>router probability %{z:.4f}<extra></extra>"
 _CHOSEN_HOVER = (

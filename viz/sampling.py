@@ -1,6 +1,6 @@
 """The next-token distribution through each sampling stage, as grouped bars over the top tokens.
 
-``distribution_figure`` reads an object duck-typed like ``models.sampling.StagedDistribution``
+``distribution_figure`` reads an object duck-typed like ``archplay.models.sampling.StagedDistribution``
 (1-D ``raw``, ``tempered``, ``final``, ``kept`` over the vocabulary, and the settings) and keeps
 only the shown tokens in the figure, so it stays small and fast at a 50 257-token vocabulary.
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
+from archplay.viz import style
 
 _BAR_HOVER = (
     "<b>‘%{customdata[0]}’</b> · id %{customdata[1]}<br>STAGE: %{y:.4f}<br>%{customdata[2]}<extra></extra>"
@@ -45,7 +45,10 @@ def distribution_figure(staged, labels_for, *, top_n: int = 20, title: str = "Ne
     most likely tokens, with the top-p threshold dashed. The subtitle gives the settings, how
     many tokens stay sampleable and the entropy before and after.
 
-    ``labels_for`` is called once, with the shown token ids, and returns their display strings.
+    ``staged`` is duck-typed like ``archplay.models.sampling.StagedDistribution``: ``raw``, ``tempered``,
+    ``final``, ``kept`` (tensors or arrays), ``temperature``, ``top_k``, ``top_p``, ``entropy`` and
+    ``raw_entropy``. ``labels_for`` is called once, with the shown token ids, and returns their
+    display strings.
     """
     raw, tempered, final, kept = (style.to_numpy(getattr(staged, f)) for f in ("raw", "tempered", "final", "kept"))
     if raw.ndim != 1:
@@ -58,7 +61,7 @@ def distribution_figure(staged, labels_for, *, top_n: int = 20, title: str = "Ne
         *_kept_markers(shown),
         *_cumulative(shown, float(staged.top_p)),
     ]
-    subtitle = _summary(staged, raw, final, int(kept.sum()))
+    subtitle = _summary(staged, raw.shape[0], int(kept.sum()))
     layout = style.base_layout(
         f"{title}<br><sup>{subtitle}</sup>",
         height=480,
@@ -143,13 +146,6 @@ def _sorted_cumsum(p: np.ndarray, n: int) -> np.ndarray:
     return np.cumsum(np.sort(largest)[::-1], dtype=np.float64)
 
 
-def entropy_nats(p: np.ndarray) -> float:
-    """Shannon entropy ``-sum p log p`` in nats, ignoring zero probabilities."""
-    p = np.asarray(p, dtype=np.float64)
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
-
-
 def _bar(name: str, values: np.ndarray, colour: str, shown: _Shown) -> dict:
     """One stage's bars; the bars of removed tokens are faded."""
     colours = np.where(shown.kept, colour, style.rgba(colour, style.FADED_ALPHA)).tolist()
@@ -221,7 +217,7 @@ def _cumulative(shown: _Shown, top_p: float) -> list[dict]:
     return [line, threshold]
 
 
-def _summary(staged, raw: np.ndarray, final: np.ndarray, n_kept: int) -> str:
+def _summary(staged, vocab: int, n_kept: int) -> str:
     """Settings, kept count and entropies in one line, e.g.
 
     "T=0.80 · top-k 50 · top-p 0.90 · 37 of 50 257 tokens kept · entropy 3.21 → 1.05 nats".
@@ -231,8 +227,8 @@ def _summary(staged, raw: np.ndarray, final: np.ndarray, n_kept: int) -> str:
         "T=0 (greedy)" if t == 0 else f"T={t:.2f}",
         f"top-k {k}" if k > 0 else "top-k off",
         f"top-p {p:.2f}" if p < 1 else "top-p off",
-        f"{_thousands(n_kept)} of {_thousands(raw.shape[0])} tokens kept",
-        f"entropy {entropy_nats(raw):.2f} → {entropy_nats(final):.2f} nats",
+        f"{_thousands(n_kept)} of {_thousands(vocab)} tokens kept",
+        f"entropy {float(staged.raw_entropy):.2f} → {float(staged.entropy):.2f} nats",
     ]
     return " · ".join(parts)
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from viz import style
-from viz.attention import attention_heatmap, tick_positions, tick_text
+from archplay.viz import style
+from archplay.viz.attention import attention_heatmap, tick_positions, tick_text
 
 
 def hidden_attention_heatmap(weights, labels, *, title: str = "Hidden attention", max_ticks: int = 48) -> go.Figure:

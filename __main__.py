@@ -1,0 +1,6 @@
+"""``python -m archplay``: serve the page (see ``archplay.app.main``)."""
+
+from archplay.app.main import main
+
+if __name__ == "__main__":
+    main()

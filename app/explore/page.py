@@ -1,0 +1,508 @@
+"""The Explore page: layout and wiring around the pure handlers of the ``explore`` modules.
+
+Events and their API names (a script can drive them with ``gradio_client``; parameters after
+the first ones are optional and default to the page's initial values):
+
+* ``analyse``        (model, text, layer, head, temperature, top_k, top_p, attention_kind, step, moe_layer)
+                     → the one model run (an encoder-decoder also translates); returns status,
+                     tokens, attention figure, help, layer, head, distribution figure and note,
+                     generate button, generate note, then attention kind, translation, step,
+                     Δ figure, routing section, MoE layer, routing chips, routing figure, load figure,
+                     routing note, then grid, mask figure, mask help, position, sample figure and note
+                     (``analyse_outputs``: the handler returns them as a dict keyed by component)
+* ``attention``      (layer, head, attention_kind) → the heatmap of that layer and head (of that
+                     kind, for an encoder-decoder; the hidden attention, for a state-space model)
+* ``attention_kind`` (attention_kind, layer, head) → layer (clamped into the kind's range),
+                     heatmap, help
+* ``distribution``   (temperature, top_k, top_p, step) → the sampling figure and a summary, from
+                     the cached logits; ``step`` is an encoder-decoder's translation step
+* ``position``       (position, temperature, top_k, top_p) → the prediction at that position, from now on
+* ``sample_once``, ``sample_many`` (temperature, top_k, top_p, step, seed) → a histogram of draws
+* ``grid``           (layer, head, attention_kind) → every layer × head, the mask figure and its help
+* ``routing``        (moe_layer) → a mixture of experts' routing chips, heatmap, load figure, note
+* ``corpus_routing`` (moe_layer) → that MoE layer over the validation stories
+* ``delta``          (layer) → a state-space model's step size Δ per token
+* ``load_model``     (folder) → a checkpoint from the server's models directory joins the list
+* ``generate``       (model, text, max_new_tokens, temperature, top_k, top_p, seed) → streamed
+                     text (an encoder-decoder: a sampled translation)
+
+Every event but ``analyse`` and ``generate`` redraws from the session's cached Run, never
+calling the model. Per-session state is one ``gr.State`` holding the last
+``session.Analysis``; models stay in the shared ``Registry``. Which controls a model gets
+is its family's registry entry's word (``Family.views``, ``objective``, ``has_heads``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import gradio as gr
+
+from ..messages import md_escape, warn
+from ..registry import Entry, Registry
+from ..session import Analysis
+from ..tokens import DEFAULT_TEXT, mask_token, tokens_html
+from . import attention, generation, routing, run, sampling, scan, translation
+from .run import AnalyseResult
+
+INTRO = """
+Type a sentence, pick a model and press **Run**. The model reads your text once and archplay
+shows what happened inside: how the text was cut into **tokens**, where each token **looked**
+while it was being processed (attention), and which token the model would **pick next** and
+how temperature, top-k and top-p reshape that choice. Each architecture adds its own view:
+**T5** translates your text and shows its encoder, decoder and cross-attention; the
+**mixture of experts** shows which experts each token was sent to; **Mamba**, which has no
+attention, shows the attention hidden in its recurrence. The sliders redraw instantly from
+that one run; **Generate** lets the model keep writing.
+"""
+
+SAMPLING_HELP = (
+    "Temperature divides the model's scores: below 1 sharpens the choice, above 1 flattens it. "
+    "Top-k keeps only the k likeliest tokens; top-p keeps the likeliest until together they hold p. "
+    "Bars: raw → after temperature → final (what is actually sampled)."
+)
+STEP_INFO = "T5: which translation token's candidates to show (step 0 = the first)"
+POSITION_INFO = "which token's prediction to show: a decoder's guess for the token after it, an encoder's for it"
+GRID_HELP = (
+    "Each small map is one layer (row) and head (column), shrunk to at most 32 × 32 cells by "
+    "averaging; the framed one is the layer and head chosen above, shown full size (click a map to "
+    "choose it). Heads of one "
+    "layer often split the work: one looks at the previous token, one at the start, one at a name. "
+    "The mask is the rule the architecture imposes before any learning: who *may* look at whom."
+)
+
+# Clicking a thumbnail of the grid chooses its layer and head. Gradio's Plot has no click event, so
+# the page does it: it listens for Plotly's own click on the grid (re-attached whenever the figure is
+# redrawn) and moves the Layer and Head sliders as a user would, so the usual events redraw the rest.
+# A thumbnail's trace name carries its numbers ("layer 1, head 2"; a state-space grid has one per layer).
+GRID_CLICK_JS = """
+() => {
+  const setSlider = (id, value) => {
+    const range = document.querySelector(`#${id} input[type=range]`);
+    if (!range || range.value === String(value)) return;
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(range, String(value));
+    range.dispatchEvent(new Event("input", {bubbles: true}));
+    range.dispatchEvent(new PointerEvent("pointerup", {bubbles: true}));
+  };
+  const onClick = (ev) => {
+    const point = ev && ev.points && ev.points[0];
+    const numbers = ((point && point.data && point.data.name) || "").match(/\\d+/g) || [];
+    if (numbers.length >= 1) setSlider("layer", numbers[0]);
+    if (numbers.length >= 2) setSlider("head", numbers[1]);
+  };
+  let queued = false;
+  const attach = () => {
+    queued = false;
+    const gd = document.querySelector("#grid-plot .js-plotly-plot");
+    if (!gd || typeof gd.on !== "function") return;
+    if (gd.removeListener) gd.removeListener("plotly_click", onClick);
+    gd.on("plotly_click", onClick);
+    gd.style.cursor = "pointer";
+  };
+  new MutationObserver(() => {
+    if (!queued) { queued = true; requestAnimationFrame(attach); }
+  }).observe(document.body, {childList: true, subtree: true});
+}
+"""
+
+EXAMPLES = [
+    DEFAULT_TEXT,
+    "Sara calls Paul. He has a pink puzzle. Next Paul plays with",
+    "One day, Sam is angry. Then he reads a green map. Sam holds the",
+]
+
+CSS = """
+.ap-intro p { max-width: 95ch; }
+.ap-tokens { display: flex; flex-wrap: wrap; gap: 6px 4px; max-height: 220px; overflow-y: auto;
+  padding: 4px 2px; font-family: var(--font-mono); font-size: 0.95em; line-height: 1.2; }
+.ap-tok { position: relative; display: inline-flex; align-items: baseline; gap: 3px;
+  padding: 3px 7px; border-radius: 6px; white-space: pre;
+  background: var(--color-accent-soft); color: var(--body-text-color);
+  border: 1px solid var(--border-color-primary); cursor: default; }
+.ap-tok:nth-child(even) { background: var(--background-fill-secondary); }
+.ap-tok:hover { border-color: var(--color-accent); }
+.ap-tok .ap-idx { font-size: 0.68em; color: var(--body-text-color-subdued); }
+.ap-tok.ap-focus { border: 2px solid var(--color-accent); }
+.ap-tok.ap-exp { border-width: 2px; }
+.ap-tokens-meta { margin-top: 4px; font-size: 0.85em; color: var(--body-text-color-subdued); }
+.ap-strip-title { margin: 6px 0 2px; font-size: 0.85em; font-weight: 600; color: var(--body-text-color-subdued); }
+.ap-legend { display: flex; flex-wrap: wrap; gap: 4px 12px; margin-top: 6px; font-size: 0.85em; }
+.ap-legend-item { display: inline-flex; align-items: center; gap: 4px; }
+.ap-swatch { display: inline-block; width: 12px; height: 12px; border-radius: 3px; }
+.ap-empty { color: var(--body-text-color-subdued); font-family: var(--font); }
+.ap-help { font-size: 0.92em; color: var(--body-text-color-subdued); }
+.ap-status { min-height: 1.6em; }
+.ap-gen-text { font-family: var(--font-mono); white-space: pre-wrap; line-height: 1.7; }
+.ap-gen { border-radius: 3px; padding: 1px 0; color: #111827; }
+.ap-gen-legend { margin-top: 6px; font-size: 0.85em; color: var(--body-text-color-subdued); }
+.ap-gen-legend span { color: #111827; padding: 0 4px; border-radius: 3px; }
+"""
+
+
+def default_text_for(entry: Entry) -> str:
+    """The story sentence to continue, or for a masked model the same story with a blank to fill."""
+    mask = mask_token(entry.tokenizer)
+    if entry.spec.objective == "masked" and mask is not None:
+        return f"Sara has a pink letter. Then Sara reads her {mask}."
+    return DEFAULT_TEXT
+
+
+def examples_for(registry: Registry) -> list[str]:
+    """The example texts, plus a fill-in-the-blank one when a masked model with a mask token is loaded."""
+    out = list(EXAMPLES)
+    keys = registry.keys()
+    if registry.default_key in keys:  # the page's own model's mask spelling first
+        keys.insert(0, keys.pop(keys.index(registry.default_key)))
+    for key in keys:
+        entry = registry.get(key)
+        mask = mask_token(entry.tokenizer)
+        if entry.spec.objective == "masked" and mask is not None:
+            out.append(f"Ben finds a small blue kite. He plays {mask} the kite.")
+            break
+    return out
+
+
+def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
+    """Render the page inside the current Blocks context, wire its events, return the components."""
+    ui = layout(registry)
+    wire(registry, demo, ui)
+    return ui
+
+
+def layout(registry: Registry) -> SimpleNamespace:
+    """Create the components (no events); they are returned by name in a namespace."""
+    default = registry.get(registry.default_key)
+    views = default.spec.views
+    n_layer, n_head = default.config.n_layer, getattr(default.config, "n_head", 1)
+    ui = SimpleNamespace()
+
+    gr.Markdown("# archplay — look inside a language model")
+    gr.Markdown(INTRO, elem_classes="ap-intro")
+    startup = "\n\n".join(warn(md_escape(e)) for e in registry.errors)
+
+    ui.state = gr.State(None)  # session.Analysis | None: the last Run of this session
+    ui.draws = gr.State(0)  # how many times this session sampled: each click draws afresh
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            ui.text = gr.Textbox(
+                value=default_text_for(default), label="Text", lines=2, max_lines=8, elem_id="text",
+                placeholder="Type a sentence…", info="Shift+Enter runs it too.",
+            )  # fmt: skip
+        with gr.Column(scale=2, min_width=260):
+            ui.model = gr.Dropdown(
+                choices=registry.choices(), value=registry.default_key, label="Model", elem_id="model",
+                info="The built-ins are small models trained on a synthetic story world: try its kind of sentences.",
+            )  # fmt: skip
+            ui.run = gr.Button("Run", variant="primary", elem_id="run")
+            with gr.Accordion("Load a checkpoint from the models directory", open=False,
+                              visible=registry.models_dir is not None, elem_id="load-section"):  # fmt: skip
+                ui.folder = gr.Dropdown(registry.folders(), value=None, allow_custom_value=True, label="Folder",
+                                        info="a checkpoint folder inside the server's --models-dir", elem_id="folder")  # fmt: skip
+                ui.load = gr.Button("Load", elem_id="load")
+    gr.Examples(examples_for(registry), inputs=[ui.text], label="Try")
+    ui.status = gr.Markdown(startup, label="Status", elem_id="status", elem_classes="ap-status")
+    ui.tokens = gr.HTML(tokens_html([], []), label="Tokens",
+                        show_label=True, container=True, padding=True, elem_id="tokens")  # fmt: skip
+    ui.translation = gr.Textbox(
+        label="Translation (greedy)", info="What the decoder wrote, always taking the likeliest token.",
+        lines=2, interactive=False, buttons=["copy"], visible="translation" in views, elem_id="translation",
+    )  # fmt: skip
+
+    # Each section: controls and their explanation on the left, the figure on the right.
+    gr.Markdown("### Attention: where each token looks")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=260):
+            ui.attention_kind = gr.Radio(
+                translation.KIND_CHOICES, value=translation.KINDS[0], label="Attention kind",
+                info="An encoder-decoder attends three ways", visible="translation" in views,
+                elem_id="attention-kind",
+            )  # fmt: skip
+            ui.layer = gr.Slider(0, max(n_layer - 1, 1), value=0, step=1, precision=0, label="Layer",
+                                 info="0 = nearest the input", elem_id="layer")  # fmt: skip
+            ui.head = gr.Slider(0, max(n_head - 1, 1), value=0, step=1, precision=0, label="Head",
+                                info=attention.HEAD_INFO, elem_id="head")  # fmt: skip
+            ui.attention_help = gr.Markdown(attention.ATTENTION_HELP["causal"], label="Attention help",
+                                            elem_id="attention-help", elem_classes="ap-help")  # fmt: skip
+        with gr.Column(scale=3, min_width=420):
+            ui.attention_plot = gr.Plot(label="Attention", show_label=False, elem_id="attention-plot")
+            ui.delta_plot = gr.Plot(label="Step size Δ", show_label=False, visible="scan" in views,
+                                    elem_id="delta-plot")  # fmt: skip
+    with gr.Accordion("Every layer and head, and the mask pattern", open=True, elem_id="grid-section"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3, min_width=420):
+                ui.grid_plot = gr.Plot(label="All layers and heads", show_label=False, elem_id="grid-plot")
+            with gr.Column(scale=2, min_width=300):
+                ui.mask_plot = gr.Plot(label="Mask pattern", show_label=False, elem_id="mask-plot")
+                ui.mask_help = gr.Markdown("", elem_id="mask-help", elem_classes="ap-help")
+        gr.Markdown(GRID_HELP, elem_classes="ap-help")
+
+    with gr.Column(visible="routing" in views, elem_id="routing-section") as ui.routing_section:
+        gr.Markdown("### Experts: where the router sent each token")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=260):
+                ui.moe_layer = gr.Slider(0, max(n_layer - 1, 1), value=0, step=1, precision=0, label="MoE layer",
+                                         info="each layer has its own router", elem_id="moe-layer")  # fmt: skip
+                gr.Markdown(routing.HELP, elem_classes="ap-help")
+                ui.routing_note = gr.Markdown("", label="Routing summary", elem_id="routing-note")
+            with gr.Column(scale=3, min_width=420):
+                ui.routing_chips = gr.HTML("", label="Tokens by expert", show_label=True, container=True,
+                                           padding=True, elem_id="routing-chips")  # fmt: skip
+                with gr.Row(equal_height=False):
+                    ui.routing_plot = gr.Plot(label="Router", show_label=False, scale=3, elem_id="routing-plot")
+                    ui.load_plot = gr.Plot(label="Expert load", show_label=False, scale=2, elem_id="load-plot")
+        ui.corpus_note = gr.Markdown("", elem_id="corpus-note", elem_classes="ap-help")
+        with gr.Row(equal_height=False):
+            ui.pos_plot = gr.Plot(label="Expert by part of speech", show_label=False, scale=3, elem_id="pos-plot")
+            ui.corpus_load_plot = gr.Plot(label="Load over validation stories", show_label=False, scale=2,
+                                          elem_id="corpus-load-plot")  # fmt: skip
+
+    gr.Markdown("### Next token: how sampling settings reshape the choice")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=260):
+            ui.step = gr.Slider(0, 1, value=0, step=1, precision=0, label="Translation step", info=STEP_INFO,
+                                visible="translation" in views, elem_id="step")  # fmt: skip
+            ui.position = gr.Slider(0, 1, value=0, step=1, precision=0, label="Position", info=POSITION_INFO,
+                                    visible="translation" not in views, elem_id="position")  # fmt: skip
+            ui.temperature = gr.Slider(0, 2, value=1.0, step=0.05, label="Temperature",
+                                       info="0 = greedy", elem_id="temperature")  # fmt: skip
+            ui.top_k = gr.Slider(0, 200, value=0, step=1, precision=0, label="Top-k",
+                                 info="0 = off", elem_id="top-k")  # fmt: skip
+            ui.top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p",
+                                 info="1 = off", elem_id="top-p")  # fmt: skip
+            gr.Markdown(SAMPLING_HELP, elem_classes="ap-help")
+            ui.distribution_note = gr.Markdown("", label="Distribution summary", elem_id="distribution-note")
+        with gr.Column(scale=3, min_width=420):
+            ui.distribution_plot = gr.Plot(label="Distribution", show_label=False,
+                                           elem_id="distribution-plot")  # fmt: skip
+            with gr.Row():
+                ui.sample_once = gr.Button("Sample once", elem_id="sample-once")
+                ui.sample_many = gr.Button(f"Sample {sampling.SAMPLE_COUNTS[1]} times", elem_id="sample-many")
+            ui.sample_note = gr.Markdown("", elem_id="sample-note")
+            ui.sample_plot = gr.Plot(label="Samples", show_label=False, elem_id="sample-plot")
+
+    gr.Markdown("### Generate: let the model keep writing")
+    with gr.Row(equal_height=True):
+        ui.max_new_tokens = gr.Slider(1, 256, value=48, step=1, precision=0, label="Max new tokens",
+                                      elem_id="max-new-tokens")  # fmt: skip
+        ui.seed = gr.Number(0, precision=0, minimum=0, label="Seed", info="same seed, same text", elem_id="seed")
+        with gr.Column(min_width=160):
+            ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            ui.stop = gr.Button("Stop", variant="stop", elem_id="stop")
+    ui.generate_note = gr.Markdown("", label="Generation note", elem_id="generate-note", elem_classes="ap-help")
+    ui.generated = gr.Textbox(label="Generated text", info="Sampled with the temperature, top-k and top-p above.",
+                              lines=5, interactive=False, buttons=["copy"], elem_id="generated")  # fmt: skip
+    ui.generated_html = gr.HTML("", label="New tokens by probability", show_label=True, container=True,
+                                padding=True, elem_id="generated-html")  # fmt: skip
+    ui.generate_status = gr.Markdown("", label="Generation status", elem_id="generate-status", elem_classes="ap-help")
+    return ui
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def analyse_outputs(ui: SimpleNamespace) -> list:
+    """The components ``analyse`` updates. Their order is the API's (``gradio_client`` gets the
+    values in this order, the State left out): new ones are only ever appended."""
+    return [
+        ui.state, ui.status, ui.tokens, ui.attention_plot, ui.attention_help, ui.layer, ui.head,
+        ui.distribution_plot, ui.distribution_note, ui.generate, ui.generate_note,
+        # added with the encoder-decoder, MoE and state-space views
+        ui.attention_kind, ui.translation, ui.step, ui.delta_plot, ui.routing_section, ui.moe_layer,
+        ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note,
+        # the grid, the mask and the position of the prediction shown
+        ui.grid_plot, ui.mask_plot, ui.mask_help, ui.position, ui.sample_plot, ui.sample_note,
+    ]  # fmt: skip
+
+
+def analyse_updates(ui: SimpleNamespace, r: AnalyseResult) -> dict:
+    """``r`` as an update for each of ``analyse_outputs``: every family-specific view shown or hidden."""
+    a: Analysis | None = r.analysis
+    updates = {
+        ui.state: a, ui.status: r.status, ui.tokens: r.tokens_html, ui.attention_plot: r.attention,
+        ui.attention_help: r.attention_help, ui.distribution_plot: r.distribution,
+        ui.distribution_note: r.distribution_note, ui.generate: gr.update(interactive=r.can_generate),
+        ui.generate_note: r.generate_note, ui.grid_plot: r.grid, ui.mask_plot: r.mask, ui.mask_help: r.mask_help,
+        ui.sample_plot: None, ui.sample_note: "",
+    }  # fmt: skip
+    if a is None:  # a message only: every drawing is cleared, the controls keep their place
+        keep = gr.update()
+        controls = (ui.layer, ui.head, ui.attention_kind, ui.step, ui.routing_section, ui.moe_layer, ui.position)
+        updates |= {c: keep for c in controls}
+        return updates | {ui.translation: "", ui.delta_plot: None, ui.routing_chips: "", ui.routing_plot: None,
+                          ui.load_plot: None, ui.routing_note: ""}  # fmt: skip
+    updates |= {
+        ui.layer: index_slider(a.layer_count(r.attention_kind), r.layer),
+        ui.head: index_slider(a.n_head, r.head, info=r.head_info),
+        ui.position: index_slider(len(a.ids), a.predict_at or 0, visible=a.translation is None),
+        ui.delta_plot: gr.update(visible=a.scan is not None, value=r.delta),
+    }
+    return updates | _translation_updates(ui, r) | _routing_updates(ui, r)
+
+
+def _translation_updates(ui: SimpleNamespace, r: AnalyseResult) -> dict:
+    """The translation view's controls: shown with the Run's translation, hidden without one."""
+    t = r.analysis.translation
+    if t is None:
+        return {ui.attention_kind: gr.update(visible=False), ui.translation: gr.update(visible=False, value=""),
+                ui.step: index_slider(0, r.step, visible=False)}  # fmt: skip
+    return {
+        ui.attention_kind: gr.update(visible=True, value=r.attention_kind),
+        ui.translation: gr.update(visible=True, value=t.text),
+        ui.step: index_slider(r.analysis.n_steps, r.step, visible=True),
+    }
+
+
+def _routing_updates(ui: SimpleNamespace, r: AnalyseResult) -> dict:
+    """The routing view: its section shown with the Run's routing, hidden and emptied without."""
+    routing_data, view = r.analysis.routing, r.routing
+    return {
+        ui.routing_section: gr.update(visible=routing_data is not None),
+        ui.moe_layer: index_slider(routing_data.n_layer, r.moe_layer) if routing_data else gr.update(),
+        **_routing_view_updates(ui, view),
+    }
+
+
+def _routing_view_updates(ui: SimpleNamespace, view: routing.RoutingView | None) -> dict:
+    return {
+        ui.routing_chips: view.chips if view else "",
+        ui.routing_plot: view.heatmap if view else None,
+        ui.load_plot: view.load if view else None,
+        ui.routing_note: view.note if view else "",
+    }
+
+
+def index_slider(count: int, value: int, **update) -> dict:
+    """An update for a slider over 0..count-1; with one choice or none it stays put, greyed out
+    (a Gradio slider needs its maximum above its minimum)."""
+    return gr.update(maximum=max(count - 1, 1), value=value, interactive=count > 1, **update)
+
+
+def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamespace:
+    """Connect events to thin adapters over the pure handlers; parameter names become the API's.
+    Every adapter with several outputs returns them as a dict keyed by component."""
+
+    def analyse(model, text, layer, head, temperature, top_k, top_p, attention_kind=None, step=0, moe_layer=0):
+        r = run.analyse(registry, model, text, layer, head, temperature, top_k, top_p, attention_kind, step,
+                        moe_layer)  # fmt: skip
+        return analyse_updates(ui, r)
+
+    def attention_view(analysis, layer, head, attention_kind=None):
+        with _as_page_error():
+            return attention.attention_figure(analysis, layer, head, attention_kind)
+
+    def attention_kind(analysis, attention_kind, layer, head):
+        with _as_page_error():
+            switch = attention.attention_kind(analysis, attention_kind, layer, head)
+        return {ui.layer: index_slider(switch.n_layer, switch.layer) if switch.n_layer else gr.update(),
+                ui.attention_plot: switch.figure, ui.attention_help: switch.help}  # fmt: skip
+
+    def distribution(analysis, temperature, top_k, top_p, step=None):
+        with _as_page_error():
+            fig, summary = sampling.distribution(registry, analysis, temperature, top_k, top_p, step)
+        return {ui.distribution_plot: fig, ui.distribution_note: summary}
+
+    def position(analysis, position, temperature=1.0, top_k=0, top_p=1.0):
+        with _as_page_error():
+            shown = sampling.at_position(registry, analysis, position, temperature, top_k, top_p)
+        return {ui.state: shown.analysis, ui.distribution_plot: shown.figure, ui.distribution_note: shown.summary}
+
+    def sample(analysis, draws, temperature, top_k, top_p, step=None, n=1, seed=0):
+        draws = int(draws or 0) + 1  # each click draws afresh, the same for the same seed and click
+        with _as_page_error():
+            fig, text = sampling.samples(registry, analysis, temperature, top_k, top_p, step, None, n,
+                                         int(seed or 0) * 100_003 + draws)  # fmt: skip
+        return {ui.draws: draws, ui.sample_plot: fig, ui.sample_note: text}
+
+    def grid(analysis, layer, head, attention_kind=None):
+        with _as_page_error():
+            fig = attention.grid_figure(analysis, layer, head, attention_kind)
+            mask, help_text = attention.mask_figure(analysis, layer, attention_kind)
+        return {ui.grid_plot: fig, ui.mask_plot: mask, ui.mask_help: help_text}
+
+    def routing_view(analysis, moe_layer):
+        with _as_page_error():
+            return _routing_view_updates(ui, routing.view(analysis, moe_layer))
+
+    def corpus_routing(analysis, moe_layer):
+        with _as_page_error():
+            view = routing.corpus_view(registry, analysis, moe_layer)
+        return {ui.pos_plot: view.heatmap, ui.corpus_load_plot: view.load, ui.corpus_note: view.note}
+
+    def delta(analysis, layer):
+        with _as_page_error():
+            return scan.delta_figure(analysis, layer)
+
+    def load_model(name):
+        status, key = run.load_model(registry, name)
+        model = gr.update() if key is None else gr.update(choices=registry.choices(), value=key)
+        return {ui.status: status, ui.model: model}
+
+    def generate(model, text, max_new_tokens, temperature, top_k, top_p, seed):
+        for step in generation.generate(registry, model, text, max_new_tokens, temperature, top_k, top_p, seed):
+            yield {ui.generated: step.text, ui.generate_status: step.status, ui.generated_html: step.tokens_html}
+
+    ui.analysed = gr.on(
+        triggers=[demo.load, ui.run.click, ui.text.submit, ui.model.input],
+        fn=analyse,
+        inputs=[ui.model, ui.text, ui.layer, ui.head, ui.temperature, ui.top_k, ui.top_p,
+                ui.attention_kind, ui.step, ui.moe_layer],  # fmt: skip
+        outputs=analyse_outputs(ui),
+        api_name="analyse",
+        trigger_mode="always_last",
+    )
+    # Live redraws from the cached Analysis: never a model call, so no spinner.
+    redraw = dict(trigger_mode="always_last", show_progress="hidden")
+    gr.on(triggers=[ui.layer.change, ui.head.change], fn=attention_view,
+          inputs=[ui.state, ui.layer, ui.head, ui.attention_kind], outputs=[ui.attention_plot],
+          api_name="attention", **redraw)  # fmt: skip
+    # .input, not .change: only a user's choice switches the kind (Run sets it without redrawing twice).
+    gr.on(triggers=[ui.attention_kind.input], fn=attention_kind,
+          inputs=[ui.state, ui.attention_kind, ui.layer, ui.head],
+          outputs=[ui.layer, ui.attention_plot, ui.attention_help], api_name="attention_kind", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.temperature.change, ui.top_k.change, ui.top_p.change, ui.step.change], fn=distribution,
+          inputs=[ui.state, ui.temperature, ui.top_k, ui.top_p, ui.step],
+          outputs=[ui.distribution_plot, ui.distribution_note], api_name="distribution", **redraw)  # fmt: skip
+    # .input: only the user's choice moves the shown position (Run sets the slider to its own).
+    gr.on(triggers=[ui.position.input], fn=position, inputs=[ui.state, ui.position, ui.temperature, ui.top_k, ui.top_p],
+          outputs=[ui.state, ui.distribution_plot, ui.distribution_note], api_name="position", **redraw)  # fmt: skip
+    grid_outputs = [ui.grid_plot, ui.mask_plot, ui.mask_help]
+    gr.on(triggers=[ui.layer.change, ui.head.change], fn=grid, inputs=[ui.state, ui.layer, ui.head, ui.attention_kind],
+          outputs=grid_outputs, api_name="grid", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.attention_kind.input], fn=grid, inputs=[ui.state, ui.layer, ui.head, ui.attention_kind],
+          outputs=grid_outputs, api_visibility="private", **redraw)  # fmt: skip
+    sample_inputs = [ui.state, ui.draws, ui.temperature, ui.top_k, ui.top_p, ui.step]
+    for button, n, name in ((ui.sample_once, sampling.SAMPLE_COUNTS[0], "sample_once"),
+                            (ui.sample_many, sampling.SAMPLE_COUNTS[1], "sample_many")):  # fmt: skip
+        button.click(lambda *a, n=n: sample(*a[:6], n, a[6]), inputs=[*sample_inputs, ui.seed],
+                     outputs=[ui.draws, ui.sample_plot, ui.sample_note], api_name=name, show_progress="hidden")  # fmt: skip
+    gr.on(triggers=[ui.moe_layer.change], fn=routing_view, inputs=[ui.state, ui.moe_layer],
+          outputs=[ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note],
+          api_name="routing", **redraw)  # fmt: skip
+    corpus_outputs = [ui.pos_plot, ui.corpus_load_plot, ui.corpus_note]
+    ui.analysed.then(corpus_routing, inputs=[ui.state, ui.moe_layer], outputs=corpus_outputs,
+                     show_progress="hidden")  # fmt: skip
+    gr.on(triggers=[ui.moe_layer.input], fn=corpus_routing, inputs=[ui.state, ui.moe_layer], outputs=corpus_outputs,
+          api_name="corpus_routing", **redraw)  # fmt: skip
+    gr.on(triggers=[ui.layer.change], fn=delta, inputs=[ui.state, ui.layer], outputs=[ui.delta_plot],
+          api_name="delta", **redraw)  # fmt: skip
+    ui.load.click(load_model, inputs=[ui.folder], outputs=[ui.status, ui.model], api_name="load_model")
+    generating = ui.generate.click(
+        generate,
+        inputs=[ui.model, ui.text, ui.max_new_tokens, ui.temperature, ui.top_k, ui.top_p, ui.seed],
+        outputs=[ui.generated, ui.generate_status, ui.generated_html],
+        api_name="generate",
+        show_progress="minimal",
+    )
+    ui.stop.click(None, cancels=[generating], api_visibility="private")
+    return ui
+
+
+@contextmanager
+def _as_page_error() -> Iterator[None]:
+    """Turn a handler's ValueError (a value out of range) into a message on the page."""
+    try:
+        yield
+    except ValueError as e:
+        raise gr.Error(str(e)) from None

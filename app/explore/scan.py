@@ -1,0 +1,77 @@
+"""The scan view (state-space models such as Mamba) on the Explore page: hidden attention and the step size Δ.
+
+Mamba has no attention weights, but its selective scan can be unrolled into one: output r is
+a weighted sum of the inputs c ≤ r, with weights α[d, r, c] per channel d. The traced Run
+reports mean_d |α| per layer, (T, T), and the step sizes Δ (T, D_inner); the session keeps the
+former and the mean of Δ over the channels, (T,), which is all the page draws.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import plotly.graph_objects as go
+from torch import Tensor
+
+from archplay.models import Trace
+from archplay.viz.ssm import delta_bars, hidden_attention_heatmap
+
+from ..sliders import check
+
+if TYPE_CHECKING:
+    from ..session import Analysis
+
+HELP = (
+    "**Hidden attention.** Mamba has no attention layer: it carries a fixed-size state from token "
+    "to token. Unrolling that recurrence shows how much each earlier input (column) still counts in "
+    "each output (row): α = C · (the decay exp(Δ·A) of every step in between) · Δ·B, averaged here "
+    "over the layer's channels as mean |α|. It is lower-triangular because the scan only runs "
+    "forward, and it fades with distance because every step multiplies the old state by a decay "
+    "below 1. The map is T × T only as a picture: the model itself never builds it, so its cost "
+    "grows linearly with the text (the **Compare** tab measures latency against length)."
+)
+HEAD_INFO = "Mamba has no heads: one hidden-attention map per layer (averaged over its channels)"
+DELTA_HELP = (
+    "**Step size Δ** (below the map) is chosen by the model for every token: a large Δ lets the "
+    "token overwrite the state (the past fades fast), a small Δ lets it pass almost unnoticed "
+    "(the past is kept). This selectivity is what makes Mamba's scan input-dependent."
+)
+
+
+@dataclass
+class Scan:
+    """A Run's scan, unrolled: hidden attention and mean step sizes, per layer, float32 on the CPU."""
+
+    hidden_attention: list[Tensor]  # per layer (T, T), lower triangular
+    delta_mean: list[Tensor]  # per layer (T,): Δ averaged over the D_inner channels
+    d_inner: int
+
+    @classmethod
+    def from_trace(cls, trace: Trace) -> Scan:
+        """From batch row 0 of a traced run, on the CPU (``Trace.detach(0)``)."""
+        return cls(
+            hidden_attention=trace.ssm_attention,
+            delta_mean=[d.mean(-1) for d in trace.ssm_delta],
+            d_inner=int(trace.ssm_delta[0].shape[-1]),
+        )
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.hidden_attention)
+
+
+def attention_figure(scan: Scan, labels: list[str], layer) -> go.Figure:
+    layer = check(layer, scan.n_layer, "layer")
+    title = f"Layer {layer} of {scan.n_layer}: hidden attention, mean |α| over {scan.d_inner} channels"
+    return hidden_attention_heatmap(scan.hidden_attention[layer], labels, title=title)
+
+
+def delta_figure(analysis: Analysis | None, layer) -> go.Figure | None:
+    """The mean step size Δ per token in ``layer`` of the session's Run; None for a Run without a scan."""
+    if analysis is None or analysis.scan is None:
+        return None
+    scan = analysis.scan
+    layer = check(layer, scan.n_layer, "layer")
+    title = f"Layer {layer}: step size Δ per token (mean over {scan.d_inner} channels)"
+    return delta_bars(scan.delta_mean[layer], analysis.labels, title=title)

@@ -1,0 +1,297 @@
+"""An architecture card: what a model is made of, read from its config and its parameters.
+
+``architecture(model)`` lists the design choices (width, heads, positions, norms, experts, SSM
+sizes ...) as (name, value) rows, in words a reader can compare across families: each family's
+registry entry names its rows function and its parameter rules (both defined here, beside the
+wording they share).
+``parameter_breakdown(model)`` says where the parameters sit, by component, counting a shared
+matrix once (tied embeddings: the LM head adds 0), so the rows sum exactly to the model's
+unique parameter count. ``active_parameters(model)`` is what one token uses: a mixture of
+experts runs only top_k of its n_experts experts per layer.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from archplay.models import registry
+from archplay.models.architectures.layers import count_parameters
+from archplay.models.architectures.moe import SparseMoE
+
+ACTIVATION_NAMES = {
+    "gelu": "GELU", "gelu_new": "tanh-approximated GELU", "gelu_pytorch_tanh": "tanh-approximated GELU",
+    "gelu_fast": "tanh-approximated GELU", "relu": "ReLU", "silu": "SiLU", "swish": "SiLU",
+}  # fmt: skip
+NORM_NAMES = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
+
+LM_HEAD = "LM head"
+TIED_LM_HEAD = "LM head (tied to token embeddings: 0 extra)"
+OTHER = "other"
+
+
+# --------------------------------------------------------------------------- the card
+
+
+def architecture(model: nn.Module) -> list[tuple[str, str]]:
+    """(name, value) rows describing the model's architecture, every value a display string."""
+    cfg = model.config
+    family = registry.of(model)
+    rows = [("name", str(cfg.name)), ("family", f"{family.name}: {family.title}")]
+    rows += family.card_rows(cfg)
+    total = count_parameters(model)
+    rows.append(("parameters", f"{total:,}"))
+    if "routing" in family.views:
+        active = active_parameters(model)
+        rows.append(("active parameters per token", f"{active:,} ({active / total:.0%} of the total)"))
+    return rows
+
+
+def decoder_rows(cfg) -> list[tuple[str, str]]:
+    return _decoder_stack_rows(cfg, [("feed-forward", _ffn(cfg.d_ff, cfg.activation, cfg.mlp == "gated"))])
+
+
+def moe_rows(cfg) -> list[tuple[str, str]]:
+    return _decoder_stack_rows(cfg, _expert_rows(cfg))
+
+
+def _decoder_stack_rows(cfg, feed_forward: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A decoder-only stack's rows, with ``feed_forward`` (dense or experts) after the attention."""
+    return [
+        ("layers", str(cfg.n_layer)),
+        ("width (d_model)", str(cfg.d_model)),
+        *_attention_rows(cfg.n_head, cfg.n_kv_head, cfg.head_dim),
+        ("attention", _decoder_attention(cfg)),
+        *feed_forward,
+        ("positions", _decoder_positions(cfg)),
+        ("norm", f"{_norm(cfg.norm)}, pre-norm (+ a final norm), ε = {cfg.norm_eps:g}"),
+        ("biases", _biases(cfg)),
+        ("vocabulary", f"{cfg.vocab_size:,}"),
+        ("context length", f"{cfg.max_seq_len:,} tokens"),
+        ("tied embeddings", _tied(cfg.tie_embeddings)),
+    ]
+
+
+def _expert_rows(cfg) -> list[tuple[str, str]]:
+    rows = [
+        ("experts", f"{cfg.n_experts} per MoE layer, each a gated MLP {cfg.d_expert} wide, "
+                    f"{ACTIVATION_NAMES.get(cfg.activation, cfg.activation)}"),
+        ("experts per token (top-k)", str(cfg.top_k)),
+        ("router", "softmax over all experts (float32) → top-k"
+                   + (" → renormalised to sum to 1" if cfg.normalize_top_k else " (weights not renormalised)")),
+    ]  # fmt: skip
+    if cfg.d_shared_expert:
+        rows.append(("shared expert", f"always on, {cfg.d_shared_expert} wide, scaled by a sigmoid gate"))
+    n_moe = sum(cfg.moe_layers)
+    if n_moe < cfg.n_layer:
+        dense = _ffn(cfg.d_ff, cfg.activation, True)
+        rows.append(("MoE layers", f"{n_moe} of {cfg.n_layer}; the others a dense feed-forward, {dense}"))
+    return rows
+
+
+def encoder_rows(cfg) -> list[tuple[str, str]]:
+    return [
+        ("layers", str(cfg.n_layer)),
+        ("width (d_model)", str(cfg.d_model)),
+        *_attention_rows(cfg.n_head, cfg.n_head, cfg.d_model // cfg.n_head),
+        ("attention", "bidirectional self-attention (every token sees every token)"),
+        ("feed-forward", _ffn(cfg.d_ff, cfg.activation, False)),
+        ("positions", f"learned absolute table ({cfg.max_seq_len:,} positions) + token-type embeddings"),
+        ("norm", f"LayerNorm, post-norm (after each residual add, and on the embeddings), ε = {cfg.norm_eps:g}"),
+        ("biases", "everywhere"),
+        ("vocabulary", f"{cfg.vocab_size:,}"),
+        ("context length", f"{cfg.max_seq_len:,} tokens (the position table)"),
+        ("tied embeddings", "yes: the masked-LM head's output matrix is the token embedding matrix"
+                            if cfg.has_mlm_head else "no masked-LM head in this checkpoint"),
+    ]  # fmt: skip
+
+
+def encoder_decoder_rows(cfg) -> list[tuple[str, str]]:
+    tied = "yes: encoder, decoder and LM head share one matrix" if cfg.tie_embeddings else (
+        "encoder and decoder share the embedding; the LM head has its own matrix")
+    if cfg.scale_decoder_outputs:
+        tied += " (decoder output × d_model^-0.5 before the head)"
+    return [
+        ("layers", f"{cfg.n_layer} encoder + {cfg.n_decoder_layer} decoder"),
+        ("width (d_model)", str(cfg.d_model)),
+        *_attention_rows(cfg.n_head, cfg.n_kv_head, cfg.head_dim),
+        ("attention", "encoder: bidirectional; decoder: causal self-attention + cross-attention to the "
+                      "encoder; no 1/√d scaling of q·k"),
+        ("feed-forward", _ffn(cfg.d_ff, cfg.ffn_activation, cfg.gated)),
+        ("positions", f"relative position buckets: a learned bias per head for "
+                      f"{cfg.relative_attention_num_buckets} buckets of distance (log-spaced up to "
+                      f"{cfg.relative_attention_max_distance}), one table per stack"),
+        ("norm", f"RMSNorm, pre-norm (+ a final norm per stack), ε = {cfg.norm_eps:g}"),
+        ("biases", "none"),
+        ("vocabulary", f"{cfg.vocab_size:,}"),
+        ("context length", f"{cfg.max_seq_len:,} tokens offered (relative positions set no hard limit)"),
+        ("tied embeddings", tied),
+    ]  # fmt: skip
+
+
+def ssm_rows(cfg) -> list[tuple[str, str]]:
+    return [
+        ("layers", str(cfg.n_layer)),
+        ("width (d_model)", str(cfg.d_model)),
+        ("mixer", "selective SSM in place of attention: in_proj → causal depthwise conv → "
+                  f"{ACTIVATION_NAMES.get(cfg.activation, cfg.activation)} → selective scan, gated by SiLU(z)"),
+        ("d_inner (expand × d_model)", f"{cfg.d_inner} (expand {cfg.expand})"),
+        ("d_state (N)", str(cfg.d_state)),
+        ("d_conv (conv kernel)", str(cfg.d_conv)),
+        ("dt_rank (R)", str(cfg.dt_rank)),
+        ("positions", "none: order enters through the causal conv and the recurrence"),
+        ("norm", f"{_norm(cfg.norm)}, pre-norm (+ a final norm), ε = {cfg.norm_eps:g}"),
+        ("biases", _ssm_biases(cfg)),
+        ("vocabulary", f"{cfg.vocab_size:,}"),
+        ("context length", f"no limit (a fixed-size recurrent state); the UI offers {cfg.max_seq_len:,} tokens"),
+        ("tied embeddings", _tied(cfg.tie_embeddings)),
+    ]  # fmt: skip
+
+
+def _attention_rows(n_head: int, n_kv_head: int, head_dim: int) -> list[tuple[str, str]]:
+    if n_kv_head == n_head:
+        kv = f"{n_kv_head} (multi-head: one per query head)"
+    elif n_kv_head == 1:
+        kv = f"1 (multi-query: all {n_head} query heads share it)"
+    else:
+        kv = f"{n_kv_head} (grouped-query: {n_head // n_kv_head} query heads share each)"
+    return [("attention heads", str(n_head)), ("key/value heads", kv), ("head dim", str(head_dim))]
+
+
+def _decoder_attention(cfg) -> str:
+    n_sliding = cfg.layer_types.count("sliding")
+    if not n_sliding:
+        return "causal self-attention"
+    return f"causal self-attention; a sliding window of {cfg.sliding_window} on {n_sliding} of {cfg.n_layer} layers"
+
+
+def _decoder_positions(cfg) -> str:
+    if cfg.positions == "learned":
+        return f"learned absolute table ({cfg.max_seq_len:,} positions)"
+    if cfg.positions == "sinusoidal":
+        return "fixed sinusoidal table, added to the embeddings"
+    text = f"rotary (RoPE) on q and k, θ = {cfg.rope_theta:g}"
+    if cfg.rotary_fraction < 1:
+        text += f", on {cfg.rotary_fraction:.0%} of each head's channels"
+    if cfg.rope_scaling:
+        text += f", {cfg.rope_scaling.get('rope_type', 'default')} scaling"
+    return text
+
+
+def _ffn(width: int, act: str, gated: bool) -> str:
+    name = ACTIVATION_NAMES.get(act, act)
+    if not gated:
+        return f"{width} wide, {name}"
+    glu = {"SiLU": "SwiGLU", "GELU": "GEGLU", "tanh-approximated GELU": "GEGLU", "ReLU": "ReGLU"}.get(name)
+    kind = f"{glu} (gated {name})" if glu else f"gated {name}"
+    return f"{width} wide, {kind}: down(act(gate(x)) ⊙ up(x))"
+
+
+def _biases(cfg) -> str:
+    where = [name for name, on in (("q/k/v", cfg.qkv_bias), ("attention output", cfg.o_bias),
+                                   ("feed-forward", cfg.mlp_bias)) if on]  # fmt: skip
+    return ", ".join(where) if where else "none"
+
+
+def _ssm_biases(cfg) -> str:
+    where = ["dt_proj"] + (["conv1d"] if cfg.conv_bias else []) + (["in_proj, out_proj"] if cfg.bias else [])
+    return ", ".join(where)
+
+
+def _norm(kind: str) -> str:
+    return NORM_NAMES.get(kind, kind)
+
+
+def _tied(tied: bool) -> str:
+    return "yes: the LM head is the token embedding matrix" if tied else "no: the LM head has its own matrix"
+
+
+# --------------------------------------------------------------------------- parameters
+
+# Each family's parameter rules: (regex matched at the start of a parameter name, component), first match wins.
+_NORMS = (r"(.*\.)?\w*norm\.", "norms")
+DECODER_RULES = (  # decoder and moe
+    (r"embed_tokens\.", "token embeddings"),
+    (r"embed_positions\.", "position embeddings"),
+    (r"layers\.\d+\.attn\.", "attention"),
+    (r"layers\.\d+\.mlp\.router\.", "router"),
+    (r"layers\.\d+\.mlp\.experts\.", "experts"),
+    (r"layers\.\d+\.mlp\.shared_expert", "shared expert"),  # the expert and its gate
+    (r"layers\.\d+\.mlp\.", "feed-forward"),
+    _NORMS,
+    (r"lm_head\.", LM_HEAD),
+)
+ENCODER_RULES = (
+    (r"embed_tokens\.", "token embeddings"),
+    (r"embed_positions\.", "position embeddings"),
+    (r"embed_types\.", "token-type embeddings"),
+    (r"layers\.\d+\.attn\.", "attention"),
+    (r"layers\.\d+\.mlp\.", "feed-forward"),
+    (r"mlm_head\.", "masked-LM head (its output matrix is tied)"),
+    _NORMS,
+)
+ENCODER_DECODER_RULES = (
+    (r"shared\.", "token embeddings (shared)"),
+    (r"(encoder|decoder)\.relative_attention_bias\.", "relative position bias"),
+    (r"encoder\.layers\.\d+\.attn\.", "encoder self-attention"),
+    (r"encoder\.layers\.\d+\.mlp\.", "encoder feed-forward"),
+    (r"decoder\.layers\.\d+\.attn\.", "decoder self-attention"),
+    (r"decoder\.layers\.\d+\.cross_attn\.", "cross-attention"),
+    (r"decoder\.layers\.\d+\.mlp\.", "decoder feed-forward"),
+    _NORMS,
+    (r"lm_head\.", LM_HEAD),
+)
+SSM_RULES = (
+    (r"embed_tokens\.", "token embeddings"),
+    (r"layers\.\d+\.mixer\.in_proj\.", "mixer in_proj (x and gate z)"),
+    (r"layers\.\d+\.mixer\.conv1d\.", "mixer causal conv1d"),
+    (r"layers\.\d+\.mixer\.(x_proj|dt_proj)\.", "mixer x_proj + dt_proj (Δ, B, C)"),
+    (r"layers\.\d+\.mixer\.(A_log|D)$", "mixer A and D"),
+    (r"layers\.\d+\.mixer\.out_proj\.", "mixer out_proj"),
+    _NORMS,
+    (r"lm_head\.", LM_HEAD),
+)
+
+
+def parameter_breakdown(model: nn.Module) -> list[tuple[str, int]]:
+    """(component, parameter count) rows that sum exactly to the unique parameter count.
+
+    A shared Parameter is counted once, under the first name it was registered with (the token
+    embeddings, for a tied LM head, which then shows as a 0-count row). Components with no
+    parameters are left out; anything no rule names would land in "other".
+    """
+    rules = [(re.compile(pattern), label) for pattern, label in registry.of(model).parameter_rules]
+    counts = {label: 0 for _, label in rules}
+    counts[OTHER] = 0
+    for name, p in model.named_parameters():  # each Parameter once, shared ones included
+        label = next((lab for rx, lab in rules if rx.match(name)), OTHER)
+        counts[label] += p.numel()
+    rows = [(label, n) for label, n in counts.items() if n > 0]
+    if _lm_head_is_tied(model):
+        rows.append((TIED_LM_HEAD, 0))
+    return rows
+
+
+def _lm_head_is_tied(model: nn.Module) -> bool:
+    """True when the model has an LM head whose weight is a Parameter registered earlier under another name."""
+    head = getattr(model, "lm_head", None)
+    if head is None:
+        return False
+    return "lm_head.weight" not in dict(model.named_parameters())
+
+
+def active_parameters(model: nn.Module) -> int:
+    """The parameters one token uses: the total, less the (n_experts - top_k) experts each MoE layer skips."""
+    idle = 0
+    for module in model.modules():
+        if isinstance(module, SparseMoE):
+            per_expert = count_parameters(module.experts[0])
+            idle += (len(module.experts) - module.router.top_k) * per_expert
+    return count_parameters(model) - idle
+
+
+__all__ = [
+    "DECODER_RULES", "ENCODER_DECODER_RULES", "ENCODER_RULES", "SSM_RULES", "active_parameters", "architecture",
+    "decoder_rows", "encoder_decoder_rows", "encoder_rows", "moe_rows", "parameter_breakdown", "ssm_rows",
+]  # fmt: skip

@@ -1,0 +1,265 @@
+"""Decoder-only transformer: GPT-2 and Llama / Qwen2 from one config-driven implementation.
+
+    ids ─► token embedding (+ learned positions) ─► N × [x + Attn(Norm(x)); x + MLP(Norm(x))] ─► Norm ─► LM head
+
+Every block is pre-norm with causal self-attention. What differs between the families is
+configuration, not code:
+
+| choice        | GPT-2                  | Llama / Qwen2                          |
+|---------------|------------------------|----------------------------------------|
+| positions     | learned table          | rotary (RoPE) on q and k               |
+| norm          | LayerNorm              | RMSNorm                                |
+| MLP           | GELU (tanh)            | SwiGLU (gated, SiLU)                   |
+| heads         | multi-head             | grouped-query (fewer k/v heads)        |
+| biases        | everywhere             | none (Qwen2: on q, k, v only)          |
+| output head   | tied to the embedding  | separate (usually)                     |
+| window        | full causal            | Qwen2 may use a sliding window per layer |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from archplay.models.architectures import generation
+from archplay.models.architectures.layers import (
+    ConfigDict,
+    Attention,
+    KVCache,
+    ModelOutput,
+    RotaryEmbedding,
+    Trace,
+    attention_mask,
+    init_normal,
+    make_mlp,
+    make_norm,
+    sinusoidal_positions,
+)
+
+POSITIONS = ("learned", "rotary", "sinusoidal")
+
+
+@dataclass
+class DecoderConfig(ConfigDict):
+    vocab_size: int
+    d_model: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int | None = None  # None = n_head (multi-head); fewer = grouped-query
+    head_dim: int | None = None  # None = d_model // n_head
+    d_ff: int | None = None  # None = 4 * d_model
+    max_seq_len: int = 1024
+    positions: str = "learned"  # learned | rotary | sinusoidal
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None  # transformers' rope_parameters beyond the default
+    rotary_fraction: float = 1.0  # partial RoPE: the share of each head's channels rotated
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_eps: float = 1e-5
+    mlp: str = "mlp"  # mlp | gated
+    activation: str = "gelu_new"
+    qkv_bias: bool = True
+    o_bias: bool = True
+    mlp_bias: bool = True
+    tie_embeddings: bool = True
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None  # per layer "full" | "sliding"; None = all full
+    attn_scale_by_layer: bool = False  # GPT-2's scale_attn_by_inverse_layer_idx
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    name: str = "decoder"
+    trained: bool = True  # False for the random-weight placeholder
+    family: str = field(default="decoder", init=False)
+
+    def __post_init__(self) -> None:
+        self.require_sizes("vocab_size", "d_model", "n_layer", "n_head")
+        self.n_kv_head = self.n_kv_head or self.n_head
+        self.head_dim = self.head_dim or self.d_model // self.n_head
+        self.d_ff = self.d_ff or 4 * self.d_model
+        if self.layer_types is None:
+            self.layer_types = ["full"] * self.n_layer
+        self.require_sizes("n_kv_head", "head_dim", "d_ff", "max_seq_len")
+        self.require(self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head")
+        self.require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        self.require(len(self.layer_types) == self.n_layer, "one layer type per layer")
+        self.require(set(self.layer_types) <= {"full", "sliding"}, "layer types are 'full' or 'sliding'")
+        self.require("sliding" not in self.layer_types or bool(self.sliding_window), "sliding layers need a window")
+        self.require(0 < self.rotary_fraction <= 1, f"rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_fraction)
+
+    # Tiny named presets, for tests and the built-in placeholder.
+    @classmethod
+    def gpt2_tiny(cls, **kw) -> "DecoderConfig":
+        return cls(**{"vocab_size": 99, "d_model": 32, "n_layer": 2, "n_head": 4, "max_seq_len": 64, **kw})
+
+    @classmethod
+    def llama_tiny(cls, **kw) -> "DecoderConfig":
+        base = dict(
+            vocab_size=99, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=64, max_seq_len=128,
+            positions="rotary", norm="rmsnorm", norm_eps=1e-6, mlp="gated", activation="silu",
+            qkv_bias=False, o_bias=False, mlp_bias=False, tie_embeddings=False,
+        )  # fmt: skip
+        return cls(**{**base, **kw})
+
+
+@dataclass
+class LayerTrace:
+    """What one block reports when traced; the model loop gathers these into a Trace."""
+
+    attention: Tensor | None = None  # (B, H, T, S)
+    router_logits: Tensor | None = None  # (B, T, E), MoE blocks only
+    expert_indices: Tensor | None = None  # (B, T, k), MoE blocks only
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
+
+    def __init__(self, cfg: DecoderConfig, layer_idx: int):
+        super().__init__()
+        scale = cfg.head_dim**-0.5 / (layer_idx + 1 if cfg.attn_scale_by_layer else 1)
+        self.window = cfg.sliding_window if cfg.layer_types[layer_idx] == "sliding" else None
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(
+            cfg.d_model, cfg.n_head, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
+            qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, scale=scale,
+        )  # fmt: skip
+        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.mlp = self.make_ffn(cfg)
+
+    def make_ffn(self, cfg: DecoderConfig) -> nn.Module:
+        """The feed-forward half; the MoE family swaps in a sparse mixture of experts."""
+        return make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, cfg.activation, cfg.mlp_bias)
+
+    def attention(self, x, *, masks, rope, cache, need_weights) -> tuple[Tensor, Tensor | None]:
+        """The first half of the block: x + Attn(Norm(x)) -> (x, probabilities or None)."""
+        mask = masks["sliding" if self.window else "full"]
+        a, probs = self.attn(self.attn_norm(x), mask=mask, rope=rope, cache=cache, need_weights=need_weights)
+        return x + a, probs  # (B, T, D)
+
+    def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
+        x, probs = self.attention(x, **kw)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, LayerTrace(attention=probs)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.positions == "learned":
+            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        elif cfg.positions == "sinusoidal":
+            table = sinusoidal_positions(cfg.max_seq_len, cfg.d_model)
+            self.register_buffer("sinusoid", table, persistent=False)  # (P, D)
+        else:
+            self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.layers = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.apply(init_normal)
+
+    def make_block(self, cfg: DecoderConfig, layer_idx: int) -> nn.Module:
+        """One block; a family that changes the feed-forward (MoE) overrides this."""
+        return DecoderBlock(cfg, layer_idx)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self, ids: Tensor, *, trace: bool = False, cache: list[KVCache] | None = None
+    ) -> ModelOutput:
+        """ids (B, T). ``cache`` (from a previous call's output) continues a sequence."""
+        cfg = self.config
+        offset = cache[0].length if cache else 0
+        T = ids.shape[1]
+        if offset + T > cfg.max_seq_len and cfg.positions == "learned":
+            raise ValueError(f"{offset + T} tokens exceed this model's context of {cfg.max_seq_len}")
+        pos = torch.arange(offset, offset + T, device=ids.device)  # (T,) absolute positions
+        k_pos = torch.arange(offset + T, device=ids.device)  # (S,)
+
+        x = self.embed_tokens(ids)  # (B, T, D)
+        rope = None
+        if cfg.positions == "learned":
+            x = x + self.embed_positions(pos)
+        elif cfg.positions == "sinusoidal":
+            x = x + self.sinusoid[pos].to(x.dtype)
+        else:
+            rope = self.rotary(pos)  # (cos, sin), each (T, rotary_dim)
+        masks = self._masks(pos, k_pos)
+
+        hidden, layer_traces = [x], []
+        for i, layer in enumerate(self.layers):
+            x, lt = layer(x, masks=masks, rope=rope, cache=cache[i] if cache else None, need_weights=trace)
+            hidden.append(x)
+            layer_traces.append(lt)
+        h = self.norm(x)
+        logits = self.lm_head(h)  # (B, T, V)
+        tr = _gather(hidden, layer_traces) if trace else None
+        return ModelOutput(logits=logits, trace=tr, cache=cache, last_hidden_state=h)
+
+    def _masks(self, pos: Tensor, k_pos: Tensor) -> dict[str, Tensor | None]:
+        """The bool masks the layers use, by kind; None where every key may be seen (one new token
+        that sees its whole prefix: each generation step), and "sliding" only if a layer slides."""
+        cfg = self.config
+        one_token = pos.shape[0] == 1
+        masks = {"full": None if one_token else attention_mask(pos, k_pos, causal=True)}
+        if "sliding" in cfg.layer_types:
+            fits = one_token and k_pos.shape[0] <= cfg.sliding_window
+            masks["sliding"] = None if fits else attention_mask(pos, k_pos, causal=True, window=cfg.sliding_window)
+        return masks
+
+    # ------------------------------------------------------------------ generation
+
+    def new_cache(self) -> list[KVCache]:
+        return [KVCache() for _ in self.layers]
+
+    def _step(self, ids: Tensor, cache: list[KVCache]):
+        out = self(ids, cache=cache)
+        return out.logits, out.cache
+
+    def generate(self, ids: Tensor, max_new_tokens: int = 32, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                 eos_token_id: int | None = None) -> Tensor:  # fmt: skip
+        """Continue ``ids`` (B, T) -> (B, T + new), with a KV cache. Temperature 0 is greedy."""
+        self._check_room(ids, max_new_tokens)
+        return generation.generate(
+            self._step, ids, self.new_cache(), max_new_tokens=max_new_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id,
+        )  # fmt: skip
+
+    def generate_stream(self, ids: Tensor, max_new_tokens: int = 32, temperature: float = 0.0,
+                        top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+                        eos_token_id: int | None = None):  # fmt: skip
+        """Like ``generate`` for one sequence, yielding (token id, probability) as they come."""
+        self._check_room(ids, max_new_tokens)
+        return generation.stream(
+            self._step, ids, self.new_cache(), max_new_tokens=max_new_tokens, temperature=temperature,
+            top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id,
+        )  # fmt: skip
+
+    def _check_room(self, ids: Tensor, max_new_tokens: int) -> None:
+        if self.config.positions == "learned" and ids.shape[1] + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(
+                f"{ids.shape[1]} prompt tokens + {max_new_tokens} new ones exceed this model's "
+                f"context of {self.config.max_seq_len}"
+            )
+
+
+def _gather(hidden: list[Tensor], layers: list[LayerTrace]) -> Trace:
+    """Per-layer reports -> one Trace; router fields only from the layers that route."""
+    routed = [lt for lt in layers if lt.router_logits is not None]
+    return Trace(
+        hidden_states=hidden,
+        attentions=[lt.attention for lt in layers],
+        router_logits=[lt.router_logits for lt in routed] if routed else None,
+        expert_indices=[lt.expert_indices for lt in routed] if routed else None,
+    )
+
+
+__all__ = ["Decoder", "DecoderBlock", "DecoderConfig", "LayerTrace"]

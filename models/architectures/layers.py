@@ -1,0 +1,430 @@
+"""Building blocks every family shares: the Trace, norms, positions, masks, attention, MLPs.
+
+Only what is truly common lives here. Each family file (``decoder.py``, ``encoder.py``, ...)
+composes these pieces into its own blocks and model, readable top to bottom.
+
+Shapes use: B batch, T query length, S key length, D model width, H query heads,
+Hkv key/value heads, Dh head width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConfigDict:
+    """``from_dict`` / ``to_dict`` for the config dataclasses: unknown keys are rejected (so a
+    typo or a key of another family fails loudly); ``family`` is derived, never read."""
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = set(d) - known - {"family"}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def require(self, ok: bool, message: str) -> None:
+        """A config check that stays under ``python -O``: ValueError naming the config and the problem."""
+        if not ok:
+            raise ValueError(f"{type(self).__name__}: {message}")
+
+    def require_sizes(self, *names: str) -> None:
+        """Each named field must be a whole number of at least 1 (not a bool, a fraction or a string)."""
+        for name in names:
+            value = getattr(self, name)
+            self.require(isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                         f"{name} must be a whole number of at least 1, got {value!r}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- trace
+
+
+@dataclass
+class Trace:
+    """What a traced forward pass exposes. Fields that do not apply to a family stay None."""
+
+    hidden_states: list[Tensor] | None = None  # [embeddings, layer 1 out, ...], each (B, T, D)
+    attentions: list[Tensor] | None = None  # per layer (B, H, T, T) probabilities
+    decoder_hidden_states: list[Tensor] | None = None  # enc-dec only
+    decoder_attentions: list[Tensor] | None = None  # enc-dec only
+    cross_attentions: list[Tensor] | None = None  # enc-dec: per decoder layer (B, H, Tdec, Tenc)
+    router_logits: list[Tensor] | None = None  # moe: per MoE layer (B, T, E)
+    expert_indices: list[Tensor] | None = None  # moe: per MoE layer (B, T, k)
+    ssm_attention: list[Tensor] | None = None  # ssm: per layer (B, T, T)
+    ssm_delta: list[Tensor] | None = None  # ssm: per layer (B, T, D_inner)
+
+    def detach(self, sequence: int | None = None) -> "Trace":
+        """A copy safe to cache per session: detached, float32, on the CPU.
+
+        With ``sequence``, each tensor is that row of the batch (the leading B dimension dropped:
+        attentions (H, T, T), hidden states (T, D), ...); fields that are None stay None.
+        """
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                value = [(t if sequence is None else t[sequence]).detach().float().cpu() for t in value]
+            out[f.name] = value
+        return Trace(**out)
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # (B, T, vocab)
+    trace: Trace | None = None
+    cache: object | None = None  # what generate() feeds back: KV caches or recurrent state
+    last_hidden_state: Tensor | None = None  # (B, T, D) after the final norm (encoders: the embeddings)
+
+
+# --------------------------------------------------------------------------- norms
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019): no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # the same arithmetic, one kernel
+        # Computed in float32 as the reference implementations do, then cast back.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
+
+
+# --------------------------------------------------------------------------- activations and MLPs
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GPT-2's GELU: the tanh approximation (Hendrycks & Gimpel 2016)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact, erf-based (BERT)
+    "gelu_new": gelu_tanh,  # GPT-2
+    "gelu_pytorch_tanh": gelu_tanh,
+    "gelu_fast": gelu_tanh,
+    "relu": F.relu,
+    "silu": F.silu,  # Llama's SwiGLU gate
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: down(act(up(x))). GPT-2 and BERT use GELU here."""
+
+    def __init__(self, d_model: int, d_ff: int, act: str, bias: bool = True):
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class GatedMLP(nn.Module):
+    """Gated feed-forward (Shazeer 2020): down(act(gate(x)) * up(x)). With SiLU this is SwiGLU."""
+
+    def __init__(self, d_model: int, d_ff: int, act: str = "silu", bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+        self.act = activation(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+def make_mlp(kind: str, d_model: int, d_ff: int, act: str, bias: bool) -> nn.Module:
+    if kind == "mlp":
+        return MLP(d_model, d_ff, act, bias)
+    if kind == "gated":
+        return GatedMLP(d_model, d_ff, act, bias)
+    raise ValueError(f"unknown mlp {kind!r}; expected 'mlp' or 'gated'")
+
+
+# --------------------------------------------------------------------------- positions
+
+
+def sinusoidal_positions(n_positions: int, dim: int, base: float = 10000.0) -> Tensor:
+    """The fixed sin/cos table of "Attention Is All You Need": (n_positions, dim)."""
+    pos = torch.arange(n_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    inv = torch.exp(-math.log(base) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (dim/2,)
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(pos * inv)
+    table[:, 1::2] = torch.cos(pos * inv[: dim // 2])
+    return table
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021), in the half-split layout Llama checkpoints use.
+
+    Produces (cos, sin) of shape (T, rot_dim) for given positions; ``apply_rotary`` rotates q and k.
+    ``scaling`` follows the checkpoints' ``rope_parameters``: default, linear, or llama3.
+    """
+
+    def __init__(self, rot_dim: int, theta: float = 10000.0, scaling: dict | None = None):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim))
+        kind = (scaling or {}).get("rope_type", "default")
+        if kind == "linear":
+            inv_freq = inv_freq / float(scaling["factor"])
+        elif kind == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, scaling)
+        elif kind != "default":
+            raise ValueError(f"unsupported RoPE scaling {kind!r}; supported: default, linear, llama3")
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (rot_dim/2,)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        freqs = positions[:, None].float() * self.inv_freq[None, :]  # (T, rot_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, rot_dim)
+        return emb.cos(), emb.sin()
+
+
+def _llama3_inv_freq(inv_freq: Tensor, p: dict) -> Tensor:
+    """Llama 3.1's frequency-dependent stretching of the rotary wavelengths."""
+    factor, low, high = float(p["factor"]), float(p["low_freq_factor"]), float(p["high_freq_factor"])
+    old_len = float(p["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first rot_dim channels of x (B, H, T, Dh); the rest pass through (partial RoPE)."""
+    rot = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    x_rot = x_rot * cos.to(x.dtype) + _rotate_half(x_rot) * sin.to(x.dtype)
+    return torch.cat((x_rot, x_pass), dim=-1) if x_pass.shape[-1] else x_rot
+
+
+# --------------------------------------------------------------------------- masks
+
+
+def attention_mask(
+    q_pos: Tensor, k_pos: Tensor, *, causal: bool, window: int | None = None
+) -> Tensor | None:
+    """Which keys each query may see, as a bool (T, S) matrix (True = attend); None = all.
+
+    causal: key position <= query position.
+    window: the sliding window; causal keeps the last ``window`` positions (q - k < window),
+            bidirectional keeps |q - k| < window.
+    """
+    if not causal and window is None:
+        return None
+    q, k = q_pos[:, None], k_pos[None, :]  # comparisons straight to bool: no (T, S) int64 difference
+    allowed = k <= q if causal else torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=q_pos.device)
+    if window is not None:
+        allowed = allowed & (k > q - window)  # q − k < window
+        if not causal:
+            allowed = allowed & (k < q + window)  # k − q < window
+    return allowed
+
+
+def padding_mask(key_mask: Tensor) -> Tensor:
+    """(B, S) of 1 for real tokens, 0 for padding -> bool (B, 1, 1, S) for broadcasting over heads and queries."""
+    return key_mask.bool()[:, None, None, :]
+
+
+def combine_masks(*masks: Tensor | None) -> Tensor | None:
+    out = None
+    for m in masks:
+        if m is not None:
+            out = m if out is None else out & m
+    return out
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    scale: float,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    need_weights: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention for q (B, H, T, Dh), k/v (B, Hkv, S, Dh).
+
+    mask: bool, True = attend, broadcastable to (B, H, T, S). bias: added to the scores (T5).
+    need_weights: the eager path, softmax computed by hand in float32, probabilities returned.
+    Otherwise the fused ``scaled_dot_product_attention`` path, which returns no probabilities.
+    """
+    n_rep = q.shape[1] // k.shape[1]  # grouped-query attention: each kv head serves n_rep query heads
+    if need_weights:
+        if n_rep > 1:
+            k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, Dh)
+            v = v.repeat_interleave(n_rep, dim=1)
+        scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale  # (B, H, T, S)
+        if bias is not None:
+            scores = scores + bias.float()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        probs = torch.nan_to_num(probs, nan=0.0)  # a query that may see no key attends to nothing
+        probs = probs.to(q.dtype)
+        return torch.matmul(probs, v), probs  # (B, H, T, Dh), (B, H, T, S)
+
+    attn_mask = mask
+    if bias is not None:
+        attn_mask = bias.to(q.dtype)
+        if mask is not None:
+            attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=n_rep > 1)
+    return out, None
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, for one attention layer."""
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None  # (B, Hkv, S, Dh)
+        self.v: Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this step's keys and values; return all of them."""
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat((self.k, k), dim=2)
+            self.v = torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query support.
+
+    Self-attention by default. Cross-attention reads its keys and values from the encoder: pass
+    them as ``memory``, projected once per input with ``keys_values(encoder_output)``.
+    n_kv_head < n_head is grouped-query attention (n_kv_head = 1 is multi-query).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_head: int,
+        *,
+        n_kv_head: int | None = None,
+        head_dim: int | None = None,
+        qkv_bias: bool = False,
+        o_bias: bool = False,
+        scale: float | None = None,
+        kv_dim: int | None = None,
+    ):
+        super().__init__()
+        self.n_head = n_head
+        self.n_kv_head = n_kv_head or n_head
+        self.head_dim = head_dim or d_model // n_head
+        if n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        self.scale = self.head_dim**-0.5 if scale is None else scale
+        kv_dim = kv_dim or d_model
+        self.q_proj = nn.Linear(d_model, n_head * self.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(kv_dim, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(kv_dim, self.n_kv_head * self.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=o_bias)
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        B, T, _ = x.shape
+        return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, Dh)
+
+    def keys_values(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``src`` (B, S, D): each (B, Hkv, S, Dh)."""
+        return self._heads(self.k_proj(src), self.n_kv_head), self._heads(self.v_proj(src), self.n_kv_head)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        mask: Tensor | None = None,
+        bias: Tensor | None = None,
+        rope: tuple[Tensor, Tensor] | None = None,
+        memory: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x`` (B, T, D) -> (output (B, T, D), probabilities (B, H, T, S) or None).
+
+        ``memory``: cross-attention's (keys, values) from ``keys_values``; otherwise keys and values
+        come from ``x`` (after ``rope``), appended to ``cache`` when one is given.
+        """
+        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, T, Dh)
+        if memory is not None:
+            k, v = memory  # (B, Hkv, S, Dh) each, the encoder's
+        else:
+            k, v = self.keys_values(x)  # (B, Hkv, T, Dh) each
+            if rope is not None:  # (cos, sin) for the new positions
+                q = apply_rotary(q, *rope)
+                k = apply_rotary(k, *rope)
+            if cache is not None:
+                k, v = cache.update(k, v)  # (B, Hkv, S_total, Dh)
+        out, probs = attend(q, k, v, scale=self.scale, mask=mask, bias=bias, need_weights=need_weights)
+        B, _, T, _ = out.shape
+        out = out.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*Dh)
+        return self.o_proj(out), probs
+
+
+# --------------------------------------------------------------------------- utilities
+
+
+def init_normal(m: nn.Module, std: float = 0.02) -> None:
+    """GPT-2 style initialisation of one module (use with ``model.apply``): N(0, std) weights for
+    linear maps and embeddings, zero biases; norms keep their unit weights."""
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, std=std)
+    if isinstance(m, nn.Linear) and m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Parameters counted once even when shared (tied embeddings)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

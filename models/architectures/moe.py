@@ -1,0 +1,185 @@
+"""Mixture of experts: a decoder whose feed-forward is a sparse MoE layer (Mixtral style).
+
+    x ─► Norm ─► Router ──► softmax over all E experts (float32) ─► top-k ─► renormalise ─► weights w
+              └─────────► expert e(x) only for the tokens routed to e ──────────────────────┐
+                                                   y = Σ_{e in top-k(x)} w_e · e(x) ◄────────┘
+
+Attention, positions and norms are the decoder's (``decoder.py``); only the feed-forward
+half of each block changes. Each token runs k of the E experts, so the model has many more
+parameters than it uses per token ("total" versus "active").
+
+The trace adds, per MoE layer, the router logits (before the softmax) and the experts each
+token actually ran. ``load_balancing_loss`` (Switch Transformer, eqs. 4-6) is a free function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from archplay.models.architectures.decoder import Decoder, DecoderBlock, DecoderConfig, LayerTrace
+from archplay.models.architectures.layers import GatedMLP
+
+
+@dataclass
+class MoEConfig(DecoderConfig):
+    n_experts: int = 4
+    top_k: int = 2  # experts per token
+    d_expert: int | None = None  # each expert's hidden width; None = d_ff
+    normalize_top_k: bool = True  # renormalise the k chosen weights to sum to 1 (Mixtral)
+    d_shared_expert: int | None = None  # Qwen2-MoE: an always-on expert behind a sigmoid gate
+    moe_layers: list[bool] | None = None  # which layers route; the others keep a dense MLP (d_ff)
+    family: str = field(default="moe", init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.d_expert = self.d_expert or self.d_ff
+        if self.moe_layers is None:
+            self.moe_layers = [True] * self.n_layer
+        self.require_sizes("n_experts", "top_k", "d_expert")
+        self.require(len(self.moe_layers) == self.n_layer, "moe_layers needs one flag per layer")
+        self.require(any(self.moe_layers), "at least one layer must be a MoE layer")
+        self.require(self.top_k <= self.n_experts, f"top_k ({self.top_k}) must not exceed n_experts ({self.n_experts})")
+        self.require(self.mlp == "gated", "experts are gated MLPs (SwiGLU): mlp must be 'gated'")
+
+    @classmethod
+    def mixtral_tiny(cls, **kw) -> "MoEConfig":
+        base = dict(
+            vocab_size=99, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=48, max_seq_len=128,
+            positions="rotary", norm="rmsnorm", norm_eps=1e-5, mlp="gated", activation="silu",
+            qkv_bias=False, o_bias=False, mlp_bias=False, tie_embeddings=False, n_experts=4, top_k=2,
+        )  # fmt: skip
+        return cls(**{**base, **kw})
+
+
+class Router(nn.Module):
+    """Scores each token against every expert and picks the top k.
+
+    The softmax runs in float32 over all E experts; the k largest probabilities are then
+    renormalised to sum to 1 (Mixtral), or kept as they are (``normalize=False``).
+    """
+
+    def __init__(self, d_model: int, n_experts: int, top_k: int, normalize: bool = True):
+        super().__init__()
+        self.top_k, self.normalize = top_k, normalize
+        self.weight = nn.Parameter(torch.empty(n_experts, d_model))  # (E, D)
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (N, D) -> logits (N, E), weights (N, k), expert indices (N, k)."""
+        logits = F.linear(x, self.weight)  # (N, E)
+        probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
+        weights, indices = torch.topk(probs, self.top_k, dim=-1)  # (N, k), largest first
+        if self.normalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return logits, weights, indices
+
+
+class SparseMoE(nn.Module):
+    """Route each token to k experts and sum their outputs, weighted by the router.
+
+    With a shared expert (Qwen2-MoE) every token also runs it, scaled by sigmoid(gate(x)).
+    """
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.router = Router(cfg.d_model, cfg.n_experts, cfg.top_k, cfg.normalize_top_k)
+        self.experts = nn.ModuleList(
+            GatedMLP(cfg.d_model, cfg.d_expert, cfg.activation, cfg.mlp_bias) for _ in range(cfg.n_experts)
+        )
+        if cfg.d_shared_expert:
+            self.shared_expert = GatedMLP(cfg.d_model, cfg.d_shared_expert, cfg.activation, cfg.mlp_bias)
+            self.shared_expert_gate = nn.Linear(cfg.d_model, 1, bias=False)
+        else:
+            self.shared_expert = None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, D) -> output (B, T, D), router logits (B, T, E), expert indices (B, T, k)."""
+        B, T, D = x.shape
+        flat = x.reshape(-1, D)  # (N, D)
+        logits, weights, indices = self.router(flat)
+        if flat.shape[0] == 1:  # one token (each generation step): run its k experts directly
+            out = self._one_token(flat, weights[0], indices[0])
+        else:
+            out = self._grouped(flat, weights, indices)
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(flat)) * self.shared_expert(flat)
+        return out.view(B, T, D), logits.view(B, T, -1), indices.view(B, T, -1)
+
+    def _one_token(self, flat: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
+        """flat (1, D); weights, indices (k,). The experts in ascending order, as ``_grouped`` adds them."""
+        chosen = sorted(zip(indices.tolist(), range(indices.shape[0])))
+        out = None
+        for e, slot in chosen:
+            y = self.experts[e](flat) * weights[slot].to(flat.dtype)  # (1, D)
+            out = y if out is None else out + y
+        return out
+
+    def _grouped(self, flat: Tensor, weights: Tensor, indices: Tensor) -> Tensor:
+        """Each expert runs once on all the tokens routed to it; flat (N, D), weights, indices (N, k)."""
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = torch.where(indices == e)  # the tokens routed to e, and in which of their k slots
+            if rows.numel() == 0:
+                continue  # an expert no token chose does no work
+            y = expert(flat[rows]) * weights[rows, slot, None].to(flat.dtype)  # (n_e, D)
+            out.index_add_(0, rows, y)
+        return out
+
+
+class MoEBlock(DecoderBlock):
+    """The decoder's pre-norm block with the MLP replaced by a sparse MoE layer."""
+
+    def make_ffn(self, cfg: MoEConfig) -> nn.Module:
+        return SparseMoE(cfg)
+
+    def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
+        x, probs = self.attention(x, **kw)
+        y, router_logits, indices = self.mlp(self.mlp_norm(x))
+        return x + y, LayerTrace(attention=probs, router_logits=router_logits, expert_indices=indices)
+
+
+class MoEDecoder(Decoder):
+    config: MoEConfig
+
+    def make_block(self, cfg: MoEConfig, layer_idx: int) -> nn.Module:
+        return MoEBlock(cfg, layer_idx) if cfg.moe_layers[layer_idx] else DecoderBlock(cfg, layer_idx)
+
+
+def expert_load(expert_indices: Tensor, n_experts: int) -> Tensor:
+    """The share of routed (token, slot) pairs each expert received: (E,), sums to 1."""
+    counts = torch.bincount(expert_indices.reshape(-1), minlength=n_experts).float()
+    return counts / counts.sum().clamp_min(1)
+
+
+def load_balancing_loss(
+    router_logits: Sequence[Tensor], n_experts: int, top_k: int, attention_mask: Tensor | None = None
+) -> Tensor:
+    """Switch Transformer's auxiliary loss, as Mixtral trains with it: E · Σ_e f_e · P_e.
+
+    f_e: the fraction of tokens whose top-k includes expert e (summing to k over experts);
+    P_e: the mean router probability of e. Both are pooled over all layers (and weighted by
+    ``attention_mask`` (B, T) when given, so padding does not count). The loss is smallest
+    when routing is uniform.
+    """
+    counts = torch.zeros(n_experts)
+    prob_sum = torch.zeros(n_experts)
+    rows = torch.zeros(())
+    for layer in router_logits:
+        logits = layer.reshape(-1, n_experts).float().cpu()  # (N, E)
+        probs = torch.softmax(logits, dim=-1)
+        chosen = torch.topk(probs, top_k, dim=-1).indices  # (N, k)
+        w = torch.ones(logits.shape[0]) if attention_mask is None else attention_mask.reshape(-1).float().cpu()
+        counts += torch.zeros(n_experts).scatter_add_(0, chosen.reshape(-1), w.repeat_interleave(top_k))
+        prob_sum += (probs * w[:, None]).sum(0)
+        rows += w.sum()
+    f = counts / rows  # (E,)
+    p = prob_sum / rows  # (E,)
+    return n_experts * (f * p).sum()
+
+
+__all__ = ["MoEConfig", "MoEDecoder", "Router", "SparseMoE", "expert_load", "load_balancing_loss"]

@@ -1,0 +1,111 @@
+"""Llama-style checkpoints -> the decoder family (``llama``, ``qwen2``) and the mixture of experts
+(``mixtral``, ``qwen2_moe``): RoPE (with its scalings), RMSNorm, gated MLPs, grouped-query
+attention, sliding windows per layer, and experts stored one by one or fused.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import Tensor
+
+from archplay.models.architectures.decoder import DecoderConfig
+from archplay.models.architectures.moe import MoEConfig
+from archplay.models.checkpoints.convert import Converter, LoadError, first
+
+_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _rope(hf: dict) -> tuple[float, dict | None]:
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in _ROPE_TYPES:
+        raise LoadError(f"RoPE scaling {kind!r} is not supported; supported: {', '.join(_ROPE_TYPES)}")
+    return theta, (None if kind == "default" else {**params, "rope_type": kind})
+
+
+def _llama_like_config(hf: dict, name: str, *, qwen2: bool = False, cls=DecoderConfig, **extra) -> DecoderConfig:
+    d, n_head, n_layer = hf["hidden_size"], hf["num_attention_heads"], hf["num_hidden_layers"]
+    theta, scaling = _rope(hf)
+    window, types = hf.get("sliding_window"), None
+    if qwen2 and hf.get("layer_types"):
+        types = ["sliding" if t == "sliding_attention" else "full" for t in hf["layer_types"]]
+    elif qwen2 and hf.get("use_sliding_window") and window:
+        first_sliding = hf.get("max_window_layers", n_layer)
+        types = ["sliding" if i >= first_sliding else "full" for i in range(n_layer)]
+    elif not qwen2 and window:  # Mistral / Mixtral: every layer uses the window
+        types = ["sliding"] * n_layer
+    bias = bool(hf.get("attention_bias", False))
+    return cls(
+        vocab_size=hf["vocab_size"], d_model=d, n_layer=n_layer, n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head, head_dim=hf.get("head_dim") or d // n_head,
+        d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
+        positions="rotary", rope_theta=theta, rope_scaling=scaling,
+        rotary_fraction=float(hf.get("partial_rotary_factor", 1.0)),
+        norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="gated",
+        activation=hf.get("hidden_act", "silu"),
+        qkv_bias=True if qwen2 else bias, o_bias=False if qwen2 else bias,
+        mlp_bias=bool(hf.get("mlp_bias", False)), tie_embeddings=hf.get("tie_word_embeddings", False),
+        sliding_window=window if types and "sliding" in types else None, layer_types=types,
+        bos_token_id=hf.get("bos_token_id"), eos_token_id=first(hf.get("eos_token_id")), name=name,
+        **extra,
+    )  # fmt: skip
+
+
+def _llama_rename(key: str, t: Tensor) -> dict[str, Tensor]:
+    key = key.removeprefix("model.")
+    if key.endswith("rotary_emb.inv_freq"):  # a buffer some checkpoints carry; recomputed
+        return {}
+    key = key.replace(".self_attn.", ".attn.")
+    key = key.replace(".input_layernorm.", ".attn_norm.").replace(".post_attention_layernorm.", ".mlp_norm.")
+    return {key: t}
+
+
+def _mixtral_config(hf: dict, name: str) -> MoEConfig:
+    return _llama_like_config(
+        hf, name, cls=MoEConfig, n_experts=hf["num_local_experts"], top_k=hf["num_experts_per_tok"]
+    )
+
+
+def _mixtral_rename(key: str, t: Tensor) -> dict[str, Tensor]:
+    """transformers 5 writes Mixtral's experts one by one (w1 gate, w3 up, w2 down); fused
+    3-D tensors (gate_up_proj (E, 2I, D), down_proj (E, D, I)) are split per expert too."""
+    key = key.replace(".block_sparse_moe.", ".mlp.")
+    m = re.fullmatch(r"(model\.)?layers\.(\d+)\.mlp\.(.+)", key)
+    if not m:
+        return _llama_rename(key, t)
+    i, rest = m.group(2), m.group(3)
+    w = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
+    if rest == "gate.weight":
+        return {f"layers.{i}.mlp.router.weight": t}
+    e = re.fullmatch(r"experts\.(\d+)\.(w[123])\.weight", rest)
+    if e:
+        return {f"layers.{i}.mlp.experts.{e.group(1)}.{w[e.group(2)]}.weight": t}
+    if rest == "experts.gate_up_proj":
+        out = {}
+        for j, fused in enumerate(t):
+            gate, up = fused.chunk(2, dim=0)
+            out[f"layers.{i}.mlp.experts.{j}.gate_proj.weight"] = gate.contiguous()
+            out[f"layers.{i}.mlp.experts.{j}.up_proj.weight"] = up.contiguous()
+        return out
+    if rest == "experts.down_proj":
+        return {f"layers.{i}.mlp.experts.{j}.down_proj.weight": d.contiguous() for j, d in enumerate(t)}
+    return _llama_rename(key, t)  # Qwen2-MoE's expert and shared-expert names are already ours
+
+
+def _qwen2_moe_config(hf: dict, name: str) -> MoEConfig:
+    n_layer, step = hf["num_hidden_layers"], hf.get("decoder_sparse_step", 1)
+    dense = set(hf.get("mlp_only_layers") or [])
+    moe_layers = [i not in dense and (i + 1) % step == 0 for i in range(n_layer)]
+    return _llama_like_config(
+        hf, name, qwen2=True, cls=MoEConfig, n_experts=hf["num_experts"], top_k=hf["num_experts_per_tok"],
+        d_expert=hf["moe_intermediate_size"], normalize_top_k=bool(hf.get("norm_topk_prob", False)),
+        d_shared_expert=hf.get("shared_expert_intermediate_size") or None, moe_layers=moe_layers,
+    )  # fmt: skip
+
+
+LLAMA = Converter(lambda hf, name: _llama_like_config(hf, name, qwen2=False), _llama_rename)
+QWEN2 = Converter(lambda hf, name: _llama_like_config(hf, name, qwen2=True), _llama_rename)
+MIXTRAL = Converter(_mixtral_config, _mixtral_rename)
+QWEN2_MOE = Converter(_qwen2_moe_config, _mixtral_rename)

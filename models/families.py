@@ -1,0 +1,51 @@
+"""The families archplay knows: the one place that lists them (see ``archplay.models.registry``).
+
+Adding a family is its model file in ``architectures/`` plus one entry here (and, if it reads
+Hugging Face checkpoints, a converter in ``checkpoints/``); a family of a test or another program
+can ``registry.register`` itself instead.
+"""
+
+from __future__ import annotations
+
+from archplay.models.analysis import card
+from archplay.models.architectures.decoder import Decoder, DecoderConfig
+from archplay.models.architectures.encoder import Encoder, EncoderConfig
+from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from archplay.models.architectures.moe import MoEConfig, MoEDecoder
+from archplay.models.architectures.ssm import Mamba, MambaConfig
+from archplay.models.checkpoints import bert, gpt2, llama, mamba, t5
+from archplay.models.registry import Family, register
+
+ATTENTION_TRACE = ("hidden_states", "attentions")
+
+DECODER = Family(
+    name="decoder", title="decoder-only transformer", config=DecoderConfig, model=Decoder, objective="causal",
+    card_rows=card.decoder_rows, parameter_rules=card.DECODER_RULES, trace_fields=ATTENTION_TRACE,
+    views=("attention",), checkpoints={"gpt2": gpt2.CONVERTER, "llama": llama.LLAMA, "qwen2": llama.QWEN2},
+)  # fmt: skip
+ENCODER = Family(
+    name="encoder", title="encoder-only transformer (BERT-style)", config=EncoderConfig, model=Encoder,
+    objective="masked", card_rows=card.encoder_rows, parameter_rules=card.ENCODER_RULES,
+    trace_fields=ATTENTION_TRACE, views=("attention",), checkpoints={"bert": bert.CONVERTER},
+)  # fmt: skip
+ENCODER_DECODER = Family(
+    name="encoder-decoder", title="encoder-decoder transformer (T5-style)", config=EncoderDecoderConfig,
+    model=EncoderDecoder, objective="translation", card_rows=card.encoder_decoder_rows,
+    parameter_rules=card.ENCODER_DECODER_RULES,
+    trace_fields=(*ATTENTION_TRACE, "decoder_hidden_states", "decoder_attentions", "cross_attentions"),
+    views=("attention", "translation"), checkpoints={"t5": t5.CONVERTER},
+)  # fmt: skip
+MOE = Family(
+    name="moe", title="decoder-only mixture of experts (Mixtral-style)", config=MoEConfig, model=MoEDecoder,
+    objective="causal", card_rows=card.moe_rows, parameter_rules=card.DECODER_RULES,
+    trace_fields=(*ATTENTION_TRACE, "router_logits", "expert_indices"), views=("attention", "routing"),
+    checkpoints={"mixtral": llama.MIXTRAL, "qwen2_moe": llama.QWEN2_MOE},
+)  # fmt: skip
+SSM = Family(
+    name="ssm", title="selective state-space model (Mamba)", config=MambaConfig, model=Mamba, objective="causal",
+    card_rows=card.ssm_rows, parameter_rules=card.SSM_RULES, trace_fields=("hidden_states", "ssm_attention", "ssm_delta"),
+    views=("scan",), checkpoints={"mamba": mamba.CONVERTER},
+)  # fmt: skip
+
+for _family in (DECODER, ENCODER, ENCODER_DECODER, MOE, SSM):
+    register(_family)
