@@ -8,7 +8,7 @@ One module (or package) per tab, the shared pieces beside them:
 * ``lens``, ``embeddings``, ``compare``, ``card``: the Logit lens, Embeddings, Compare and
   Architecture tabs
 * ``session``: per-session state, the ``Analysis`` one Run leaves (and the traced run behind it)
-* ``registry``: the loaded models, shared read-only by every session
+* ``catalog``: the loaded models, shared read-only by every session
 * ``tokens``: text and tokens as every tab handles them (encoding, mask token, token chips)
 * ``messages``: status lines (✓ ℹ ⚠ ✕, markdown-safe); ``sliders``: slider values checked or clamped
 

@@ -13,7 +13,7 @@ from archplay.models.architectures.layers import count_parameters
 from archplay.viz.card import parameter_figure
 
 from .messages import error, md_escape
-from .registry import Registry, UnknownModelError
+from .catalog import Catalog, UnknownModelError
 
 HELP = (
     "What the model is made of: its configuration as the architecture names it, and its parameters "
@@ -23,10 +23,10 @@ HELP = (
 )
 
 
-def card(registry: Registry, key: str | None) -> tuple[str, go.Figure | None]:
+def card(catalog: Catalog, key: str | None) -> tuple[str, go.Figure | None]:
     """(the configuration as a markdown table, the parameter breakdown figure)."""
     try:
-        entry = registry.get(key)
+        entry = catalog.get(key)
     except UnknownModelError as e:
         return error(md_escape(str(e))), None
     rows = "\n".join(f"| {md_escape(k)} | {md_escape(str(v))} |" for k, v in architecture(entry.model))
@@ -38,20 +38,20 @@ def card(registry: Registry, key: str | None) -> tuple[str, go.Figure | None]:
     return table, fig
 
 
-def build(registry: Registry, demo: gr.Blocks, explore_ui: SimpleNamespace) -> SimpleNamespace:
+def build(catalog: Catalog, demo: gr.Blocks, explore_ui: SimpleNamespace) -> SimpleNamespace:
     ui = SimpleNamespace()
     gr.Markdown("### Architecture card")
     gr.Markdown(HELP, elem_classes="ap-help")
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=320):
-            ui.model = gr.Dropdown(registry.choices(), value=registry.default_key, label="Model", elem_id="card-model")
+            ui.model = gr.Dropdown(catalog.choices(), value=catalog.default_key, label="Model", elem_id="card-model")
             ui.table = gr.Markdown("", elem_id="card-table")
         with gr.Column(scale=3, min_width=420):
             ui.plot = gr.Plot(show_label=False, elem_id="card-plot")
     # The card follows the Explore tab's model choice, and its own dropdown.
     # (with the list as it is now: Explore may have just loaded a checkpoint this dropdown has not seen)
-    explore_ui.model.change(lambda key: gr.update(choices=registry.choices(), value=key), inputs=[explore_ui.model],
+    explore_ui.model.change(lambda key: gr.update(choices=catalog.choices(), value=key), inputs=[explore_ui.model],
                             outputs=[ui.model], show_progress="hidden")  # fmt: skip
-    gr.on(triggers=[demo.load, ui.model.change], fn=lambda key: card(registry, key), inputs=[ui.model],
+    gr.on(triggers=[demo.load, ui.model.change], fn=lambda key: card(catalog, key), inputs=[ui.model],
           outputs=[ui.table, ui.plot], api_name="card", show_progress="hidden")  # fmt: skip
     return ui

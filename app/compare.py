@@ -27,7 +27,7 @@ from archplay.viz.compare import latency_chart, surprisal_bars
 
 from .explore import routing, scan
 from .messages import error, md_escape, note, ok, quote
-from .registry import Entry, Registry, UnknownModelError
+from .catalog import Entry, Catalog, UnknownModelError
 from .session import Analysis, record, traced_run
 from .tokens import DEFAULT_TEXT, encode, mask_id
 
@@ -62,7 +62,7 @@ class Panel:
     bits: list[float] = field(default_factory=list)  # per token, NaN where none
 
 
-def compare(registry: Registry, keys, text: str | None) -> tuple[str, list[Panel]]:
+def compare(catalog: Catalog, keys, text: str | None) -> tuple[str, list[Panel]]:
     """Run ``text`` through each model in ``keys`` (1 to 4) -> (status markdown, panels)."""
     keys = [k for k in (keys or []) if k]
     if not keys:
@@ -71,7 +71,7 @@ def compare(registry: Registry, keys, text: str | None) -> tuple[str, list[Panel
         return error(f"Compare shows at most {MAX_MODELS} models at once; {len(keys)} were chosen."), []
     if text is None or not str(text).strip():
         return error("Type some text first, then press Compare."), []
-    panels = [panel(registry, key, str(text)) for key in keys]
+    panels = [panel(catalog, key, str(text)) for key in keys]
     failed = sum(1 for p in panels if p.message)
     status = ok(f"Compared {len(panels) - failed} model{'s' if len(panels) - failed != 1 else ''} on the same text.")
     if failed:
@@ -79,9 +79,9 @@ def compare(registry: Registry, keys, text: str | None) -> tuple[str, list[Panel
     return status, panels
 
 
-def panel(registry: Registry, key: str, text: str) -> Panel:
+def panel(catalog: Catalog, key: str, text: str) -> Panel:
     try:
-        entry = registry.get(key)
+        entry = catalog.get(key)
     except UnknownModelError as e:
         return Panel(key, f"#### {md_escape(str(key))}", message=error(md_escape(str(e))))
     ids, cut_from = encode(entry, text)
@@ -182,7 +182,7 @@ def _prediction(entry: Entry, a: Analysis) -> str:
     return f"**{what}:** {items}"
 
 
-def latency(registry: Registry, keys) -> tuple[go.Figure | None, str]:
+def latency(catalog: Catalog, keys) -> tuple[go.Figure | None, str]:
     """The latency chart for the chosen models and a note with each one's fitted growth exponent."""
     keys = [k for k in (keys or []) if k]
     if not keys:
@@ -190,7 +190,7 @@ def latency(registry: Registry, keys) -> tuple[go.Figure | None, str]:
     series, notes = {}, []
     for key in keys[:MAX_MODELS]:
         try:
-            entry = registry.get(key)
+            entry = catalog.get(key)
         except UnknownModelError as e:
             notes.append(error(md_escape(str(e))))
             continue
@@ -205,9 +205,9 @@ def latency(registry: Registry, keys) -> tuple[go.Figure | None, str]:
 # --------------------------------------------------------------------------- layout and wiring
 
 
-def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
+def build(catalog: Catalog, demo: gr.Blocks) -> SimpleNamespace:
     ui = SimpleNamespace(slots=[])
-    keys = registry.keys()
+    keys = catalog.keys()
     default = [k for k in ("gpt", "mamba") if k in keys] or keys[:2]
     gr.Markdown("### Compare architectures on the same text")
     gr.Markdown(HELP, elem_classes="ap-help")
@@ -215,7 +215,7 @@ def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
         with gr.Column(scale=3):
             ui.text = gr.Textbox(value=DEFAULT_TEXT, label="Text", lines=2, elem_id="compare-text")
         with gr.Column(scale=2, min_width=260):
-            ui.models = gr.CheckboxGroup(registry.choices(), value=default, label=f"Models (up to {MAX_MODELS})",
+            ui.models = gr.CheckboxGroup(catalog.choices(), value=default, label=f"Models (up to {MAX_MODELS})",
                                          elem_id="compare-models")  # fmt: skip
             ui.run = gr.Button("Compare", variant="primary", elem_id="compare-run")
     ui.status = gr.Markdown("", elem_id="compare-status")
@@ -235,7 +235,7 @@ def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
     ui.latency_plot = gr.Plot(show_label=False, elem_id="compare-latency")
 
     def run(models, text):
-        status, panels = compare(registry, models, text)
+        status, panels = compare(catalog, models, text)
         updates = {ui.status: status}
         for i, slot in enumerate(ui.slots):
             updates |= _slot_updates(slot, panels[i] if i < len(panels) else None)
@@ -245,7 +245,7 @@ def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
     for s in ui.slots:
         outputs += [s.column, s.title, s.view, s.prediction, s.surprisal]
     ui.run.click(run, inputs=[ui.models, ui.text], outputs=outputs, api_name="compare")
-    ui.measure.click(lambda models: latency(registry, models), inputs=[ui.models],
+    ui.measure.click(lambda models: latency(catalog, models), inputs=[ui.models],
                      outputs=[ui.latency_plot, ui.latency_note], api_name="latency")  # fmt: skip
     return ui
 

@@ -28,7 +28,7 @@ from archplay.models.analysis.embeddings import (
 from archplay.viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
 
 from .messages import error, md_escape, note, ok
-from .registry import Entry, Registry, UnknownModelError
+from .catalog import Entry, Catalog, UnknownModelError
 from .session import Analysis
 from .sliders import check
 
@@ -55,10 +55,10 @@ def methods() -> list[str]:
     return ["PCA", "UMAP"] if umap_available() else ["PCA"]
 
 
-def tags_for(registry: Registry, analysis: Analysis) -> list[str] | None:
+def tags_for(catalog: Catalog, analysis: Analysis) -> list[str] | None:
     """Part of speech per analysed token (story-world words), or None without token offsets."""
     try:
-        tok = registry.get(analysis.model_key).tokenizer
+        tok = catalog.get(analysis.model_key).tokenizer
     except UnknownModelError:
         return None
     if analysis.translation is not None or not hasattr(tok, "encode_with_offsets"):
@@ -79,7 +79,7 @@ class LayerViews(NamedTuple):
     n_tokens: int
 
 
-def views(registry: Registry, analysis: Analysis | None, layer, token, dims="2-D", method="PCA") -> LayerViews:
+def views(catalog: Catalog, analysis: Analysis | None, layer, token, dims="2-D", method="PCA") -> LayerViews:
     """The layer's scatter and the token's path, from the session's Run."""
     if analysis is None:
         return LayerViews(None, None, note("Run a model on the Explore tab first."), 1, 1)
@@ -89,7 +89,7 @@ def views(registry: Registry, analysis: Analysis | None, layer, token, dims="2-D
     n_layers, T = len(analysis.hidden_states), len(analysis.ids)
     layer, token = check(layer, n_layers, "layer"), check(token, T, "token")
     proj = layer_projection(analysis.hidden_states, k, "umap" if method == "UMAP" else "pca")
-    tags = tags_for(registry, analysis)
+    tags = tags_for(catalog, analysis)
     where = "token embeddings" if layer == 0 else f"after layer {layer}"
     who = "source tokens, encoder" if analysis.translation is not None else "tokens"
     scatter = embedding_scatter(proj.coords[layer], analysis.labels, tags, explained=proj.explained,
@@ -109,10 +109,10 @@ class SentenceViews(NamedTuple):
     note: str  # markdown
 
 
-def sentences(registry: Registry, key: str | None, text: str | None) -> SentenceViews:
+def sentences(catalog: Catalog, key: str | None, text: str | None) -> SentenceViews:
     """The sentence vectors of one sentence per line, compared."""
     try:
-        entry = registry.get(key)
+        entry = catalog.get(key)
     except UnknownModelError as e:
         return SentenceViews(None, None, error(md_escape(str(e))))
     if not is_encoder(entry):
@@ -153,13 +153,13 @@ def quote_line(s: str) -> str:
     return f"“{md_escape(s)}”"
 
 
-def encoder_choices(registry: Registry) -> list[tuple[str, str]]:
+def encoder_choices(catalog: Catalog) -> list[tuple[str, str]]:
     """The sentence-embedding model list: the encoders (BERT family), or every model when there is none."""
-    encoders = [(label, key) for label, key in registry.choices() if is_encoder(registry.get(key))]
-    return encoders or registry.choices()
+    encoders = [(label, key) for label, key in catalog.choices() if is_encoder(catalog.get(key))]
+    return encoders or catalog.choices()
 
 
-def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
+def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
     ui = SimpleNamespace()
     gr.Markdown("### Embeddings: tokens as points in the model's space")
     gr.Markdown(HELP, elem_classes="ap-help")
@@ -177,7 +177,7 @@ def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
             ui.path = gr.Plot(show_label=False, elem_id="emb-path")
     gr.Markdown("#### Sentence embeddings (encoder)")
     gr.Markdown(SENTENCE_HELP, elem_classes="ap-help")
-    encoders = encoder_choices(registry)
+    encoders = encoder_choices(catalog)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             ui.encoder = gr.Dropdown(encoders, value=encoders[0][1], label="Encoder", elem_id="sent-model")
@@ -191,7 +191,7 @@ def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
 
     def redraw(analysis, layer, token, dims, method):
         try:
-            v = views(registry, analysis, layer, token, dims, method)
+            v = views(catalog, analysis, layer, token, dims, method)
         except ValueError as e:
             raise gr.Error(str(e)) from None
         return {ui.scatter: v.scatter, ui.path: v.path, ui.note: v.note}
@@ -207,7 +207,7 @@ def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
                 **redraw(analysis, layer, token, dims, method)}  # fmt: skip
 
     def embed(key, text):
-        v = sentences(registry, key, text)
+        v = sentences(catalog, key, text)
         return {ui.similarity: v.similarity, ui.sent_scatter: v.scatter, ui.sent_note: v.note}
 
     outputs = [ui.scatter, ui.path, ui.note]

@@ -19,7 +19,7 @@ from archplay.models.analysis.lens import logit_lens
 from archplay.viz.lens import logit_lens_heatmap
 
 from .messages import error, md_escape, note, ok
-from .registry import Registry, UnknownModelError
+from .catalog import Catalog, UnknownModelError
 from .session import Analysis
 
 HELP = (
@@ -31,19 +31,19 @@ HELP = (
 )
 
 
-def lens_view(registry: Registry, analysis: Analysis | None) -> tuple[go.Figure | None, str]:
+def lens_view(catalog: Catalog, analysis: Analysis | None) -> tuple[go.Figure | None, str]:
     """The logit-lens heatmap of the session's Run and a sentence on it."""
     if analysis is None:
         return None, note("Run a model on the Explore tab first.")
     if not analysis.spec.lens:
-        with_lens = [key for key in registry.keys() if key in BUILTIN_NAMES and registry.get(key).spec.lens]
+        with_lens = [key for key in catalog.keys() if key in BUILTIN_NAMES and catalog.get(key).spec.lens]
         return None, note(f"The logit lens reads a decoder's layers through its output head; "
                           f"{md_escape(analysis.model_label)} is an {analysis.family} model."
                           + (f" Choose {_either(with_lens)}." if with_lens else ""))  # fmt: skip
     if not analysis.hidden_states:
         return None, note("This Run kept no hidden states.")
     try:
-        entry = registry.get(analysis.model_key)
+        entry = catalog.get(analysis.model_key)
     except UnknownModelError as e:
         return None, error(md_escape(str(e)))
     try:
@@ -65,12 +65,12 @@ def _either(keys: list[str]) -> str:
     return keys[0] if len(keys) == 1 else f"{', '.join(keys[:-1])} or {keys[-1]}"
 
 
-def build(registry: Registry, explore_ui: SimpleNamespace) -> SimpleNamespace:
+def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
     ui = SimpleNamespace()
     gr.Markdown("### Logit lens: the prediction forming layer by layer")
     gr.Markdown(HELP, elem_classes="ap-help")
     ui.note = gr.Markdown("", elem_id="lens-note")
     ui.plot = gr.Plot(show_label=False, elem_id="lens-plot")
-    explore_ui.analysed.then(lambda a: lens_view(registry, a), inputs=[explore_ui.state],
+    explore_ui.analysed.then(lambda a: lens_view(catalog, a), inputs=[explore_ui.state],
                              outputs=[ui.plot, ui.note], api_name="lens", show_progress="hidden")  # fmt: skip
     return ui

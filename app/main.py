@@ -10,7 +10,7 @@ import torch
 
 from . import card, compare, embeddings, lens
 from .explore import page as explore
-from .registry import Registry
+from .catalog import Catalog
 
 TITLE = "archplay"
 THEME = gr.themes.Default(primary_hue="blue", secondary_hue="slate", neutral_hue="slate")
@@ -81,28 +81,28 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def build_app(registry: Registry) -> gr.Blocks:
+def build_app(catalog: Catalog) -> gr.Blocks:
     """The whole app as one Blocks; launch it with ``theme=THEME, css=CSS``."""
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         with gr.Tabs():
             with gr.Tab("Explore", id="explore"):
-                explore_ui = explore.build(registry, demo)
+                explore_ui = explore.build(catalog, demo)
             with gr.Tab("Logit lens", id="lens"):
-                lens.build(registry, explore_ui)
+                lens.build(catalog, explore_ui)
             with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
-                embeddings_ui = embeddings.build(registry, explore_ui)
+                embeddings_ui = embeddings.build(catalog, explore_ui)
             with gr.Tab("Compare", id="compare") as compare_tab:
-                compare_ui = compare.build(registry, demo)
+                compare_ui = compare.build(catalog, demo)
             with gr.Tab("Architecture", id="architecture") as card_tab:
-                card_ui = card.build(registry, demo, explore_ui)
+                card_ui = card.build(catalog, demo, explore_ui)
 
-        # The registry grows while the server runs (a page loads a checkpoint from --models-dir), but a
+        # The catalog grows while the server runs (a page loads a checkpoint from --models-dir), but a
         # component's choices are fixed when the page is built: every model list is refreshed when a
         # page opens and when a tab with its own list is shown, so anyone's loaded model appears everywhere.
         def model_lists():
-            everything = gr.update(choices=registry.choices())
-            return {explore_ui.model: everything, explore_ui.folder: gr.update(choices=registry.folders()),
-                    embeddings_ui.encoder: gr.update(choices=embeddings.encoder_choices(registry)),
+            everything = gr.update(choices=catalog.choices())
+            return {explore_ui.model: everything, explore_ui.folder: gr.update(choices=catalog.folders()),
+                    embeddings_ui.encoder: gr.update(choices=embeddings.encoder_choices(catalog)),
                     compare_ui.models: everything, card_ui.model: everything}  # fmt: skip
 
         gr.on(triggers=[demo.load, embeddings_tab.select, compare_tab.select, card_tab.select], fn=model_lists,
@@ -115,14 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
     print(f"archplay: loading models on {device}…", flush=True)
-    registry = Registry.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True),
+    catalog = Catalog.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True),
                                    models_dir=args.models_dir)  # fmt: skip
     warning = host_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    for key in registry.keys():
-        print(f"archplay: offering {registry.get(key).label}", flush=True)
-    demo = build_app(registry)
+    for key in catalog.keys():
+        print(f"archplay: offering {catalog.get(key).label}", flush=True)
+    demo = build_app(catalog)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     _, local_url, _ = demo.launch(
         server_name=args.host,

@@ -4,7 +4,7 @@ A Run calls the model once (``traced_run``; an encoder-decoder first translates 
 traces its translation) and keeps batch row 0 of what it returned, float32 on the CPU
 (``record``): every redraw (a slider, the Logit lens and Embeddings tabs) reads this copy, never
 the model. Which family views a Run feeds is the family registry's word (``Family.views``),
-asked once here. Models stay in the shared ``app.registry.Registry``; a session holds only keys,
+asked once here. Models stay in the shared ``app.catalog.Catalog``; a session holds only keys,
 token ids and tensors.
 """
 
@@ -16,14 +16,14 @@ import torch
 from torch import Tensor
 
 from archplay.models import Trace
-from archplay.models import registry as families
+from archplay.models import registry
 from archplay.models.registry import Family
 
 from .explore import translation
 from .explore.routing import Routing
 from .explore.scan import Scan
 from .explore.translation import Translation
-from .registry import Entry
+from .catalog import Entry
 from .sliders import check, clamp
 from .tokens import mask_id, mask_token
 
@@ -76,7 +76,7 @@ class Analysis:
     @property
     def spec(self) -> Family:
         """The family's registry entry."""
-        return families.get(self.family)
+        return registry.get(self.family)
 
     @property
     def kinds(self) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 
-from .registry import Entry
+from .catalog import Entry
 
 # From the built-ins' story world (archplay.models.story), so the trained models have something to say.
 DEFAULT_TEXT = "Mia finds a big red ball. She throws the ball to Tom. Then Tom"

@@ -21,7 +21,7 @@ import time
 import torch
 
 from archplay.app.explore import run as explore, sampling
-from archplay.app.registry import Registry
+from archplay.app.catalog import Catalog
 from bench.report import free_port, percentiles
 from archplay.models import BUILTIN_NAMES
 from archplay.models import story
@@ -31,12 +31,12 @@ from archplay.models.story.tokenizer import ByteTokenizer
 SETTINGS = [(t, k, p) for t in (0.3, 0.7, 1.0, 1.5) for k in (0, 5, 40, 200) for p in (0.5, 0.9, 0.95, 1.0)]  # 64
 
 
-def big_vocab_registry(registry: Registry) -> str:
+def big_vocab_registry(catalog: Catalog) -> str:
     """Add a random GPT-2-vocabulary decoder (50,257 tokens, tiny otherwise) as "gpt2-vocab"."""
     torch.manual_seed(0)
     cfg = DecoderConfig(vocab_size=50257, d_model=128, n_layer=2, n_head=4, d_ff=512, max_seq_len=512, name="gpt2-vocab",
                         trained=False)  # fmt: skip
-    registry.put("gpt2-vocab", Decoder(cfg).to(registry.device), ByteTokenizer())
+    catalog.put("gpt2-vocab", Decoder(cfg).to(catalog.device), ByteTokenizer())
     return "gpt2-vocab"
 
 
@@ -48,14 +48,14 @@ def story_text(n_tokens: int, tok) -> str:
     return tok.decode(ids[: n_tokens + 1])  # the tokenizer's own specials are added again on encode
 
 
-def sampler_handler(registry: Registry, key: str, changes: int) -> dict:
-    text = story_text(64, registry.get(key).tokenizer)
-    a = explore.analyse(registry, key, text).analysis
+def sampler_handler(catalog: Catalog, key: str, changes: int) -> dict:
+    text = story_text(64, catalog.get(key).tokenizer)
+    a = explore.analyse(catalog, key, text).analysis
     ms = []
     for i in range(changes):
         t, k, p = SETTINGS[i % len(SETTINGS)]
         t0 = time.perf_counter()
-        sampling.distribution(registry, a, t, k, p)
+        sampling.distribution(catalog, a, t, k, p)
         ms.append((time.perf_counter() - t0) * 1000)
     return {"p50": percentiles(ms)[0], "p95": percentiles(ms)[1], "n": len(ms), "vocab": a.logits.shape[-1]}
 
@@ -90,14 +90,14 @@ class PageProtocol:
         raise RuntimeError(f"{api}: the event stream ended without an answer")
 
 
-def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dict:
+def sampler_round_trip(catalog: Catalog, keys: list[str], changes: int) -> dict:
     """Round trips of /distribution through the app on loopback, one session per model: through
     ``gradio_client``, and through the page's own protocol (``PageProtocol``)."""
     from gradio_client import Client
 
     from archplay.app.main import CSS, THEME, build_app
 
-    demo = build_app(registry)
+    demo = build_app(catalog)
     demo.queue(default_concurrency_limit=4)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
@@ -106,7 +106,7 @@ def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dic
     try:
         for key in keys:
             page = PageProtocol(f"http://127.0.0.1:{port}/", f"bench-{key}")
-            page.call("analyse", [key, story_text(64, registry.get(key).tokenizer), 0, 0, 1.0, 0, 1.0, "encoder", 0, 0])
+            page.call("analyse", [key, story_text(64, catalog.get(key).tokenizer), 0, 0, 1.0, 0, 1.0, "encoder", 0, 0])
             ms = []
             for i in range(changes):
                 t, k, p = SETTINGS[i % len(SETTINGS)]
@@ -115,7 +115,7 @@ def sampler_round_trip(registry: Registry, keys: list[str], changes: int) -> dic
                 ms.append((time.perf_counter() - t0) * 1000)
             out[f"page:{key}"] = {"p50": percentiles(ms)[0], "p95": percentiles(ms)[1], "n": len(ms)}
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-            client.predict(key, story_text(64, registry.get(key).tokenizer), 0, 0, 1.0, 0, 1.0, api_name="/analyse")
+            client.predict(key, story_text(64, catalog.get(key).tokenizer), 0, 0, 1.0, 0, 1.0, api_name="/analyse")
             ms = []
             for i in range(changes):
                 t, k, p = SETTINGS[i % len(SETTINGS)]
@@ -141,14 +141,14 @@ def response_bytes(r: explore.AnalyseResult) -> int:
     return size + sum(len(t.encode()) for t in texts if t)
 
 
-def analyse(registry: Registry, key: str, n_tokens: int, repeats: int) -> dict:
-    entry = registry.get(key)
+def analyse(catalog: Catalog, key: str, n_tokens: int, repeats: int) -> dict:
+    entry = catalog.get(key)
     text = story_text(n_tokens, entry.tokenizer)
-    explore.analyse(registry, key, text)  # warm-up
+    explore.analyse(catalog, key, text)  # warm-up
     ms, size, tokens = [], 0, 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        r = explore.analyse(registry, key, text)
+        r = explore.analyse(catalog, key, text)
         ms.append((time.perf_counter() - t0) * 1000)
         size, tokens = response_bytes(r), len(r.analysis.ids)
     p50, p95 = percentiles(ms)
@@ -157,11 +157,11 @@ def analyse(registry: Registry, key: str, n_tokens: int, repeats: int) -> dict:
 
 def run(quick: bool = False, device: str = "cpu") -> list[dict]:
     changes = 20 if quick else 200
-    registry = Registry.from_names([], device=device)
-    big = big_vocab_registry(registry)
+    catalog = Catalog.from_names([], device=device)
+    big = big_vocab_registry(catalog)
     rows = []
-    handler = {key: sampler_handler(registry, key, changes) for key in ("gpt", big)}
-    trip = sampler_round_trip(registry, ["gpt", big], changes)
+    handler = {key: sampler_handler(catalog, key, changes) for key in ("gpt", big)}
+    trip = sampler_round_trip(catalog, ["gpt", big], changes)
     for key in ("gpt", big):
         h, t = handler[key], trip[key]
         vocab = f"vocabulary {h['vocab']:,}"
@@ -180,7 +180,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[dict]:
                          raw=t))  # fmt: skip
     lengths = (32, 128) if quick else (32, 128, 512)
     for key in BUILTIN_NAMES:
-        res = {n: analyse(registry, key, n, 3 if quick else (15 if n < 512 else 6)) for n in lengths}
+        res = {n: analyse(catalog, key, n, 3 if quick else (15 if n < 512 else 6)) for n in lengths}
         parts = [f"{r['tokens']}: {r['p50']:.0f} / {r['p95']:.0f} ms, {r['bytes'] / 1e3:.0f} kB" for r in res.values()]
         at128 = res[128]
         rows.append(dict(section="analyse", case=key, measure="tokens: p50 / p95, response size",

@@ -17,21 +17,21 @@ from archplay.app import tokens
 from archplay.app.explore import attention, generation, routing, run, sampling, scan
 from archplay.app.main import build_app, parse_args, resolve_device
 from archplay.models import BUILTIN_NAMES
-from archplay.app.registry import Registry, UnknownModelError, describe
+from archplay.app.catalog import Catalog, UnknownModelError, describe
 from archplay.models.sampling import staged_distribution
 
 TEXT = "Mia has a red ball."
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.from_names([], device="cpu")
+def catalog() -> Catalog:
+    return Catalog.from_names([], device="cpu")
 
 
 @pytest.fixture()
-def forward_calls(registry, monkeypatch):
+def forward_calls(catalog, monkeypatch):
     """Count every forward pass of the built-in model (generation steps included)."""
-    model = registry.get("gpt").model
+    model = catalog.get("gpt").model
     calls = []
     original = model.forward
 
@@ -43,8 +43,8 @@ def forward_calls(registry, monkeypatch):
     return calls
 
 
-def trace_of(registry, text):
-    entry = registry.get("gpt")
+def trace_of(catalog, text):
+    entry = catalog.get("gpt")
     ids = torch.tensor([entry.tokenizer.encode(text)])
     with torch.inference_mode():
         return entry.model(ids, trace=True)
@@ -63,16 +63,16 @@ def final_bars(fig):
     return ids, np.asarray(bars.y, dtype=np.float64)
 
 
-# --------------------------------------------------------------------------- registry and CLI
+# --------------------------------------------------------------------------- catalog and CLI
 
 
-def test_registry_offers_the_builtins_and_starts_with_the_decoder(registry):
-    assert registry.keys() == list(BUILTIN_NAMES) and registry.default_key == "gpt"
-    labels = dict((key, label) for label, key in registry.choices())
+def test_registry_offers_the_builtins_and_starts_with_the_decoder(catalog):
+    assert catalog.keys() == list(BUILTIN_NAMES) and catalog.default_key == "gpt"
+    labels = dict((key, label) for label, key in catalog.choices())
     families = {"gpt": "decoder", "bert": "encoder", "t5": "encoder-decoder", "moe": "moe", "mamba": "ssm"}
     for key, family in families.items():
         assert f"— {family}," in labels[key]
-        if not registry.get(key).trained:
+        if not catalog.get(key).trained:
             assert labels[key].count("untrained") == 1
 
 
@@ -88,16 +88,16 @@ def test_describe_marks_untrained_once():
 
 def test_a_folder_that_fails_is_reported_and_the_rest_still_load(tmp_path):
     logged = []
-    reg = Registry.from_names([str(tmp_path / "missing"), "nonsense"], log=logged.append)
+    reg = Catalog.from_names([str(tmp_path / "missing"), "nonsense"], log=logged.append)
     assert reg.keys() == list(BUILTIN_NAMES)
     assert len(reg.errors) == 2 and len(logged) == 2
     assert "no such folder" in reg.errors[0]
     assert "unknown model 'nonsense'" in reg.errors[1]
 
 
-def test_unknown_key_is_a_readable_error(registry):
+def test_unknown_key_is_a_readable_error(catalog):
     with pytest.raises(UnknownModelError, match="Unknown model 'nope'"):
-        registry.get("nope")
+        catalog.get("nope")
 
 
 def test_cli_defaults_and_repeatable_model():
@@ -109,8 +109,8 @@ def test_cli_defaults_and_repeatable_model():
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_app_exposes_the_named_endpoints(registry):
-    demo = build_app(registry)
+def test_app_exposes_the_named_endpoints(catalog):
+    demo = build_app(catalog)
     names = {fn.api_name for fn in demo.fns.values() if fn.api_name}
     assert {"analyse", "attention", "attention_kind", "distribution", "routing", "delta", "generate", "grid",
             "sample_once", "sample_many", "compare", "latency", "position", "lens", "card", "corpus_routing",
@@ -125,13 +125,13 @@ def test_app_exposes_the_named_endpoints(registry):
 # --------------------------------------------------------------------------- analyse
 
 
-def test_analyse_caches_the_trace_and_draws_the_chosen_layer_and_head(registry):
-    r = run.analyse(registry, "gpt", TEXT, layer=2, head=3)
-    out = trace_of(registry, TEXT)
+def test_analyse_caches_the_trace_and_draws_the_chosen_layer_and_head(catalog):
+    r = run.analyse(catalog, "gpt", TEXT, layer=2, head=3)
+    out = trace_of(catalog, TEXT)
     a = r.analysis
     assert r.ok and r.status.startswith("✓")
-    assert a.ids == registry.get("gpt").tokenizer.encode(TEXT)
-    assert a.labels == registry.get("gpt").tokenizer.tokens(a.ids) and len(a.labels) == len(a.ids)
+    assert a.ids == catalog.get("gpt").tokenizer.encode(TEXT)
+    assert a.labels == catalog.get("gpt").tokenizer.tokens(a.ids) and len(a.labels) == len(a.ids)
     assert (a.n_layer, a.n_head) == (4, 4) and (r.layer, r.head) == (2, 3)
     # the cached attention and logits are the model's, on the CPU, one batch row
     for cached, traced in zip(a.attentions, out.trace.attentions):
@@ -145,17 +145,17 @@ def test_analyse_caches_the_trace_and_draws_the_chosen_layer_and_head(registry):
     assert np.all(np.triu(z, k=1) == 0)  # causal: nothing above the diagonal
     assert "upper triangle" in r.attention_help
     assert r.can_generate and r.generate_note == ""
-    assert ("untrained" in r.status.lower() or "random" in r.status) == (not registry.get("gpt").trained)
+    assert ("untrained" in r.status.lower() or "random" in r.status) == (not catalog.get("gpt").trained)
 
 
-def test_analyse_clamps_layer_and_head_into_the_model(registry):
-    r = run.analyse(registry, "gpt", TEXT, layer=99, head=-5)
+def test_analyse_clamps_layer_and_head_into_the_model(catalog):
+    r = run.analyse(catalog, "gpt", TEXT, layer=99, head=-5)
     assert (r.layer, r.head) == (3, 0)
 
 
-def test_attention_slider_redraws_any_layer_and_head_from_the_cache(registry):
-    a = run.analyse(registry, "gpt", TEXT).analysis
-    out = trace_of(registry, TEXT)
+def test_attention_slider_redraws_any_layer_and_head_from_the_cache(catalog):
+    a = run.analyse(catalog, "gpt", TEXT).analysis
+    out = trace_of(catalog, TEXT)
     for layer, head in [(0, 0), (1, 2), (3, 3)]:
         fig = attention.attention_figure(a, layer, head)
         np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=np.float64),
@@ -165,9 +165,9 @@ def test_attention_slider_redraws_any_layer_and_head_from_the_cache(registry):
     assert attention.attention_figure(None, 0, 0) is None
 
 
-def test_tokens_strip_escapes_html_and_numbers_every_token(registry):
+def test_tokens_strip_escapes_html_and_numbers_every_token(catalog):
     text = '<b>"x" & y</b>'
-    r = run.analyse(registry, "gpt", text)
+    r = run.analyse(catalog, "gpt", text)
     html = r.tokens_html
     assert "<b>" not in html and "&lt;" in html and "&amp;" in html and "&quot;" in html
     assert html.count('<span class="ap-tok') == len(r.analysis.ids)
@@ -177,26 +177,26 @@ def test_tokens_strip_escapes_html_and_numbers_every_token(registry):
 
 
 @pytest.mark.parametrize("text", ["", "   \n ", None])
-def test_empty_text_is_an_error_message_not_an_exception(registry, text):
-    r = run.analyse(registry, "gpt", text)
+def test_empty_text_is_an_error_message_not_an_exception(catalog, text):
+    r = run.analyse(catalog, "gpt", text)
     assert not r.ok and r.analysis is None
     assert r.status.startswith("✕") and "Type some text" in r.status
     assert r.attention is None and r.distribution is None
 
 
-def test_unknown_model_is_an_error_message(registry):
-    r = run.analyse(registry, "no-such-model", TEXT)
+def test_unknown_model_is_an_error_message(catalog):
+    r = run.analyse(catalog, "no-such-model", TEXT)
     assert not r.ok and "Unknown model" in r.status and "gpt" in r.status
-    r = run.analyse(registry, None, TEXT)
+    r = run.analyse(catalog, None, TEXT)
     assert not r.ok and "Choose a model" in r.status
 
 
-def test_too_long_text_is_cut_to_the_context_with_a_visible_note(registry):
-    limit = registry.get("gpt").config.max_seq_len
+def test_too_long_text_is_cut_to_the_context_with_a_visible_note(catalog):
+    limit = catalog.get("gpt").config.max_seq_len
     text = "Mia runs. " * limit
-    full = len(registry.get("gpt").tokenizer.encode(text))
+    full = len(catalog.get("gpt").tokenizer.encode(text))
     assert full > limit
-    r = run.analyse(registry, "gpt", text)
+    r = run.analyse(catalog, "gpt", text)
     assert r.ok and len(r.analysis.ids) == limit and r.analysis.truncated_from == full
     assert "⚠" in r.status and f"at most {limit}" in r.status
     assert f"cut to the first {limit} of {full}" in r.tokens_html
@@ -206,12 +206,12 @@ def test_too_long_text_is_cut_to_the_context_with_a_visible_note(registry):
 # --------------------------------------------------------------------------- distribution
 
 
-def test_distribution_follows_the_sliders_and_matches_staged_distribution(registry):
-    a = run.analyse(registry, "gpt", TEXT).analysis
+def test_distribution_follows_the_sliders_and_matches_staged_distribution(catalog):
+    a = run.analyse(catalog, "gpt", TEXT).analysis
     last = a.logits[-1]
     figs = {}
     for t, k, p in [(1.0, 0, 1.0), (0.3, 0, 1.0), (1.5, 10, 0.8), (0.0, 0, 1.0)]:
-        fig, summary = sampling.distribution(registry, a, t, k, p)
+        fig, summary = sampling.distribution(catalog, a, t, k, p)
         ids, final = final_bars(fig)
         expected = staged_distribution(last, t, k, p).final[ids].double().numpy()
         np.testing.assert_allclose(final, expected, rtol=1e-6, atol=1e-9)
@@ -220,31 +220,31 @@ def test_distribution_follows_the_sliders_and_matches_staged_distribution(regist
     assert not np.allclose(figs[1.0], figs[0.3])  # temperature changes the final bars
     assert figs[0.0].max() == 1.0  # greedy: all mass on one token
     # the raw bars ignore the settings
-    raw_1 = trace_by_name(sampling.distribution(registry, a, 1.0, 0, 1.0)[0], "raw").y
-    raw_2 = trace_by_name(sampling.distribution(registry, a, 0.3, 5, 0.5)[0], "raw").y
+    raw_1 = trace_by_name(sampling.distribution(catalog, a, 1.0, 0, 1.0)[0], "raw").y
+    raw_2 = trace_by_name(sampling.distribution(catalog, a, 0.3, 5, 0.5)[0], "raw").y
     np.testing.assert_array_equal(np.asarray(raw_1), np.asarray(raw_2))
 
 
-def test_distribution_is_for_the_last_position(registry):
-    r = run.analyse(registry, "gpt", TEXT)
+def test_distribution_is_for_the_last_position(catalog):
+    r = run.analyse(catalog, "gpt", TEXT)
     a = r.analysis
     assert a.predict_at == len(a.ids) - 1
     assert "position %d" % a.predict_at in r.distribution.layout.title.text
     assert 'class="ap-tok ap-focus"' in r.tokens_html
 
 
-def test_distribution_rejects_settings_out_of_range(registry):
-    a = run.analyse(registry, "gpt", TEXT).analysis
+def test_distribution_rejects_settings_out_of_range(catalog):
+    a = run.analyse(catalog, "gpt", TEXT).analysis
     with pytest.raises(ValueError, match="top_p"):
-        sampling.distribution(registry, a, 1.0, 0, 0.0)
+        sampling.distribution(catalog, a, 1.0, 0, 0.0)
     with pytest.raises(ValueError, match="temperature"):
-        sampling.distribution(registry, a, -1.0, 0, 1.0)
-    fig, msg = sampling.distribution(registry, None)
+        sampling.distribution(catalog, a, -1.0, 0, 1.0)
+    fig, msg = sampling.distribution(catalog, None)
     assert fig is None and "Run" in msg
 
 
-def test_slider_handlers_never_call_the_model(registry, forward_calls):
-    a = run.analyse(registry, "gpt", TEXT).analysis
+def test_slider_handlers_never_call_the_model(catalog, forward_calls):
+    a = run.analyse(catalog, "gpt", TEXT).analysis
     assert len(forward_calls) == 1  # Run: exactly one traced forward pass
     for layer in range(4):
         for head in range(4):
@@ -252,16 +252,16 @@ def test_slider_handlers_never_call_the_model(registry, forward_calls):
     for t in np.linspace(0, 2, 9):
         for k in (0, 1, 50):
             for p in (0.1, 0.9, 1.0):
-                sampling.distribution(registry, a, float(t), k, p)
+                sampling.distribution(catalog, a, float(t), k, p)
     assert len(forward_calls) == 1
 
 
 # --------------------------------------------------------------------------- generate
 
 
-def test_generate_streams_and_greedy_matches_model_generate(registry):
-    entry = registry.get("gpt")
-    steps = list(generation.generate(registry, "gpt", TEXT, max_new_tokens=8, temperature=0.0))
+def test_generate_streams_and_greedy_matches_model_generate(catalog):
+    entry = catalog.get("gpt")
+    steps = list(generation.generate(catalog, "gpt", TEXT, max_new_tokens=8, temperature=0.0))
     texts = [step.text for step in steps]
     assert len(steps) == 9  # one per token, then the final status
     assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))
@@ -271,9 +271,9 @@ def test_generate_streams_and_greedy_matches_model_generate(registry):
     assert texts[-1] == entry.tokenizer.decode(expected[0].tolist())
 
 
-def test_generate_is_reproducible_by_seed(registry):
+def test_generate_is_reproducible_by_seed(catalog):
     def last_text(seed):
-        return list(generation.generate(registry, "gpt", TEXT, 6, 1.0, 0, 1.0, seed))[-1].text
+        return list(generation.generate(catalog, "gpt", TEXT, 6, 1.0, 0, 1.0, seed))[-1].text
 
     assert last_text(1) == last_text(1)
     assert last_text(1) != last_text(2) or last_text(1) != last_text(3)
@@ -283,16 +283,16 @@ def test_generate_is_reproducible_by_seed(registry):
     "model, text, message",
     [("gpt", "", "Type some text"), ("nope", TEXT, "Unknown model")],
 )
-def test_generate_reports_problems(registry, model, text, message):
-    steps = list(generation.generate(registry, model, text, 4))
+def test_generate_reports_problems(catalog, model, text, message):
+    steps = list(generation.generate(catalog, model, text, 4))
     assert len(steps) == 1 and steps[0].text == "" and message in steps[0].status
 
 
-def test_generate_leaves_room_in_the_context(registry):
-    limit = registry.get("gpt").config.max_seq_len
-    steps = list(generation.generate(registry, "gpt", "a" * limit, max_new_tokens=5, temperature=0.0))
+def test_generate_leaves_room_in_the_context(catalog):
+    limit = catalog.get("gpt").config.max_seq_len
+    steps = list(generation.generate(catalog, "gpt", "a" * limit, max_new_tokens=5, temperature=0.0))
     assert "Generated 5 tokens" in steps[-1].status and f"last {limit - 5} tokens" in steps[-1].status
-    settings = list(generation.generate(registry, "gpt", TEXT, 4, temperature=0.5, top_p=0.0))
+    settings = list(generation.generate(catalog, "gpt", TEXT, 4, temperature=0.5, top_p=0.0))
     assert len(settings) == 1 and "top_p" in settings[0].status
 
 
@@ -305,19 +305,19 @@ def bert_registry(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("ckpt") / "tiny-bert"
     make_hf_model("bert", folder)
-    reg = Registry.from_names([str(folder)])
+    reg = Catalog.from_names([str(folder)])
     assert not reg.errors, reg.errors
     return reg, reg.keys()[-1]
 
 
-def test_a_model_from_the_command_line_is_the_default(bert_registry, registry):
+def test_a_model_from_the_command_line_is_the_default(bert_registry, catalog):
     reg, key = bert_registry
     assert reg.keys() == [*BUILTIN_NAMES, key] and reg.default_key == key
-    assert registry.default_key == "gpt"
+    assert catalog.default_key == "gpt"
     from archplay.app.explore.page import default_text_for
 
     assert "[MASK]" in default_text_for(reg.get(key))
-    assert default_text_for(registry.get("gpt")) == tokens.DEFAULT_TEXT
+    assert default_text_for(catalog.get("gpt")) == tokens.DEFAULT_TEXT
 
 
 def test_encoder_predicts_at_the_first_mask(bert_registry):
@@ -338,11 +338,11 @@ def test_encoder_predicts_at_the_first_mask(bert_registry):
     np.testing.assert_allclose(final, staged_distribution(a.logits[3], 0.5, 3).final[ids].numpy(), rtol=1e-6, atol=1e-9)
 
 
-def test_encoder_adds_a_fill_in_the_blank_example(bert_registry, registry):
+def test_encoder_adds_a_fill_in_the_blank_example(bert_registry, catalog):
     from archplay.app.explore.page import examples_for
 
     assert any("[MASK]" in e for e in examples_for(bert_registry[0]))
-    assert not any("[MASK]" in e for e in examples_for(registry))
+    assert not any("[MASK]" in e for e in examples_for(catalog))
 
 
 def test_encoder_without_mask_asks_for_one_and_cannot_generate(bert_registry):
@@ -354,12 +354,12 @@ def test_encoder_without_mask_asks_for_one_and_cannot_generate(bert_registry):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_on_cuda_the_session_cache_is_on_the_cpu_and_matches(registry):
-    cuda = Registry.from_names([], device="cuda")
+def test_on_cuda_the_session_cache_is_on_the_cpu_and_matches(catalog):
+    cuda = Catalog.from_names([], device="cuda")
     r = run.analyse(cuda, "gpt", TEXT)
     assert r.analysis.logits.device.type == "cpu"
     assert all(a.device.type == "cpu" for a in r.analysis.attentions)
-    cpu = run.analyse(registry, "gpt", TEXT).analysis
+    cpu = run.analyse(catalog, "gpt", TEXT).analysis
     torch.testing.assert_close(r.analysis.logits, cpu.logits, atol=1e-3, rtol=1e-3)
     fig, _ = sampling.distribution(cuda, r.analysis, 0.7, 5, 0.9)
     assert fig is not None
@@ -375,14 +375,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_named_endpoints_through_gradio_client(registry):
+def test_named_endpoints_through_gradio_client(catalog):
     import json
 
     from gradio_client import Client
 
     from archplay.app.main import CSS, THEME
 
-    demo = build_app(registry)
+    demo = build_app(catalog)
     demo.queue()
     port = _free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
@@ -391,7 +391,7 @@ def test_named_endpoints_through_gradio_client(registry):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         status, strip, attention_fig, *_ = client.predict("gpt", TEXT, 1, 2, 1.0, 0, 1.0, api_name="/analyse")
         assert status.startswith("✓") and "ap-tok" in strip
-        out = trace_of(registry, TEXT)
+        out = trace_of(catalog, TEXT)
         z = _decode(json.loads(attention_fig["plot"])["data"][0]["z"])
         np.testing.assert_allclose(z, out.trace.attentions[1][0, 2].numpy(), atol=1e-7)
 
@@ -412,7 +412,7 @@ def test_named_endpoints_through_gradio_client(registry):
         # the encoder-decoder: translate, then switch to cross-attention by name
         status, *_ = client.predict("t5", TEXT, 0, 1, 1.0, 0, 1.0, "encoder", 0, 0, api_name="/analyse")
         assert "translated" in status
-        _, t5_out = translate_in_test(registry.get("t5"), TEXT)
+        _, t5_out = translate_in_test(catalog.get("t5"), TEXT)
         layer, fig, help_text = client.predict("cross", 2, 1, api_name="/attention_kind")
         z = _decode(json.loads(fig["plot"])["data"][0]["z"])
         np.testing.assert_allclose(z, t5_out.trace.cross_attentions[2][0, 1].numpy(), atol=1e-7)
@@ -421,7 +421,7 @@ def test_named_endpoints_through_gradio_client(registry):
         # the mixture of experts: its routing by MoE layer, with no model run
         client.predict("moe", TEXT, 0, 0, 1.0, 0, 1.0, api_name="/analyse")
         chips, routing_fig, load_fig, note_text = client.predict(2, api_name="/routing")
-        moe = registry.get("moe")
+        moe = catalog.get("moe")
         with torch.inference_mode():
             moe_out = moe.model(torch.tensor([moe.tokenizer.encode(TEXT)]), trace=True)
         marks = next(t for t in json.loads(routing_fig["plot"])["data"] if t.get("name") == "chosen")
@@ -456,12 +456,12 @@ def _decode(value):
 
 
 @pytest.fixture()
-def model_calls(registry, monkeypatch):
+def model_calls(catalog, monkeypatch):
     """Factory: model_calls("t5") -> a list that records every model call of that built-in
     (forward passes, generation, and an encoder-decoder's encode/decode halves)."""
 
     def watch(key):
-        model = registry.get(key).model
+        model = catalog.get(key).model
         calls = []
         for name in ("forward", "generate", "generate_stream", "encode", "decode"):
             if hasattr(model, name):
@@ -495,9 +495,9 @@ def z_of(fig):
     return np.asarray(fig.data[0].z, dtype=np.float64)
 
 
-def test_t5_translates_and_shows_encoder_decoder_and_cross_attention(registry):
-    entry = registry.get("t5")
-    r = run.analyse(registry, "t5", TEXT, layer=1, head=2, attention_kind="cross")
+def test_t5_translates_and_shows_encoder_decoder_and_cross_attention(catalog):
+    entry = catalog.get("t5")
+    r = run.analyse(catalog, "t5", TEXT, layer=1, head=2, attention_kind="cross")
     a = r.analysis
     new, out = translate_in_test(entry, TEXT)
     assert r.ok and r.status.startswith("✓") and "translated it greedily" in r.status
@@ -525,13 +525,13 @@ def test_t5_translates_and_shows_encoder_decoder_and_cross_attention(registry):
     assert "Source" in r.tokens_html and "Translation" in r.tokens_html
 
 
-def test_t5_distribution_is_the_decoders_choice_at_each_translation_step(registry):
-    r = run.analyse(registry, "t5", TEXT, step=2)
+def test_t5_distribution_is_the_decoders_choice_at_each_translation_step(catalog):
+    r = run.analyse(catalog, "t5", TEXT, step=2)
     a = r.analysis
-    new, out = translate_in_test(registry.get("t5"), TEXT)
+    new, out = translate_in_test(catalog.get("t5"), TEXT)
     assert r.step == 2 and a.predict_at == 2 and "Translation step 2" in r.distribution.layout.title.text
     for step in (0, 2, len(new) - 1):
-        fig, summary = sampling.distribution(registry, a, 0.7, 5, 1.0, step)
+        fig, summary = sampling.distribution(catalog, a, 0.7, 5, 1.0, step)
         ids, final = final_bars(fig)
         expected = staged_distribution(out.logits[0, step], 0.7, 5).final[ids].double().numpy()
         np.testing.assert_allclose(final, expected, rtol=1e-5, atol=1e-7)
@@ -540,7 +540,7 @@ def test_t5_distribution_is_the_decoders_choice_at_each_translation_step(registr
         raw = trace_by_name(fig, "raw")
         assert int(raw.customdata[0][1]) == new[step]
     with pytest.raises(ValueError, match="step must be between 0 and"):
-        sampling.distribution(registry, a, 1.0, 0, 1.0, len(new))
+        sampling.distribution(catalog, a, 1.0, 0, 1.0, len(new))
 
 
 def test_t5_layer_range_follows_the_attention_kind():
@@ -553,7 +553,7 @@ def test_t5_layer_range_follows_the_attention_kind():
         decoder_start_token_id=tok.pad_token_id,
     )  # a decoder deeper than its encoder, as some T5 checkpoints have
     torch.manual_seed(0)
-    reg = Registry()
+    reg = Catalog()
     reg.put("deep-t5", EncoderDecoder(cfg), tok)
     r = run.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="decoder")
     a = r.analysis
@@ -572,9 +572,9 @@ def test_t5_layer_range_follows_the_attention_kind():
     assert run.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="encoder").layer == 1
 
 
-def test_t5_redraws_never_call_the_model(registry, model_calls):
+def test_t5_redraws_never_call_the_model(catalog, model_calls):
     calls = model_calls("t5")
-    a = run.analyse(registry, "t5", TEXT).analysis
+    a = run.analyse(catalog, "t5", TEXT).analysis
     assert calls.count("generate") == 1 and calls.count("forward") == 1  # translate, then trace it
     ran = len(calls)
     for kind in ("encoder", "decoder", "cross"):
@@ -582,41 +582,41 @@ def test_t5_redraws_never_call_the_model(registry, model_calls):
             attention.attention_figure(a, layer, 1, kind)
         attention.attention_kind(a, kind, 3, 0)
     for step in range(a.n_steps):
-        sampling.distribution(registry, a, 0.5, 3, 0.9, step)
+        sampling.distribution(catalog, a, 0.5, 3, 0.9, step)
     assert len(calls) == ran
 
 
-def test_t5_generate_streams_a_translation(registry):
-    entry = registry.get("t5")
-    steps = list(generation.generate(registry, "t5", TEXT, max_new_tokens=6, temperature=0.0))
+def test_t5_generate_streams_a_translation(catalog):
+    entry = catalog.get("t5")
+    steps = list(generation.generate(catalog, "t5", TEXT, max_new_tokens=6, temperature=0.0))
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     expected = entry.model.generate(ids, max_new_tokens=6, temperature=0.0, eos_token_id=entry.tokenizer.eos_token_id)
     assert steps[-1].text == entry.tokenizer.decode(expected[0].tolist())
     assert steps[-1].status.startswith("✓") and "Translated into" in steps[-1].status
     assert not steps[-1].text.startswith(TEXT)  # a translation, not a continuation
     assert len(steps) == expected.shape[1] + 1
-    r = run.analyse(registry, "t5", TEXT)
+    r = run.analyse(catalog, "t5", TEXT)
     assert r.can_generate and "translates it again" in r.generate_note
 
 
-def test_t5_bad_input_is_a_message(registry):
+def test_t5_bad_input_is_a_message(catalog):
     from archplay.app.explore.translation import TRANSLATION_LIMIT
 
-    r = run.analyse(registry, "t5", "  ", attention_kind="cross")
+    r = run.analyse(catalog, "t5", "  ", attention_kind="cross")
     assert not r.ok and "Type some text" in r.status
-    limit = registry.get("t5").config.max_seq_len
-    r = run.analyse(registry, "t5", "ab" * limit, attention_kind="cross")
+    limit = catalog.get("t5").config.max_seq_len
+    r = run.analyse(catalog, "t5", "ab" * limit, attention_kind="cross")
     assert r.ok and len(r.analysis.ids) == limit and "⚠" in r.status and f"first {limit}" in r.status
     assert r.analysis.n_steps <= TRANSLATION_LIMIT
     # an unknown kind from a script falls back to the first kind on Run
-    assert run.analyse(registry, "t5", TEXT, attention_kind="nope").attention_kind == "encoder"
+    assert run.analyse(catalog, "t5", TEXT, attention_kind="nope").attention_kind == "encoder"
 
 
-def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(registry):
+def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(catalog):
     from archplay.models.architectures.moe import expert_load
 
-    entry = registry.get("moe")
-    r = run.analyse(registry, "moe", TEXT, moe_layer=1)
+    entry = catalog.get("moe")
+    r = run.analyse(catalog, "moe", TEXT, moe_layer=1)
     a = r.analysis
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     with torch.inference_mode():
@@ -645,30 +645,30 @@ def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(registry
     assert r.routing is not None and "routed slots" in r.routing.note
     with pytest.raises(ValueError, match="MoE layer must be between"):
         routing.view(a, a.routing.n_layer)
-    assert routing.view(run.analyse(registry, "gpt", TEXT).analysis, 0) is None
+    assert routing.view(run.analyse(catalog, "gpt", TEXT).analysis, 0) is None
 
 
-def test_moe_chips_escape_the_text(registry):
-    r = run.analyse(registry, "moe", "<b>&</b>")
+def test_moe_chips_escape_the_text(catalog):
+    r = run.analyse(catalog, "moe", "<b>&</b>")
     chips = r.routing.chips
     assert "<b>" not in chips and "</b>" not in chips
     assert "&lt;" in chips and "&amp;" in chips and chips.count('class="ap-tok ap-exp"') == len(r.analysis.ids)
 
 
-def test_moe_redraws_never_call_the_model(registry, model_calls):
+def test_moe_redraws_never_call_the_model(catalog, model_calls):
     calls = model_calls("moe")
-    a = run.analyse(registry, "moe", TEXT).analysis
+    a = run.analyse(catalog, "moe", TEXT).analysis
     assert calls == ["forward"]
     for layer in range(a.routing.n_layer):
         routing.view(a, layer)
         attention.attention_figure(a, layer, 1)
-    sampling.distribution(registry, a, 0.3, 4, 0.8)
+    sampling.distribution(catalog, a, 0.3, 4, 0.8)
     assert calls == ["forward"]
 
 
-def test_mamba_shows_hidden_attention_and_step_sizes_without_heads(registry):
-    entry = registry.get("mamba")
-    r = run.analyse(registry, "mamba", TEXT, layer=2, head=3)
+def test_mamba_shows_hidden_attention_and_step_sizes_without_heads(catalog):
+    entry = catalog.get("mamba")
+    r = run.analyse(catalog, "mamba", TEXT, layer=2, head=3)
     a = r.analysis
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     with torch.inference_mode():
@@ -688,39 +688,39 @@ def test_mamba_shows_hidden_attention_and_step_sizes_without_heads(registry):
                                out.trace.ssm_delta[2][0].mean(-1).numpy(), rtol=1e-6)  # fmt: skip
     # the session keeps the mean of Δ, not the (T, D_inner) tensor
     assert a.scan.delta_mean[0].shape == (len(a.ids),)
-    assert scan.delta_figure(run.analyse(registry, "gpt", TEXT).analysis, 0) is None
+    assert scan.delta_figure(run.analyse(catalog, "gpt", TEXT).analysis, 0) is None
 
 
-def test_mamba_redraws_never_call_the_model(registry, model_calls):
+def test_mamba_redraws_never_call_the_model(catalog, model_calls):
     calls = model_calls("mamba")
-    a = run.analyse(registry, "mamba", TEXT).analysis
+    a = run.analyse(catalog, "mamba", TEXT).analysis
     assert calls == ["forward"]
     for layer in range(a.n_layer):
         attention.attention_figure(a, layer, 0)
         scan.delta_figure(a, layer)
-    sampling.distribution(registry, a, 1.5, 0, 0.5)
+    sampling.distribution(catalog, a, 1.5, 0, 0.5)
     assert calls == ["forward"]
 
 
-def test_long_text_for_a_long_context_model_is_cut_to_the_page_limit(registry):
+def test_long_text_for_a_long_context_model_is_cut_to_the_page_limit(catalog):
     limit = tokens.PAGE_MAX_TOKENS
-    assert registry.get("mamba").config.max_seq_len > limit
-    r = run.analyse(registry, "mamba", "a" * (limit + 40))
+    assert catalog.get("mamba").config.max_seq_len > limit
+    r = run.analyse(catalog, "mamba", "a" * (limit + 40))
     assert r.ok and len(r.analysis.ids) == limit and "this page analyses at most" in r.status
     assert z_of(r.attention).shape == (limit, limit)
 
 
-def test_page_updates_show_only_the_views_of_the_models_family(registry):
+def test_page_updates_show_only_the_views_of_the_models_family(catalog):
     import gradio as gr
 
     from archplay.app.explore import page
 
     with gr.Blocks() as demo:
-        ui = page.build(registry, demo)
-    assert set(page.analyse_outputs(ui)) == set(page.analyse_updates(ui, run.analyse(registry, "gpt", TEXT)))
+        ui = page.build(catalog, demo)
+    assert set(page.analyse_outputs(ui)) == set(page.analyse_updates(ui, run.analyse(catalog, "gpt", TEXT)))
 
     def updates(key, **kw):
-        return page.analyse_updates(ui, run.analyse(registry, key, TEXT, **kw))
+        return page.analyse_updates(ui, run.analyse(catalog, key, TEXT, **kw))
 
     t5 = updates("t5", attention_kind="cross")
     kind, translation, step = t5[ui.attention_kind], t5[ui.translation], t5[ui.step]
@@ -737,9 +737,9 @@ def test_page_updates_show_only_the_views_of_the_models_family(registry):
     moe = updates("moe")
     assert moe[ui.routing_section]["visible"] and not moe[ui.attention_kind]["visible"]
     assert not moe[ui.translation]["visible"]
-    assert moe[ui.moe_layer]["maximum"] == registry.get("moe").config.n_layer - 1
+    assert moe[ui.moe_layer]["maximum"] == catalog.get("moe").config.n_layer - 1
     gpt = updates("gpt")
     assert gpt[ui.head]["interactive"] is True and gpt[ui.head]["info"] == attention.HEAD_INFO
     # an error clears the drawings and the state
-    bad = page.analyse_updates(ui, run.analyse(registry, "moe", ""))
+    bad = page.analyse_updates(ui, run.analyse(catalog, "moe", ""))
     assert bad[ui.state] is None and bad[ui.routing_plot] is None and "Type some text" in bad[ui.status]

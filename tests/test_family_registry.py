@@ -27,8 +27,8 @@ from test_browser import (
     wait_for_plot,
 )
 
-from archplay.app.registry import Registry
-from archplay.models import registry as families
+from archplay.app.catalog import Catalog
+from archplay.models import registry
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.registry import Family
 from archplay.models.story.tokenizer import ByteTokenizer
@@ -63,20 +63,20 @@ TOY = Family(
 @pytest.fixture(scope="module")
 def toy():
     """The toy family registered for this module's tests, and a tiny random model of it."""
-    families.register(TOY)
+    registry.register(TOY)
     try:
         torch.manual_seed(0)
         cfg = ToyConfig(vocab_size=ByteTokenizer().vocab_size, d_model=32, n_layer=2, n_head=4, max_seq_len=128,
                         trained=False)  # fmt: skip
         yield TOY.build(cfg).eval(), ByteTokenizer()
     finally:
-        families.unregister("toy")
+        registry.unregister("toy")
 
 
 @pytest.fixture(scope="module")
-def registry(toy) -> Registry:
+def catalog(toy) -> Catalog:
     """The app's models: one built-in beside the toy."""
-    reg = Registry.from_names([], device="cpu", builtins=("gpt",))
+    reg = Catalog.from_names([], device="cpu", builtins=("gpt",))
     reg.put("toy", *toy)
     return reg
 
@@ -100,10 +100,10 @@ def test_the_app_asks_the_registry_not_the_family_name():
     assert not offenders, "\n".join(offenders)
 
 
-def test_explore_runs_a_new_family_and_draws_its_attention(registry, toy):
+def test_explore_runs_a_new_family_and_draws_its_attention(catalog, toy):
     from archplay.app.explore import attention, generation, run
 
-    r = run.analyse(registry, "toy", TEXT, layer=1, head=2)
+    r = run.analyse(catalog, "toy", TEXT, layer=1, head=2)
     assert r.ok and r.status.startswith("✓") and r.can_generate, r.status
     out = traced(toy)
     for layer, head in ((1, 2), (0, 3)):
@@ -112,31 +112,31 @@ def test_explore_runs_a_new_family_and_draws_its_attention(registry, toy):
                                    rtol=0, atol=1e-7)  # fmt: skip
     assert r.head_info == attention.HEAD_INFO and r.routing is None and r.delta is None  # views it does not list
     assert "Causal" in r.mask_help and r.distribution is not None
-    steps = list(generation.generate(registry, "toy", TEXT, 3, 0.0))
+    steps = list(generation.generate(catalog, "toy", TEXT, 3, 0.0))
     assert steps[-1].status.startswith("✓") and "Generated 3 tokens" in steps[-1].status
 
 
-def test_compare_and_the_card_show_a_new_family(registry, toy):
+def test_compare_and_the_card_show_a_new_family(catalog, toy):
     from archplay.app import compare
     from archplay.app.card import card
 
-    status, (_, new) = compare.compare(registry, ["gpt", "toy"], TEXT)
+    status, (_, new) = compare.compare(catalog, ["gpt", "toy"], TEXT)
     assert status.startswith("✓") and not new.message and new.view is not None
     mean = traced(toy).trace.attentions[-1][0].mean(0).numpy()  # the last layer, mean of heads
     np.testing.assert_allclose(np.asarray(new.view.data[0].z, dtype=np.float64), mean, rtol=0, atol=1e-6)
-    table, fig = card(registry, "toy")
+    table, fig = card(catalog, "toy")
     assert f"toy: {TITLE}" in table and int(np.asarray(fig.data[0].x).sum()) == sum(p.numel() for p in toy[0].parameters())
 
 
 # --------------------------------------------------------------------------- in a real browser
 
 @pytest.fixture(scope="module")
-def served(registry):
+def served(catalog):
     """``build_app`` with the toy beside gpt, served in this process on a free port of 127.0.0.1."""
     from archplay.app.explore import page as explore
     from archplay.app.main import CSS, THEME, build_app
 
-    demo = build_app(registry)
+    demo = build_app(catalog)
     demo.queue()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

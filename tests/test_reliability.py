@@ -18,7 +18,7 @@ from conftest import make_hf_model
 from archplay.app import tokens
 from archplay.app.explore import generation, run, sampling
 from archplay.app.main import host_warning, parse_args
-from archplay.app.registry import Registry
+from archplay.app.catalog import Catalog
 from archplay.models import LoadError
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.story.tokenizer import ByteTokenizer
@@ -27,12 +27,12 @@ TEXT = "Mia has a red ball."
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.from_names([], device="cpu")
+def catalog() -> Catalog:
+    return Catalog.from_names([], device="cpu")
 
 
-def still_serving(registry: Registry) -> None:
-    r = run.analyse(registry, "gpt", TEXT)
+def still_serving(catalog: Catalog) -> None:
+    r = run.analyse(catalog, "gpt", TEXT)
     assert r.ok and r.status.startswith("✓")
 
 
@@ -51,12 +51,12 @@ ODD_TEXTS = {
 
 @pytest.mark.parametrize("case", list(ODD_TEXTS))
 @pytest.mark.parametrize("model", ["gpt", "bert", "t5", "moe", "mamba"])
-def test_odd_unicode_is_analysed_and_escaped(registry, model, case):
+def test_odd_unicode_is_analysed_and_escaped(catalog, model, case):
     text = ODD_TEXTS[case]
-    r = run.analyse(registry, model, text)
+    r = run.analyse(catalog, model, text)
     assert r.ok, r.status
     assert "<script" not in r.tokens_html and "\x00" not in r.tokens_html
-    still_serving(registry)
+    still_serving(catalog)
 
 
 BAD_TEXTS = [
@@ -67,15 +67,15 @@ BAD_TEXTS = [
 
 
 @pytest.mark.parametrize("case, text, message", BAD_TEXTS, ids=[c[0] for c in BAD_TEXTS])
-def test_missing_text_gets_a_message(registry, case, text, message):
-    r = run.analyse(registry, "gpt", text)
+def test_missing_text_gets_a_message(catalog, case, text, message):
+    r = run.analyse(catalog, "gpt", text)
     assert not r.ok and message in r.status
-    still_serving(registry)
+    still_serving(catalog)
 
 
 @pytest.mark.parametrize("model", ["gpt", "mamba", "t5"])
-def test_huge_text_is_cut_with_a_visible_note(registry, model):
-    r = run.analyse(registry, model, "Mia has a red ball. " * 20_000)  # 400 k characters
+def test_huge_text_is_cut_with_a_visible_note(catalog, model):
+    r = run.analyse(catalog, model, "Mia has a red ball. " * 20_000)  # 400 k characters
     assert r.ok and "only the first" in r.status and "cut to the first" in r.tokens_html
     assert len(r.analysis.ids) <= tokens.PAGE_MAX_TOKENS
 
@@ -95,31 +95,31 @@ BAD_SETTINGS = [
 
 
 @pytest.mark.parametrize("case, settings, message", BAD_SETTINGS, ids=[c[0] for c in BAD_SETTINGS])
-def test_out_of_range_settings_are_refused_with_a_message(registry, case, settings, message):
-    a = run.analyse(registry, "gpt", TEXT).analysis
+def test_out_of_range_settings_are_refused_with_a_message(catalog, case, settings, message):
+    a = run.analyse(catalog, "gpt", TEXT).analysis
     args = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, **settings}
     with pytest.raises(ValueError, match=message):  # the page shows a ValueError as an error toast
-        sampling.distribution(registry, a, args["temperature"], args["top_k"], args["top_p"])
-    steps = list(generation.generate(registry, "gpt", TEXT, 4, args["temperature"], args["top_k"], args["top_p"]))
+        sampling.distribution(catalog, a, args["temperature"], args["top_k"], args["top_p"])
+    steps = list(generation.generate(catalog, "gpt", TEXT, 4, args["temperature"], args["top_k"], args["top_p"]))
     assert len(steps) == 1 and message in steps[0].status  # generation reports it as its status
-    still_serving(registry)
+    still_serving(catalog)
 
 
-def test_extreme_but_valid_settings_work_and_say_what_they_do(registry):
-    a = run.analyse(registry, "gpt", TEXT).analysis
-    fig, summary = sampling.distribution(registry, a, 1e6, 0, 1.0)  # huge temperature: nearly uniform
+def test_extreme_but_valid_settings_work_and_say_what_they_do(catalog):
+    a = run.analyse(catalog, "gpt", TEXT).analysis
+    fig, summary = sampling.distribution(catalog, a, 1e6, 0, 1.0)  # huge temperature: nearly uniform
     final = [t for t in fig.data if t.name == "final"][0].y
     assert max(final) - min(final) < 1e-4
-    fig, summary = sampling.distribution(registry, a, 1.0, 10**9, 1.0)
+    fig, summary = sampling.distribution(catalog, a, 1.0, 10**9, 1.0)
     assert "above the vocabulary" in summary
 
 
-def test_unknown_model_names_get_a_message(registry):
-    r = run.analyse(registry, "../../etc/passwd", TEXT)
+def test_unknown_model_names_get_a_message(catalog):
+    r = run.analyse(catalog, "../../etc/passwd", TEXT)
     assert not r.ok and "Unknown model" in r.status
-    steps = list(generation.generate(registry, "nope", TEXT, 3))
+    steps = list(generation.generate(catalog, "nope", TEXT, 3))
     assert "Unknown model" in steps[0].status
-    still_serving(registry)
+    still_serving(catalog)
 
 
 # --------------------------------------------------------------------------- faulty models
@@ -132,31 +132,31 @@ def _tiny_decoder(**kw) -> Decoder:
     return Decoder(cfg).eval()
 
 
-def test_a_model_producing_nan_shows_an_error_and_the_others_keep_working(registry):
+def test_a_model_producing_nan_shows_an_error_and_the_others_keep_working(catalog):
     bad = _tiny_decoder()
     with torch.no_grad():
         bad.lm_head.weight.fill_(float("nan"))
-    registry.put("nan-model", bad, ByteTokenizer())
-    r = run.analyse(registry, "nan-model", TEXT)
+    catalog.put("nan-model", bad, ByteTokenizer())
+    r = run.analyse(catalog, "nan-model", TEXT)
     assert "NaN" in r.distribution_note and r.distribution is None
-    steps = list(generation.generate(registry, "nan-model", TEXT, 3, 1.0))
+    steps = list(generation.generate(catalog, "nan-model", TEXT, 3, 1.0))
     assert steps[-1].status.startswith("✕") and "NaN" in steps[-1].status
-    still_serving(registry)
+    still_serving(catalog)
 
 
-def test_a_model_that_raises_shows_an_error_and_the_others_keep_working(registry):
+def test_a_model_that_raises_shows_an_error_and_the_others_keep_working(catalog):
     broken = _tiny_decoder()
 
     def explode(*a, **k):
         raise RuntimeError("out of memory (simulated)")
 
     broken.forward = explode
-    registry.put("raising-model", broken, ByteTokenizer())
-    r = run.analyse(registry, "raising-model", TEXT)
+    catalog.put("raising-model", broken, ByteTokenizer())
+    r = run.analyse(catalog, "raising-model", TEXT)
     assert not r.ok and "The model failed" in r.status and "simulated" in r.status
-    steps = list(generation.generate(registry, "raising-model", TEXT, 3))
+    steps = list(generation.generate(catalog, "raising-model", TEXT, 3))
     assert "Generation stopped" in steps[-1].status
-    still_serving(registry)
+    still_serving(catalog)
 
 
 # --------------------------------------------------------------------------- the models directory
@@ -182,13 +182,13 @@ TRAVERSALS = ["../secret", "../../etc", "/etc", "tiny-gpt2/../../secret", "link-
 
 @pytest.mark.parametrize("name", TRAVERSALS)
 def test_a_typed_name_cannot_leave_the_models_directory(models_dir, name):
-    reg = Registry(device="cpu", models_dir=models_dir)
+    reg = Catalog(device="cpu", models_dir=models_dir)
     status, key = run.load_model(reg, name)
     assert key is None and status.startswith("✕") and len(reg) == 0
 
 
 def test_loading_by_name_inside_the_models_directory(models_dir):
-    reg = Registry(device="cpu", models_dir=models_dir)
+    reg = Catalog(device="cpu", models_dir=models_dir)
     assert reg.folders() == ["broken", "tiny-gpt2"]  # the link pointing out is not offered
     status, key = run.load_model(reg, "tiny-gpt2")
     assert status.startswith("✓") and key in reg and reg.get(key).family == "decoder"
@@ -196,7 +196,7 @@ def test_loading_by_name_inside_the_models_directory(models_dir):
         status, key = run.load_model(reg, name)
         assert key is None and status.startswith("✕"), status
     with pytest.raises(LoadError, match="no models directory"):
-        Registry(device="cpu").add_from_models_dir("tiny-gpt2")
+        Catalog(device="cpu").add_from_models_dir("tiny-gpt2")
 
 
 # --------------------------------------------------------------------------- server defaults
@@ -228,7 +228,7 @@ def test_a_cancelled_generation_stops_running_the_model():
 
     from archplay.app.main import build_app
 
-    reg = Registry.from_names([], device="cpu")
+    reg = Catalog.from_names([], device="cpu")
     model = reg.get("mamba").model  # the longest context: room for many tokens
     calls = []
     original = model.forward

@@ -14,7 +14,7 @@ import torch
 
 from archplay.app import compare, session
 from archplay.app.explore import attention, generation, routing, run, sampling
-from archplay.app.registry import Registry
+from archplay.app.catalog import Catalog
 from archplay.models.analysis import timing
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.viz.attention import attention_grid, downsample
@@ -25,13 +25,13 @@ TEXT = "Mia has a red ball. She throws the ball to Tom. Then Tom"
 
 
 @pytest.fixture(scope="module")
-def registry() -> Registry:
-    return Registry.from_names([], device="cpu")
+def catalog() -> Catalog:
+    return Catalog.from_names([], device="cpu")
 
 
 @pytest.fixture(scope="module")
-def gpt_run(registry):
-    r = run.analyse(registry, "gpt", TEXT)
+def gpt_run(catalog):
+    r = run.analyse(catalog, "gpt", TEXT)
     assert r.ok
     return r
 
@@ -70,14 +70,14 @@ def test_grid_downsamples_long_inputs():
     np.testing.assert_allclose(np.asarray(fig.data[4].z)[0, 0], maps[1, 1, :5, :5].mean().item(), rtol=1e-6)
 
 
-def test_mask_patterns_follow_the_architecture(registry, gpt_run):
+def test_mask_patterns_follow_the_architecture(catalog, gpt_run):
     fig, text = attention.mask_figure(gpt_run.analysis, 0)
     z = np.asarray(fig.data[0].z)
     assert np.array_equal(z, np.tril(np.ones_like(z))) and "Causal" in text
-    bert = run.analyse(registry, "bert", "Sara has a pink letter. Then Sara reads her <mask>.").analysis
+    bert = run.analyse(catalog, "bert", "Sara has a pink letter. Then Sara reads her <mask>.").analysis
     fig, text = attention.mask_figure(bert, 0)
     assert np.asarray(fig.data[0].z).all() and "Bidirectional" in text
-    t5 = run.analyse(registry, "t5", "Mia has a red ball.").analysis
+    t5 = run.analyse(catalog, "t5", "Mia has a red ball.").analysis
     cross, text = attention.mask_figure(t5, 0, "cross")
     assert np.asarray(cross.data[0].z).shape == (t5.n_steps, len(t5.ids)) and np.asarray(cross.data[0].z).all()
     dec, _ = attention.mask_figure(t5, 0, "decoder")
@@ -97,24 +97,24 @@ def test_sliding_window_mask(gpt_run):
 # --------------------------------------------------------------------------- any position, sampling
 
 
-def test_distribution_at_any_position_equals_that_rows_softmax(registry, gpt_run):
+def test_distribution_at_any_position_equals_that_rows_softmax(catalog, gpt_run):
     a = gpt_run.analysis
     for pos in (0, 4, len(a.ids) - 1):
-        fig, _ = sampling.distribution(registry, a, 1.0, 0, 1.0, None, pos)
+        fig, _ = sampling.distribution(catalog, a, 1.0, 0, 1.0, None, pos)
         bars = [t for t in fig.data if t.name == "raw"][0]
         ids = [int(row[1]) for row in bars.customdata]
         expected = torch.softmax(a.logits[pos], -1)[ids].numpy()
         np.testing.assert_allclose(np.asarray(bars.y), expected, rtol=1e-5)
         assert f"(position {pos})" in fig.layout.title.text
     with pytest.raises(ValueError, match="position must be between"):
-        sampling.distribution(registry, a, 1.0, 0, 1.0, None, len(a.ids))
+        sampling.distribution(catalog, a, 1.0, 0, 1.0, None, len(a.ids))
 
 
-def test_encoder_without_a_mask_predicts_at_a_chosen_position(registry):
-    a = run.analyse(registry, "bert", "Mia has a red ball.").analysis
-    fig, msg = sampling.distribution(registry, a)
+def test_encoder_without_a_mask_predicts_at_a_chosen_position(catalog):
+    a = run.analyse(catalog, "bert", "Mia has a red ball.").analysis
+    fig, msg = sampling.distribution(catalog, a)
     assert fig is None and "pick a position" in msg
-    fig, _ = sampling.distribution(registry, a, 1.0, 0, 1.0, None, 2)
+    fig, _ = sampling.distribution(catalog, a, 1.0, 0, 1.0, None, 2)
     assert "position 2" in fig.layout.title.text
 
 
@@ -128,23 +128,23 @@ def test_sample_histogram_bars_are_the_draw_shares():
     np.testing.assert_allclose(marks.y, [0.7, 0.2, 0.1])
 
 
-def test_samples_are_seeded_and_respect_the_kept_set(registry, gpt_run):
+def test_samples_are_seeded_and_respect_the_kept_set(catalog, gpt_run):
     a = gpt_run.analysis
-    fig_a, note_a = sampling.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
-    fig_b, _ = sampling.samples(registry, a, 1.0, 3, 1.0, None, None, 200, seed=5)
+    fig_a, note_a = sampling.samples(catalog, a, 1.0, 3, 1.0, None, None, 200, seed=5)
+    fig_b, _ = sampling.samples(catalog, a, 1.0, 3, 1.0, None, None, 200, seed=5)
     assert np.array_equal(fig_a.data[0].y, fig_b.data[0].y)
     kept = torch.topk(a.logits[a.predict_at], 3).indices.tolist()
     drawn = [int(r[1]) for r in fig_a.data[0].customdata]
     assert set(drawn) <= set(kept) and sum(int(r[2]) for r in fig_a.data[0].customdata) == 200
-    greedy, text = sampling.samples(registry, a, 0.0, 0, 1.0, None, None, 1, seed=1)
+    greedy, text = sampling.samples(catalog, a, 0.0, 0, 1.0, None, None, 1, seed=1)
     assert [int(r[1]) for r in greedy.data[0].customdata] == [int(a.logits[a.predict_at].argmax())]
     assert "100.0% probability" in text
     with pytest.raises(ValueError, match="between 1 and 10000"):
-        sampling.samples(registry, a, 1.0, 0, 1.0, None, None, 0)
+        sampling.samples(catalog, a, 1.0, 0, 1.0, None, None, 0)
 
 
-def test_generation_colours_each_new_token_by_its_probability(registry):
-    steps = list(generation.generate(registry, "gpt", TEXT, 6, 0.8, 0, 1.0, 3))
+def test_generation_colours_each_new_token_by_its_probability(catalog):
+    steps = list(generation.generate(catalog, "gpt", TEXT, 6, 0.8, 0, 1.0, 3))
     status, coloured = steps[-1].status, steps[-1].tokens_html
     pieces = coloured.split('class="ap-gen"')[1:]
     assert len(pieces) == 6
@@ -157,10 +157,10 @@ def test_generation_colours_each_new_token_by_its_probability(registry):
 # --------------------------------------------------------------------------- compare
 
 
-def test_compare_panels_hold_each_models_own_numbers(registry):
-    status, panels = compare.compare(registry, ["gpt", "moe", "mamba", "bert"], TEXT + " <mask>")
+def test_compare_panels_hold_each_models_own_numbers(catalog):
+    status, panels = compare.compare(catalog, ["gpt", "moe", "mamba", "bert"], TEXT + " <mask>")
     assert status.startswith("✓") and [p.key for p in panels] == ["gpt", "moe", "mamba", "bert"]
-    gpt = registry.get("gpt")
+    gpt = catalog.get("gpt")
     ids = gpt.tokenizer.encode(TEXT + " <mask>")
     with torch.no_grad():
         logits = gpt.model(torch.tensor([ids])).logits[0]
@@ -174,9 +174,9 @@ def test_compare_panels_hold_each_models_own_numbers(registry):
     assert all(not p.message for p in panels)
 
 
-def test_compare_pseudo_surprisal_masks_each_token(registry):
-    _, (p,) = compare.compare(registry, ["bert"], "Mia has a red ball.")
-    bert = registry.get("bert")
+def test_compare_pseudo_surprisal_masks_each_token(catalog):
+    _, (p,) = compare.compare(catalog, ["bert"], "Mia has a red ball.")
+    bert = catalog.get("bert")
     ids = bert.tokenizer.encode("Mia has a red ball.")
     t = 2
     masked = list(ids)
@@ -190,13 +190,13 @@ def test_compare_pseudo_surprisal_masks_each_token(registry):
 @pytest.mark.parametrize("keys, text, message", [
     ([], TEXT, "at least one"), (["gpt"] * 5, TEXT, "at most 4"), (["gpt"], "  ", "Type some text"),
 ])  # fmt: skip
-def test_compare_refuses_bad_requests(registry, keys, text, message):
-    status, panels = compare.compare(registry, keys, text)
+def test_compare_refuses_bad_requests(catalog, keys, text, message):
+    status, panels = compare.compare(catalog, keys, text)
     assert panels == [] and message in status
 
 
-def test_compare_reports_an_unknown_model_in_its_panel(registry):
-    status, panels = compare.compare(registry, ["gpt", "nope"], TEXT)
+def test_compare_reports_an_unknown_model_in_its_panel(catalog):
+    status, panels = compare.compare(catalog, ["gpt", "nope"], TEXT)
     assert not panels[0].message and "Unknown model" in panels[1].message and "could not run" in status
 
 
@@ -241,13 +241,13 @@ def test_specialisation_heatmap_rows_are_shares_of_each_tag():
     np.testing.assert_allclose(np.asarray(fig.data[0].z), [[0.75, 0.25], [0.0, 1.0]])
 
 
-def test_corpus_routing_counts_match_the_truth(registry):
+def test_corpus_routing_counts_match_the_truth(catalog):
     from archplay.models import story
     from archplay.models.training import evaluate
 
-    entry = registry.get("moe")
-    a = run.analyse(registry, "moe", TEXT).analysis
-    view = routing.corpus_view(registry, a, 1)
+    entry = catalog.get("moe")
+    a = run.analyse(catalog, "moe", TEXT).analysis
+    view = routing.corpus_view(catalog, a, 1)
     spec, load, text = view.heatmap, view.load, view.note
     stats = evaluate.expert_pos_counts(entry.model, entry.tokenizer,
                                        story.make_splits(seed=0, n_train=0, n_valid=100, n_test=0)["validation"])  # fmt: skip
@@ -257,20 +257,20 @@ def test_corpus_routing_counts_match_the_truth(registry):
     np.testing.assert_allclose(np.asarray(spec.data[0].z), (counts[kept] / counts[kept].sum(1, keepdim=True)).numpy())
     np.testing.assert_allclose(np.asarray(load.data[0].y), stats["load"][1].numpy())
     assert "validation stories" in text
-    gpt = routing.corpus_view(registry, run.analyse(registry, "gpt", TEXT).analysis, 0)
+    gpt = routing.corpus_view(catalog, run.analyse(catalog, "gpt", TEXT).analysis, 0)
     assert gpt.heatmap is None and gpt.load is None and gpt.note == ""
 
 
 # --------------------------------------------------------------------------- logit lens and architecture tabs
 
 
-def test_lens_tab_reads_the_runs_hidden_states(registry, gpt_run):
+def test_lens_tab_reads_the_runs_hidden_states(catalog, gpt_run):
     from archplay.app.lens import lens_view
     from archplay.models.analysis.lens import logit_lens
 
     a = gpt_run.analysis
-    fig, text = lens_view(registry, a)
-    model = registry.get("gpt").model
+    fig, text = lens_view(catalog, a)
+    model = catalog.get("gpt").model
     with torch.no_grad():
         out = model(torch.tensor([a.ids]), trace=True)
     lens = logit_lens(model, out.trace.hidden_states)
@@ -278,41 +278,41 @@ def test_lens_tab_reads_the_runs_hidden_states(registry, gpt_run):
     top = torch.softmax(out.logits[0], -1).max(-1).values  # the last row is the model's own output
     np.testing.assert_allclose(lens.top_probs[-1, :, 0].numpy(), top.numpy(), atol=1e-5)
     assert "positions" in text
-    bert = run.analyse(registry, "bert", "Mia has a red ball.").analysis
-    fig, text = lens_view(registry, bert)
+    bert = run.analyse(catalog, "bert", "Mia has a red ball.").analysis
+    fig, text = lens_view(catalog, bert)
     assert fig is None and "decoder" in text
-    assert lens_view(registry, None)[0] is None
+    assert lens_view(catalog, None)[0] is None
 
 
 @pytest.mark.parametrize("key", ["gpt", "moe", "t5"])
-def test_architecture_card_counts_every_parameter(registry, key):
+def test_architecture_card_counts_every_parameter(catalog, key):
     from archplay.app.card import card
 
-    table, fig = card(registry, key)
-    model = registry.get(key).model
+    table, fig = card(catalog, key)
+    model = catalog.get(key).model
     total = sum(p.numel() for p in model.parameters())
     assert int(np.asarray(fig.data[0].x).sum()) == total
     assert "| layers |" in table.lower() or "layers" in table
     if key == "moe":
         assert "active" in table
-    message, none = card(registry, "nope")
+    message, none = card(catalog, "nope")
     assert none is None and "Unknown model" in message
 
 
-def test_choosing_a_position_carries_into_redraws_and_samples(registry, gpt_run):
+def test_choosing_a_position_carries_into_redraws_and_samples(catalog, gpt_run):
     a = gpt_run.analysis
-    moved, fig, _ = sampling.at_position(registry, a, 3, 1.0, 0, 1.0)
+    moved, fig, _ = sampling.at_position(catalog, a, 3, 1.0, 0, 1.0)
     assert moved.predict_at == 3 and a.predict_at == len(a.ids) - 1  # a new Analysis; the old one untouched
-    redraw, _ = sampling.distribution(registry, moved, 0.5, 0, 1.0)
+    redraw, _ = sampling.distribution(catalog, moved, 0.5, 0, 1.0)
     assert "(position 3)" in redraw.layout.title.text
-    hist, _ = sampling.samples(registry, moved, 0.0, 0, 1.0, None, None, 1)
+    hist, _ = sampling.samples(catalog, moved, 0.0, 0, 1.0, None, None, 1)
     assert [int(r[1]) for r in hist.data[0].customdata] == [int(a.logits[3].argmax())]
     with pytest.raises(ValueError):
-        sampling.at_position(registry, a, 99, 1.0, 0, 1.0)
+        sampling.at_position(catalog, a, 99, 1.0, 0, 1.0)
 
 
-def test_ssm_grid_shows_each_layers_hidden_attention(registry):
-    a = run.analyse(registry, "mamba", TEXT).analysis
+def test_ssm_grid_shows_each_layers_hidden_attention(catalog):
+    a = run.analyse(catalog, "mamba", TEXT).analysis
     fig = attention.grid_figure(a, 1, 0)
     assert len(fig.data) == a.n_layer
     for layer, tr in enumerate(fig.data):
@@ -322,12 +322,12 @@ def test_ssm_grid_shows_each_layers_hidden_attention(registry):
 # --------------------------------------------------------------------------- embeddings tab
 
 
-def test_embeddings_tab_projects_the_runs_layers(registry, gpt_run):
+def test_embeddings_tab_projects_the_runs_layers(catalog, gpt_run):
     from archplay.app.embeddings import views
     from archplay.models.analysis.embeddings import layer_projection
 
     a = gpt_run.analysis
-    v = views(registry, a, 2, 5)
+    v = views(catalog, a, 2, 5)
     scatter, path, n_layers, T = v.scatter, v.path, v.n_layers, v.n_tokens
     proj = layer_projection(a.hidden_states, 2)
     points = np.zeros((T, 2))
@@ -340,37 +340,37 @@ def test_embeddings_tab_projects_the_runs_layers(registry, gpt_run):
     line = [t for t in path.data if t.name == "path"][0]
     np.testing.assert_allclose(np.stack([line.x, line.y], 1), proj.coords[:, 5].numpy(), atol=1e-6)
     with pytest.raises(ValueError):
-        views(registry, a, n_layers, 0)
+        views(catalog, a, n_layers, 0)
 
 
-def test_sentence_embeddings_tab(registry):
+def test_sentence_embeddings_tab(catalog):
     from archplay.app.embeddings import sentences
     from archplay.models.analysis.embeddings import cosine_matrix, sentence_embeddings
 
     lines = ["Mia has a red ball.", "Tom has a blue ball.", "Sara reads her letter."]
-    sim, scatter, text = sentences(registry, "bert", "\n".join(lines))
-    bert = registry.get("bert")
+    sim, scatter, text = sentences(catalog, "bert", "\n".join(lines))
+    bert = catalog.get("bert")
     with torch.inference_mode():
         expected = cosine_matrix(sentence_embeddings(bert.model, bert.tokenizer, lines))
     np.testing.assert_allclose(np.asarray(sim.data[0].z), expected.numpy(), atol=1e-5)
     assert "Most similar" in text
-    assert sentences(registry, "gpt", "a\nb").similarity is None
-    assert "at least two" in sentences(registry, "bert", "one line").note
+    assert sentences(catalog, "gpt", "a\nb").similarity is None
+    assert "at least two" in sentences(catalog, "bert", "one line").note
 
 
 # --------------------------------------------------------------------------- streaming across threads
 
 
 @pytest.mark.parametrize("key", ["gpt", "moe", "mamba", "t5"])
-def test_streaming_survives_a_new_thread_at_every_token(registry, key):
+def test_streaming_survives_a_new_thread_at_every_token(catalog, key):
     """A server resumes a streaming generator on whichever worker thread is free. Grad mode is per
     thread, so a generator that entered inference mode once and yielded broke on the next thread
     ("Inference tensors cannot be saved for backward"): each token here comes from a new thread,
     after an inference-mode Run has cached its tensors."""
     import threading
 
-    entry = registry.get(key)
-    run.analyse(registry, key, TEXT)
+    entry = catalog.get(key)
+    run.analyse(catalog, key, TEXT)
     ids = torch.tensor([entry.tokenizer.encode(TEXT)])
     stream = entry.model.generate_stream(ids, max_new_tokens=6, temperature=0.0)
     got, errors = [], []
@@ -396,13 +396,13 @@ def test_streaming_survives_a_new_thread_at_every_token(registry, key):
 # --------------------------------------------------------------------------- figures are valid plotly
 
 
-def test_every_view_builds_with_plotlys_validation_on(registry, monkeypatch):
+def test_every_view_builds_with_plotlys_validation_on(catalog, monkeypatch):
     """The page builds figures without plotly's validation (``viz.style.figure``); with it on,
     an invalid property anywhere raises, so every view is built both ways here and compared."""
     import json
 
     def build():
-        return _every_view(registry)
+        return _every_view(catalog)
 
     fast = build()
     monkeypatch.setenv("ARCHPLAY_VALIDATE_FIGURES", "1")
@@ -416,26 +416,26 @@ def test_every_view_builds_with_plotlys_validation_on(registry, monkeypatch):
         assert plain(a) == plain(b), a.layout.title.text
 
 
-def _every_view(registry):
+def _every_view(catalog):
     from archplay.app.card import card
     from archplay.app.embeddings import sentences, views
     from archplay.app.lens import lens_view
 
     figs = []
     for key in ("gpt", "bert", "t5", "moe", "mamba"):
-        r = run.analyse(registry, key, TEXT + (" <mask>" if key == "bert" else ""))
+        r = run.analyse(catalog, key, TEXT + (" <mask>" if key == "bert" else ""))
         figs += [r.attention, r.distribution, r.delta, r.grid, r.mask]
         if r.routing:
-            corpus = routing.corpus_view(registry, r.analysis, 0)
+            corpus = routing.corpus_view(catalog, r.analysis, 0)
             figs += [r.routing.heatmap, r.routing.load, corpus.heatmap, corpus.load]
-        histogram, _ = sampling.samples(registry, r.analysis, 1.0, 0, 1.0, None, 0 if key == "bert" else None, 20)
-        lens, _ = lens_view(registry, r.analysis)
-        layer = views(registry, r.analysis, 0, 0, "3-D")
-        _, parameters = card(registry, key)
+        histogram, _ = sampling.samples(catalog, r.analysis, 1.0, 0, 1.0, None, 0 if key == "bert" else None, 20)
+        lens, _ = lens_view(catalog, r.analysis)
+        layer = views(catalog, r.analysis, 0, 0, "3-D")
+        _, parameters = card(catalog, key)
         figs += [histogram, lens, layer.scatter, layer.path, parameters]
-    embedded = sentences(registry, "bert", "Mia has a ball.\\nTom has a map.")
+    embedded = sentences(catalog, "bert", "Mia has a ball.\\nTom has a map.")
     figs += [embedded.similarity, embedded.scatter]
-    _, panels = compare.compare(registry, ["gpt", "moe", "mamba"], TEXT)
+    _, panels = compare.compare(catalog, ["gpt", "moe", "mamba"], TEXT)
     figs += [p.view for p in panels] + [p.surprisal for p in panels]
     figs += [latency_chart({"m": ([64, 128], [1.0, 2.0], [False, True])})]
     return [f for f in figs if f is not None]

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from ..messages import error, md_escape, note, ok, plural, warn
-from ..registry import Entry, Registry, UnknownModelError
+from ..catalog import Entry, Catalog, UnknownModelError
 from ..tokens import mask_token
 from . import translation
 from .sampling import settings
@@ -45,7 +45,7 @@ def generate_note(entry: Entry) -> tuple[bool, str]:
 
 
 def generate(
-    registry: Registry,
+    catalog: Catalog,
     model_key: str | None,
     text: str | None,
     max_new_tokens: int = 48,
@@ -62,7 +62,7 @@ def generate(
     (with an empty text), never raised.
     """
     try:
-        entry = registry.get(model_key)
+        entry = catalog.get(model_key)
     except UnknownModelError as e:
         yield Generated("", error(md_escape(str(e))), "")
         return

@@ -28,7 +28,7 @@ the first ones are optional and default to the page's initial values):
 
 Every event but ``analyse`` and ``generate`` redraws from the session's cached Run, never
 calling the model. Per-session state is one ``gr.State`` holding the last
-``session.Analysis``; models stay in the shared ``Registry``. Which controls a model gets
+``session.Analysis``; models stay in the shared ``Catalog``. Which controls a model gets
 is its family's registry entry's word (``Family.views``, ``objective``, ``has_heads``).
 """
 
@@ -41,7 +41,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..messages import md_escape, warn
-from ..registry import Entry, Registry
+from ..catalog import Entry, Catalog
 from ..session import Analysis
 from ..tokens import DEFAULT_TEXT, mask_token, tokens_html
 from . import attention, generation, routing, run, sampling, scan, translation
@@ -149,14 +149,14 @@ def default_text_for(entry: Entry) -> str:
     return DEFAULT_TEXT
 
 
-def examples_for(registry: Registry) -> list[str]:
+def examples_for(catalog: Catalog) -> list[str]:
     """The example texts, plus a fill-in-the-blank one when a masked model with a mask token is loaded."""
     out = list(EXAMPLES)
-    keys = registry.keys()
-    if registry.default_key in keys:  # the page's own model's mask spelling first
-        keys.insert(0, keys.pop(keys.index(registry.default_key)))
+    keys = catalog.keys()
+    if catalog.default_key in keys:  # the page's own model's mask spelling first
+        keys.insert(0, keys.pop(keys.index(catalog.default_key)))
     for key in keys:
-        entry = registry.get(key)
+        entry = catalog.get(key)
         mask = mask_token(entry.tokenizer)
         if entry.spec.objective == "masked" and mask is not None:
             out.append(f"Ben finds a small blue kite. He plays {mask} the kite.")
@@ -164,23 +164,23 @@ def examples_for(registry: Registry) -> list[str]:
     return out
 
 
-def build(registry: Registry, demo: gr.Blocks) -> SimpleNamespace:
+def build(catalog: Catalog, demo: gr.Blocks) -> SimpleNamespace:
     """Render the page inside the current Blocks context, wire its events, return the components."""
-    ui = layout(registry)
-    wire(registry, demo, ui)
+    ui = layout(catalog)
+    wire(catalog, demo, ui)
     return ui
 
 
-def layout(registry: Registry) -> SimpleNamespace:
+def layout(catalog: Catalog) -> SimpleNamespace:
     """Create the components (no events); they are returned by name in a namespace."""
-    default = registry.get(registry.default_key)
+    default = catalog.get(catalog.default_key)
     views = default.spec.views
     n_layer, n_head = default.config.n_layer, getattr(default.config, "n_head", 1)
     ui = SimpleNamespace()
 
     gr.Markdown("# archplay — look inside a language model")
     gr.Markdown(INTRO, elem_classes="ap-intro")
-    startup = "\n\n".join(warn(md_escape(e)) for e in registry.errors)
+    startup = "\n\n".join(warn(md_escape(e)) for e in catalog.errors)
 
     ui.state = gr.State(None)  # session.Analysis | None: the last Run of this session
     ui.draws = gr.State(0)  # how many times this session sampled: each click draws afresh
@@ -192,16 +192,16 @@ def layout(registry: Registry) -> SimpleNamespace:
             )  # fmt: skip
         with gr.Column(scale=2, min_width=260):
             ui.model = gr.Dropdown(
-                choices=registry.choices(), value=registry.default_key, label="Model", elem_id="model",
+                choices=catalog.choices(), value=catalog.default_key, label="Model", elem_id="model",
                 info="The built-ins are small models trained on a synthetic story world: try its kind of sentences.",
             )  # fmt: skip
             ui.run = gr.Button("Run", variant="primary", elem_id="run")
             with gr.Accordion("Load a checkpoint from the models directory", open=False,
-                              visible=registry.models_dir is not None, elem_id="load-section"):  # fmt: skip
-                ui.folder = gr.Dropdown(registry.folders(), value=None, allow_custom_value=True, label="Folder",
+                              visible=catalog.models_dir is not None, elem_id="load-section"):  # fmt: skip
+                ui.folder = gr.Dropdown(catalog.folders(), value=None, allow_custom_value=True, label="Folder",
                                         info="a checkpoint folder inside the server's --models-dir", elem_id="folder")  # fmt: skip
                 ui.load = gr.Button("Load", elem_id="load")
-    gr.Examples(examples_for(registry), inputs=[ui.text], label="Try")
+    gr.Examples(examples_for(catalog), inputs=[ui.text], label="Try")
     ui.status = gr.Markdown(startup, label="Status", elem_id="status", elem_classes="ap-status")
     ui.tokens = gr.HTML(tokens_html([], []), label="Tokens",
                         show_label=True, container=True, padding=True, elem_id="tokens")  # fmt: skip
@@ -379,12 +379,12 @@ def index_slider(count: int, value: int, **update) -> dict:
     return gr.update(maximum=max(count - 1, 1), value=value, interactive=count > 1, **update)
 
 
-def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamespace:
+def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamespace:
     """Connect events to thin adapters over the pure handlers; parameter names become the API's.
     Every adapter with several outputs returns them as a dict keyed by component."""
 
     def analyse(model, text, layer, head, temperature, top_k, top_p, attention_kind=None, step=0, moe_layer=0):
-        r = run.analyse(registry, model, text, layer, head, temperature, top_k, top_p, attention_kind, step,
+        r = run.analyse(catalog, model, text, layer, head, temperature, top_k, top_p, attention_kind, step,
                         moe_layer)  # fmt: skip
         return analyse_updates(ui, r)
 
@@ -400,18 +400,18 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleName
 
     def distribution(analysis, temperature, top_k, top_p, step=None):
         with _as_page_error():
-            fig, summary = sampling.distribution(registry, analysis, temperature, top_k, top_p, step)
+            fig, summary = sampling.distribution(catalog, analysis, temperature, top_k, top_p, step)
         return {ui.distribution_plot: fig, ui.distribution_note: summary}
 
     def position(analysis, position, temperature=1.0, top_k=0, top_p=1.0):
         with _as_page_error():
-            shown = sampling.at_position(registry, analysis, position, temperature, top_k, top_p)
+            shown = sampling.at_position(catalog, analysis, position, temperature, top_k, top_p)
         return {ui.state: shown.analysis, ui.distribution_plot: shown.figure, ui.distribution_note: shown.summary}
 
     def sample(analysis, draws, temperature, top_k, top_p, step=None, n=1, seed=0):
         draws = int(draws or 0) + 1  # each click draws afresh, the same for the same seed and click
         with _as_page_error():
-            fig, text = sampling.samples(registry, analysis, temperature, top_k, top_p, step, None, n,
+            fig, text = sampling.samples(catalog, analysis, temperature, top_k, top_p, step, None, n,
                                          int(seed or 0) * 100_003 + draws)  # fmt: skip
         return {ui.draws: draws, ui.sample_plot: fig, ui.sample_note: text}
 
@@ -427,7 +427,7 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleName
 
     def corpus_routing(analysis, moe_layer):
         with _as_page_error():
-            view = routing.corpus_view(registry, analysis, moe_layer)
+            view = routing.corpus_view(catalog, analysis, moe_layer)
         return {ui.pos_plot: view.heatmap, ui.corpus_load_plot: view.load, ui.corpus_note: view.note}
 
     def delta(analysis, layer):
@@ -435,12 +435,12 @@ def wire(registry: Registry, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleName
             return scan.delta_figure(analysis, layer)
 
     def load_model(name):
-        status, key = run.load_model(registry, name)
-        model = gr.update() if key is None else gr.update(choices=registry.choices(), value=key)
+        status, key = run.load_model(catalog, name)
+        model = gr.update() if key is None else gr.update(choices=catalog.choices(), value=key)
         return {ui.status: status, ui.model: model}
 
     def generate(model, text, max_new_tokens, temperature, top_k, top_p, seed):
-        for step in generation.generate(registry, model, text, max_new_tokens, temperature, top_k, top_p, seed):
+        for step in generation.generate(catalog, model, text, max_new_tokens, temperature, top_k, top_p, seed):
             yield {ui.generated: step.text, ui.generate_status: step.status, ui.generated_html: step.tokens_html}
 
     ui.analysed = gr.on(

@@ -25,7 +25,7 @@ from archplay.viz.moe import expert_load_bars, routing_heatmap, specialisation_h
 from archplay.viz.style import expert_colour, rgba
 
 from ..messages import error, md_escape, plural
-from ..registry import Entry, Registry, UnknownModelError
+from ..catalog import Entry, Catalog, UnknownModelError
 from ..sliders import check
 
 if TYPE_CHECKING:
@@ -201,13 +201,13 @@ def corpus_stats(entry: Entry) -> dict | None:
         return _corpus_cache[id(entry.model)]
 
 
-def corpus_view(registry: Registry, analysis: Analysis | None, layer) -> CorpusView:
+def corpus_view(catalog: Catalog, analysis: Analysis | None, layer) -> CorpusView:
     """MoE layer ``layer`` of the session's model over the validation stories (specialisation by part
     of speech, load); Nones and "" for a Run without routing."""
     if analysis is None or analysis.routing is None:
         return CorpusView(None, None, "")
     try:
-        entry = registry.get(analysis.model_key)
+        entry = catalog.get(analysis.model_key)
     except UnknownModelError as e:
         return CorpusView(None, None, error(md_escape(str(e))))
     stats = corpus_stats(entry)

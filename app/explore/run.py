@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from archplay.models import LoadError
 
 from ..messages import error, md_escape, ok, plural, warn
-from ..registry import Entry, Registry, UnknownModelError
+from ..catalog import Entry, Catalog, UnknownModelError
 from ..session import Analysis, record, traced_run
 from ..sliders import clamp
 from ..tokens import encode, tokens_html
@@ -67,7 +67,7 @@ def _message(status: str, *, layer: int = 0, head: int = 0, can_generate: bool =
 
 
 def analyse(
-    registry: Registry,
+    catalog: Catalog,
     model_key: str | None,
     text: str | None,
     layer: int = 0,
@@ -87,7 +87,7 @@ def analyse(
     """
     layer, head = int(layer or 0), int(head or 0)
     try:
-        entry = registry.get(model_key)
+        entry = catalog.get(model_key)
     except UnknownModelError as e:
         return _message(error(md_escape(str(e))), layer=layer, head=head)
     can_gen, gen_note = generate_note(entry)
@@ -107,11 +107,11 @@ def analyse(
     elapsed = time.perf_counter() - started
     a = record(entry, text, ids, truncated_from, run, step)
     status, cut_note = _status(entry, a, elapsed)
-    return _draw(registry, a, status, cut_note, (can_gen, gen_note), layer=layer, head=head, temperature=temperature,
+    return _draw(catalog, a, status, cut_note, (can_gen, gen_note), layer=layer, head=head, temperature=temperature,
                  top_k=top_k, top_p=top_p, attention_kind=attention_kind, moe_layer=moe_layer)  # fmt: skip
 
 
-def _draw(registry: Registry, a: Analysis, status: str, cut_note: str, generation: tuple[bool, str], *, layer, head,
+def _draw(catalog: Catalog, a: Analysis, status: str, cut_note: str, generation: tuple[bool, str], *, layer, head,
           temperature, top_k, top_p, attention_kind, moe_layer) -> AnalyseResult:  # fmt: skip
     """Every view's first picture of the Run ``a``, the sliders clamped into its ranges."""
     can_gen, gen_note = generation
@@ -120,7 +120,7 @@ def _draw(registry: Registry, a: Analysis, status: str, cut_note: str, generatio
     head = clamp(head, a.n_head)
     moe_layer = clamp(int(moe_layer or 0), a.routing.n_layer if a.routing else 0)
     try:
-        dist_fig, dist_note = distribution(registry, a, temperature, top_k, top_p)
+        dist_fig, dist_note = distribution(catalog, a, temperature, top_k, top_p)
     except ValueError as e:
         dist_fig, dist_note = None, error(md_escape(str(e)))
     if a.translation is not None:
@@ -179,13 +179,13 @@ def _status(entry: Entry, analysis: Analysis, elapsed: float) -> tuple[str, str]
     return status, f"cut to the first {n} of {analysis.truncated_from}"
 
 
-def load_model(registry: Registry, name: str | None) -> tuple[str, str | None]:
+def load_model(catalog: Catalog, name: str | None) -> tuple[str, str | None]:
     """Load the folder ``name`` from the server's models directory -> (status markdown, its key or None).
 
-    Only folders inside that directory resolve (``Registry.add_from_models_dir``); every problem,
+    Only folders inside that directory resolve (``Catalog.add_from_models_dir``); every problem,
     a missing, broken or unsupported checkpoint included, comes back as a message."""
     try:
-        entry = registry.add_from_models_dir(str(name or ""))
+        entry = catalog.add_from_models_dir(str(name or ""))
     except LoadError as e:
         return error(md_escape(str(e))), None
     return ok(f"Loaded **{md_escape(entry.label)}**; it is now in the model list."), entry.key

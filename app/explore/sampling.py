@@ -16,7 +16,7 @@ from archplay.models.sampling import check_settings, sample_many, staged_distrib
 from archplay.viz.sampling import distribution_figure, sample_histogram
 
 from ..messages import md_escape, note, quote, short
-from ..registry import Registry, UnknownModelError
+from ..catalog import Catalog, UnknownModelError
 from ..session import Analysis
 from ..sliders import check
 
@@ -36,7 +36,7 @@ def settings(temperature, top_k, top_p) -> tuple[float, int, float]:
 
 
 def distribution(
-    registry: Registry,
+    catalog: Catalog,
     analysis: Analysis | None,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -55,7 +55,7 @@ def distribution(
     if pos is None:
         return None, message
     staged = staged_distribution(analysis.logits[pos], temperature, top_k, top_p)
-    labels_for = _labels_for(registry, analysis)
+    labels_for = _labels_for(catalog, analysis)
     fig = distribution_figure(staged, labels_for, top_n=TOP_N, title=_title(analysis, pos))
 
     final = staged.final
@@ -102,14 +102,14 @@ class Position(NamedTuple):
 
 
 def at_position(
-    registry: Registry, analysis: Analysis | None, position: int, temperature: float = 1.0, top_k: int = 0,
+    catalog: Catalog, analysis: Analysis | None, position: int, temperature: float = 1.0, top_k: int = 0,
     top_p: float = 1.0,
 ) -> Position:
     """Show the prediction at ``position`` from now on: later redraws and samples use that position.
     Not for an encoder-decoder (its ``step`` picks the row). ValueError for a position out of range."""
     if analysis is None or analysis.translation is not None:
-        return Position(analysis, *distribution(registry, analysis, temperature, top_k, top_p))
-    fig, summary = distribution(registry, analysis, temperature, top_k, top_p, None, position)
+        return Position(analysis, *distribution(catalog, analysis, temperature, top_k, top_p))
+    fig, summary = distribution(catalog, analysis, temperature, top_k, top_p, None, position)
     return Position(dataclasses.replace(analysis, predict_at=int(position)), fig, summary)
 
 
@@ -123,7 +123,7 @@ def _title(analysis: Analysis, pos: int) -> str:
 
 
 def samples(
-    registry: Registry,
+    catalog: Catalog,
     analysis: Analysis | None,
     temperature: float = 1.0,
     top_k: int = 0,
@@ -144,7 +144,7 @@ def samples(
         return None, message
     final = staged_distribution(analysis.logits[pos], temperature, top_k, top_p).final  # (V,)
     draws = sample_many(final, n, seed=seed)  # (n,) from the one distribution the histogram also shows
-    labels_for = _labels_for(registry, analysis)
+    labels_for = _labels_for(catalog, analysis)
     fig = sample_histogram(draws, final, labels_for, title=f"{n} draw{'s' if n > 1 else ''} at position {pos}")
     if n == 1:
         tid = int(draws[0])
@@ -155,10 +155,10 @@ def samples(
                  f"{float(final[top]):.1%} promised. More draws, closer bars.")  # fmt: skip
 
 
-def _labels_for(registry: Registry, analysis: Analysis):
+def _labels_for(catalog: Catalog, analysis: Analysis):
     """Display labels for token ids, by the Run's tokenizer (``<id>`` once its model is gone)."""
     try:
-        tok = registry.get(analysis.model_key).tokenizer
+        tok = catalog.get(analysis.model_key).tokenizer
     except UnknownModelError:
         return lambda ids: [f"<{i}>" for i in ids]
     return lambda ids: list(tok.tokens(list(ids)))

@@ -25,7 +25,7 @@ from torch import Tensor
 from archplay.models import ModelOutput, Trace
 from archplay.viz.attention import attention_heatmap
 
-from ..registry import Entry
+from ..catalog import Entry
 from ..tokens import tokens_html as token_chips
 
 if TYPE_CHECKING:

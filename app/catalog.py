@@ -1,6 +1,6 @@
 """The models the app offers: loaded once at start-up and shared, read-only, by every session.
 
-Sessions only ever hold a registry *key* (a built-in name or the folder given on the command
+Sessions only ever hold a catalog *key* (a built-in name or the folder given on the command
 line); the model objects live here, never in ``gr.State``. Keys come from the server's own
 command line, so a visitor cannot make the server read an arbitrary path.
 """
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from archplay.models import BUILTIN_NAMES, LoadError, load
-from archplay.models import registry as families
+from archplay.models import registry
 from archplay.models.registry import Family
 
 
 class UnknownModelError(KeyError):
-    """A key that the registry does not hold; ``str()`` gives a readable message."""
+    """A key that the catalog does not hold; ``str()`` gives a readable message."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "unknown model"
@@ -46,7 +46,7 @@ class Entry:
     @property
     def spec(self) -> Family:
         """The family's registry entry: what it predicts and which views it has."""
-        return families.of(self.model)
+        return registry.of(self.model)
 
     @property
     def trained(self) -> bool:
@@ -72,7 +72,7 @@ def describe(model) -> str:
     return f"{name} — {cfg.family}, {layers} × {heads}"
 
 
-class Registry:
+class Catalog:
     """Loaded models by key, in the order they were added (the first is the default)."""
 
     def __init__(self, device: str | torch.device = "cpu", models_dir: str | Path | None = None):
@@ -127,7 +127,7 @@ class Registry:
         builtins: tuple[str, ...] = BUILTIN_NAMES,
         log: Callable[[str], None] = print,
         models_dir: str | Path | None = None,
-    ) -> Registry:
+    ) -> Catalog:
         """The built-ins, then each of ``names``. A name that fails is logged and skipped.
 
         The first of ``names`` that loads becomes the default choice (the user asked for it).
