@@ -12,8 +12,8 @@ from archplay.models.analysis.card import active_parameters, architecture, param
 from archplay.models.architectures.layers import count_parameters
 from archplay.viz.card import parameter_figure
 
-from .messages import error, md_escape
 from .catalog import Catalog, UnknownModelError
+from .messages import error, md_escape
 
 HELP = (
     "What the model is made of: its configuration as the architecture names it, and its parameters "

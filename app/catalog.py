@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from archplay.models import BUILTIN_NAMES, LoadError, load
-from archplay.models import registry
+from archplay.models import BUILTIN_NAMES, LoadError, load, registry
 from archplay.models.registry import Family
 
 
@@ -85,12 +84,19 @@ class Catalog:
 
     # ------------------------------------------------------------------ building
 
-    def add(self, name_or_folder: str) -> Entry:
-        """Load a built-in name or a checkpoint folder; raises ``LoadError`` with the reason."""
+    def add(self, name_or_folder: str, *, root: Path | None = None) -> Entry:
+        """Load a built-in name or a checkpoint folder (every file inside ``root``, when given);
+        raises ``LoadError`` with the reason."""
         key = _key(name_or_folder)
         if key in self._entries:
             return self._entries[key]
-        model, tokenizer = load(key, device=self.device)
+        try:
+            model, tokenizer = load(key, device=self.device, root=root)
+        except LoadError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError, MemoryError) as e:
+            # Whatever else a checkpoint breaks is still a load error: the server goes on with the rest.
+            raise LoadError(f"{Path(key).name} could not be loaded ({type(e).__name__}: {e})") from None
         return self.put(key, model, tokenizer)
 
     def put(self, key: str, model: torch.nn.Module, tokenizer) -> Entry:
@@ -109,7 +115,7 @@ class Catalog:
         """
         folder = resolve_in(self.models_dir, name)
         with self._lock:
-            return self.add(str(folder))
+            return self.add(str(folder), root=self.models_dir)
 
     def folders(self) -> list[str]:
         """The checkpoint folders the models directory offers (names relative to it)."""
@@ -182,6 +188,9 @@ class Catalog:
         return len(self._entries)
 
 
+MAX_FOLDER_NAME = 200  # characters of a name typed in the load box (file systems stop at 255 bytes a name)
+
+
 def resolve_in(models_dir: Path | None, name: str) -> Path:
     """``name`` as a folder inside ``models_dir``, or ``LoadError`` saying why not."""
     if models_dir is None:
@@ -189,14 +198,19 @@ def resolve_in(models_dir: Path | None, name: str) -> Path:
     name = str(name or "").strip()
     if not name or "\x00" in name:
         raise LoadError("give the name of a checkpoint folder inside the models directory")
+    if len(name) > MAX_FOLDER_NAME:
+        raise LoadError(f"a folder name has at most {MAX_FOLDER_NAME} characters; this one has {len(name):,}")
     candidate = Path(name)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise LoadError(f"{name!r} is not a folder name inside the models directory")
-    folder = (models_dir / candidate).resolve()
-    if not folder.is_relative_to(models_dir):
-        raise LoadError(f"{name!r} leads outside the models directory")
-    if not folder.is_dir():
-        raise LoadError(f"no folder {name!r} in the models directory")
+    try:
+        folder = (models_dir / candidate).resolve()
+        if not folder.is_relative_to(models_dir):
+            raise LoadError(f"{name!r} leads outside the models directory")
+        if not folder.is_dir():
+            raise LoadError(f"no folder {name!r} in the models directory")
+    except OSError as e:  # a name the file system refuses (too long a part, a loop of links)
+        raise LoadError(f"{name[:80]!r} is not a folder this server can open ({e.strerror or type(e).__name__})") from None
     return folder
 
 

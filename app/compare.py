@@ -25,11 +25,11 @@ from archplay.models.architectures.layers import count_parameters
 from archplay.viz.attention import attention_heatmap
 from archplay.viz.compare import latency_chart, surprisal_bars
 
+from .catalog import Catalog, Entry, UnknownModelError
 from .explore import routing, scan
-from .messages import error, md_escape, note, ok, quote
-from .catalog import Entry, Catalog, UnknownModelError
+from .messages import error, md_escape, note, ok, quote, warn
 from .session import Analysis, record, traced_run
-from .tokens import DEFAULT_TEXT, encode, mask_id
+from .tokens import DEFAULT_TEXT, clip, encode, mask_id
 
 MAX_MODELS = 4
 PSEUDO_LIMIT = 128  # an encoder's surprisal masks every token in turn: one batch row per token
@@ -71,9 +71,12 @@ def compare(catalog: Catalog, keys, text: str | None) -> tuple[str, list[Panel]]
         return error(f"Compare shows at most {MAX_MODELS} models at once; {len(keys)} were chosen."), []
     if text is None or not str(text).strip():
         return error("Type some text first, then press Compare."), []
-    panels = [panel(catalog, key, str(text)) for key in keys]
+    text, clipped = clip(text)
+    panels = [panel(catalog, key, text) for key in keys]
     failed = sum(1 for p in panels if p.message)
     status = ok(f"Compared {len(panels) - failed} model{'s' if len(panels) - failed != 1 else ''} on the same text.")
+    if clipped:
+        status += " " + warn(clipped)
     if failed:
         status += " " + note(f"{failed} could not run; its panel says why.")
     return status, panels

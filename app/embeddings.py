@@ -27,10 +27,11 @@ from archplay.models.analysis.embeddings import (
 )
 from archplay.viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
 
-from .messages import error, md_escape, note, ok
-from .catalog import Entry, Catalog, UnknownModelError
+from .catalog import Catalog, Entry, UnknownModelError
+from .messages import error, md_escape, note, ok, warn
 from .session import Analysis
 from .sliders import check
+from .tokens import clip
 
 HELP = (
     "Each point is one token of your text as a vector after the chosen layer (layer 0: the token "
@@ -117,7 +118,8 @@ def sentences(catalog: Catalog, key: str | None, text: str | None) -> SentenceVi
         return SentenceViews(None, None, error(md_escape(str(e))))
     if not is_encoder(entry):
         return SentenceViews(None, None, note("Sentence embeddings need an encoder: choose bert."))
-    lines = [s.strip() for s in str(text or "").splitlines() if s.strip()]
+    text, clipped = clip(text or "")
+    lines = [s.strip() for s in text.splitlines() if s.strip()]
     if len(lines) < 2:
         return SentenceViews(None, None, error("Give at least two sentences, one per line."))
     if len(lines) > MAX_SENTENCES:
@@ -132,8 +134,8 @@ def sentences(catalog: Catalog, key: str | None, text: str | None) -> SentenceVi
     C = cosine_matrix(E)
     C.fill_diagonal_(-2)
     i, j = divmod(int(C.argmax()), len(lines))
-    return SentenceViews(sim, scatter, ok(f"Most similar: {quote_line(lines[i])} and {quote_line(lines[j])} "
-                                          f"(cosine {float(C[i, j]):.2f})."))  # fmt: skip
+    found = ok(f"Most similar: {quote_line(lines[i])} and {quote_line(lines[j])} (cosine {float(C[i, j]):.2f}).")
+    return SentenceViews(sim, scatter, found + (" " + warn(clipped) if clipped else ""))
 
 
 def is_encoder(entry: Entry) -> bool:

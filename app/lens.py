@@ -18,8 +18,8 @@ from archplay.models import BUILTIN_NAMES
 from archplay.models.analysis.lens import logit_lens
 from archplay.viz.lens import logit_lens_heatmap
 
-from .messages import error, md_escape, note, ok
 from .catalog import Catalog, UnknownModelError
+from .messages import error, md_escape, note, ok
 from .session import Analysis
 
 HELP = (

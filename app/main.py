@@ -9,8 +9,8 @@ import gradio as gr
 import torch
 
 from . import card, compare, embeddings, lens
-from .explore import page as explore
 from .catalog import Catalog
+from .explore import page as explore
 
 TITLE = "archplay"
 THEME = gr.themes.Default(primary_hue="blue", secondary_hue="slate", neutral_hue="slate")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import html
 import re
 
-_MD_SPECIAL = re.compile(r"([\\`*|~])")
+_MD_SPECIAL = re.compile(r"([\\`*|~\[\]])")
+_AUTOLINK = re.compile(r"(?i):(?=//)|(?<=\bwww)\.|@")  # what GitHub-flavoured markdown turns into a live link
 
 
 def md_escape(text: str) -> str:
-    """``text`` shown literally inside one markdown line: HTML escaped, emphasis and code marks
-    backslashed. (Mid-line brackets, parentheses and intraword underscores are literal already.)"""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+    """``text`` shown literally inside one markdown line: HTML escaped; emphasis, code, table and
+    link marks backslashed (so ``![i](http://…)`` from a token piece or a folder name is neither an
+    image nor a link), and a bare ``http://``, ``www.`` or ``@`` broken so nothing is auto-linked."""
+    text = _MD_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+    return _AUTOLINK.sub(lambda m: "\\" + m.group(0), text)
 
 
 # Plain text symbols (no emoji presentation), so they render with ordinary fonts.

@@ -15,15 +15,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from archplay.models import Trace
-from archplay.models import registry
+from archplay.models import Trace, registry
 from archplay.models.registry import Family
 
+from .catalog import Entry
 from .explore import translation
 from .explore.routing import Routing
 from .explore.scan import Scan
 from .explore.translation import Translation
-from .catalog import Entry
 from .sliders import check, clamp
 from .tokens import mask_id, mask_token
 

@@ -10,6 +10,18 @@ from .catalog import Entry
 
 # From the built-ins' story world (archplay.models.story), so the trained models have something to say.
 DEFAULT_TEXT = "Mia finds a big red ball. She throws the ball to Tom. Then Tom"
+# The most characters of a text the page reads; the rest is cut before tokenising (a tokenizer's
+# time and memory grow with the text, and no Run shows more than PAGE_MAX_TOKENS tokens anyway).
+MAX_TEXT_CHARS = 20_000
+
+
+def clip(text: str) -> tuple[str, str]:
+    """``text`` cut to ``MAX_TEXT_CHARS`` characters, and a sentence saying so ("" when it was not cut)."""
+    text = str(text)
+    if len(text) <= MAX_TEXT_CHARS:
+        return text, ""
+    return text[:MAX_TEXT_CHARS], (f"Your text has {len(text):,} characters; the page reads the first "
+                                   f"{MAX_TEXT_CHARS:,} (a Run shows at most {PAGE_MAX_TOKENS} tokens).")  # fmt: skip
 PAGE_MAX_TOKENS = 512  # the most tokens one Run analyses: a T × T heatmap stays drawable
 
 

@@ -20,13 +20,13 @@ import time
 
 import torch
 
-from archplay.app.explore import run as explore, sampling
 from archplay.app.catalog import Catalog
-from bench.report import free_port, percentiles
-from archplay.models import BUILTIN_NAMES
-from archplay.models import story
+from archplay.app.explore import run as explore
+from archplay.app.explore import sampling
+from archplay.models import BUILTIN_NAMES, story
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.story.tokenizer import ByteTokenizer
+from bench.report import free_port, percentiles
 
 SETTINGS = [(t, k, p) for t in (0.3, 0.7, 1.0, 1.5) for k in (0, 5, 40, 200) for p in (0.5, 0.9, 0.95, 1.0)]  # 64
 

@@ -24,8 +24,8 @@ import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
-from bench.report import free_port, percentiles, stop
 from archplay.models import story
+from bench.report import free_port, percentiles, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 PATTERN = ["distribution", "position", "sample_many", "distribution", "generate", "distribution", "compare",

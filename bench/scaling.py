@@ -46,6 +46,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 from bench.report import print_table
 
 ROOT = Path(__file__).resolve().parents[1]

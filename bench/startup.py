@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
 from bench.report import descendants, free_port, print_table, stop
 
 ROOT = Path(__file__).resolve().parents[1]

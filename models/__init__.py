@@ -15,6 +15,4 @@ from archplay.models.architectures.layers import ModelOutput, Trace
 from archplay.models.checkpoints.convert import LoadError
 from archplay.models.checkpoints.loading import BUILTIN_NAMES, load
 
-
-
 __all__ = ["load", "LoadError", "BUILTIN_NAMES", "Trace", "ModelOutput", "registry"]

@@ -3,7 +3,9 @@
 Same order and meaning as transformers' TemperatureLogitsWarper → TopKLogitsWarper →
 TopPLogitsWarper (each keeping at least one token):
 
-* temperature T: logits / T. T = 0 means greedy: all mass on the argmax.
+* temperature T: logits / T. T = 0 means greedy: all mass on the argmax. So does any T below
+  ``MIN_TEMPERATURE`` (1e-4): dividing by a vanishing T overflows to NaN, and long before that
+  the tempered distribution is the argmax to float precision (``is_greedy``).
 * top-k: keep tokens whose tempered logit is >= the k-th largest (ties at the boundary stay).
   k = 0 switches the stage off; k above the vocabulary keeps everything.
 * top-p (nucleus): sort ascending, drop the tokens whose cumulative probability is <= 1 - p;
@@ -19,6 +21,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+MIN_TEMPERATURE = 1e-4  # below it (0 included), sampling is greedy
+
+
+def is_greedy(temperature: float) -> bool:
+    """Whether ``temperature`` (already checked) means greedy: 0, or a positive number below ``MIN_TEMPERATURE``."""
+    return temperature < MIN_TEMPERATURE
 
 
 @dataclass
@@ -72,7 +81,7 @@ def staged_distribution(
     shifted = logits - logits.amax(-1, keepdim=True)  # (..., V), max 0
     raw = torch.softmax(shifted, dim=-1)
 
-    if temperature == 0:  # greedy: a one-hot on the argmax (the first, on ties)
+    if is_greedy(temperature):  # a one-hot on the argmax (the first, on ties)
         kept = torch.zeros_like(logits, dtype=torch.bool)
         kept.scatter_(-1, logits.argmax(-1, keepdim=True), True)
         onehot = kept.float()

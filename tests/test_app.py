@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from archplay.app import tokens
+from archplay.app.catalog import Catalog, UnknownModelError, describe
 from archplay.app.explore import attention, generation, routing, run, sampling, scan
 from archplay.app.main import build_app, parse_args, resolve_device
 from archplay.models import BUILTIN_NAMES
-from archplay.app.catalog import Catalog, UnknownModelError, describe
 from archplay.models.sampling import staged_distribution
 
 TEXT = "Mia has a red ball."
@@ -348,7 +348,7 @@ def test_encoder_adds_a_fill_in_the_blank_example(bert_registry, catalog):
 def test_encoder_without_mask_asks_for_one_and_cannot_generate(bert_registry):
     reg, key = bert_registry
     r = run.analyse(reg, key, "the cat sat on the mat")
-    assert r.ok and r.distribution is None and "Add [MASK]" in r.distribution_note
+    assert r.ok and r.distribution is None and "Add \\[MASK\\]" in r.distribution_note  # brackets escaped: no link
     steps = list(generation.generate(reg, key, "the cat", 4))
     assert len(steps) == 1 and "Generate is off" in steps[0].status
 

@@ -8,8 +8,8 @@ import torch
 from archplay import models
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.architectures.encoder import Encoder, EncoderConfig
-from archplay.models.architectures.layers import attention_mask
 from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from archplay.models.architectures.layers import attention_mask
 from archplay.models.architectures.moe import MoEConfig, MoEDecoder
 from archplay.models.architectures.ssm import Mamba, MambaConfig
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import randomize
 from torch import nn
 
 from archplay.models.analysis import lens as lens_module
-from conftest import randomize
 from archplay.models.analysis.card import TIED_LM_HEAD, active_parameters, architecture, parameter_breakdown
+from archplay.models.analysis.lens import logit_lens
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.architectures.encoder import Encoder, EncoderConfig
 from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
-from archplay.models.analysis.lens import logit_lens
 from archplay.models.architectures.moe import MoEConfig, MoEDecoder
 from archplay.models.architectures.ssm import Mamba, MambaConfig
 from archplay.viz.card import parameter_figure

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +145,109 @@ def test_fast_cpu_layout_keeps_values_ties_and_outputs():
     widening = [f"{n}.weight" for n, m in model.named_modules()
                 if isinstance(m, torch.nn.Linear) and n != "lm_head" and m.out_features >= m.in_features]  # fmt: skip
     assert sorted(changed) == sorted(widening)  # e.g. q and o (square), gate and up; not k, v (GQA) or down
+
+
+# --------------------------------------------------------------------------- checked before anything is built
+
+
+def _set_config(folder, **changes):
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **changes}))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_layer": 1_000_000}, "declares n_layer = 1,000,000, above the limit of 1,024"),
+    ({"vocab_size": 10**9}, "declares vocab_size = 1,000,000,000, above the limit"),
+    ({"n_embd": 4096, "n_layer": 24}, "do not fit its config.json: .*shapes"),  # ~5 GB declared, 50 KB stored
+    ({"n_embd": 0}, "not a valid gpt2 config: DecoderConfig: d_model must be a whole number of at least 1, got 0"),
+    ({"n_head": 2.5}, "n_head must be a whole number of at least 1, got 2.5"),
+    ({"activation_function": "swoosh"}, "not a valid gpt2 config: .*swoosh"),
+])  # fmt: skip
+def test_a_config_is_checked_against_limits_and_stored_shapes_before_any_memory(hf_folder, monkeypatch, changes,
+                                                                                message):  # fmt: skip
+    """Absurd sizes are refused by name; sizes the weights do not hold are refused on a meta skeleton."""
+    from archplay.models.architectures.decoder import Decoder
+
+    folder, _ = hf_folder("gpt2")
+    _set_config(folder, **changes)
+    built_on = []
+    init = Decoder.__init__
+    monkeypatch.setattr(Decoder, "__init__", lambda self, cfg: (built_on.append(torch.get_default_device().type),
+                                                                init(self, cfg))[1])  # fmt: skip
+    with pytest.raises(LoadError, match=message):
+        models.load(folder)
+    assert set(built_on) <= {"meta"}  # nothing was materialised
+
+
+def _shard(folder, name_in_index: str):
+    """The gpt2 folder's weights as one shard named ``name_in_index`` by model.safetensors.index.json."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {k: name_in_index for k in state}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"])
+def test_a_shard_index_cannot_name_a_file_outside_its_folder(hf_folder, shard):
+    folder, _ = hf_folder("gpt2")
+    _shard(folder, shard)
+    with pytest.raises(LoadError, match="names a shard outside its folder"):
+        models.load(folder)
+
+
+def test_a_shard_index_inside_its_folder_loads(hf_folder):
+    folder, hf = hf_folder("gpt2")
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00001.safetensors")
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model-00001-of-00001.safetensors"))
+    index = {"metadata": {}, "weight_map": {k: "model-00001-of-00001.safetensors" for k in state}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    model, tok = models.load(folder)
+    ids = torch.tensor([tok.encode("the cat sat")])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_within_a_models_directory_no_file_may_link_out_and_messages_name_no_server_path(hf_folder, tmp_path):
+    from archplay.models.checkpoints.loading import load_folder
+
+    folder, _ = hf_folder("gpt2")
+    models_dir = tmp_path / "models_dir"
+    models_dir.mkdir()
+    inside = models_dir / "gpt2"
+    inside.mkdir()
+    for f in folder.iterdir():
+        (inside / f.name).write_bytes(f.read_bytes())
+    load_folder(inside, root=models_dir)  # a plain copy loads
+
+    (inside / "model.safetensors").unlink()
+    (inside / "model.safetensors").symlink_to(folder / "model.safetensors")  # a link leaving the directory
+    with pytest.raises(LoadError, match="model.safetensors leads outside the folder it was loaded from"):
+        load_folder(inside, root=models_dir)
+    models.load(inside)  # the server's own --model is trusted: no root, the link is followed
+
+    (inside / "model.safetensors").unlink()
+    with pytest.raises(LoadError) as e:
+        load_folder(inside, root=models_dir)
+    assert "has no weights" in str(e.value)
+    assert str(tmp_path) not in str(e.value) and str(models_dir.resolve()) not in str(e.value)
+    assert str(e.value).startswith("gpt2 has no weights")
+
+
+def test_a_huggingface_cache_snapshot_links_into_its_own_blobs(hf_folder, tmp_path):
+    """The cache's layout: snapshots/<rev>/file -> ../../blobs/<hash>, all inside the models directory."""
+    from archplay.models.checkpoints.loading import load_folder
+
+    folder, _ = hf_folder("gpt2")
+    repo = tmp_path / "cache" / "models--org--tiny"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for i, f in enumerate(sorted(folder.iterdir())):
+        (blobs / f"blob{i}").write_bytes(f.read_bytes())
+        (snapshot / f.name).symlink_to(Path("..") / ".." / "blobs" / f"blob{i}")
+    model, _ = load_folder(snapshot, root=tmp_path / "cache")
+    assert model.config.n_layer == 2

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 import torch
 from conftest import make_hf_model
 
 from archplay.app import tokens
+from archplay.app.catalog import Catalog
 from archplay.app.explore import generation, run, sampling
 from archplay.app.main import host_warning, parse_args
-from archplay.app.catalog import Catalog
 from archplay.models import LoadError
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.story.tokenizer import ByteTokenizer
@@ -259,3 +260,89 @@ def test_a_cancelled_generation_stops_running_the_model():
         assert len(calls) == settled < 200  # nothing ran after the cancel took effect
     finally:
         demo.close()
+
+
+# --------------------------------------------------------------------------- what an attack from outside found
+
+
+def _rendered(markdown: str) -> str:
+    """``markdown`` as HTML by a CommonMark renderer (the page's renderer adds GFM's autolinks)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark").enable("table").render(markdown)
+
+
+PAYLOADS = ["![i](http://127.0.0.1:9/beacon.png)", "[t](https://example.com)", "<img src=x onerror=alert(1)>",
+            "see www.example.com or a@b.example", "**bold** `code` | table | ~strike~ [MASK]"]  # fmt: skip
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_checkpoint_and_user_strings_are_escaped_for_markdown(payload):
+    from archplay.app.messages import md_escape, quote
+
+    for text in (md_escape(payload), quote(payload)):
+        html_out = _rendered(f"✓ {text}")
+        assert "<a " not in html_out and "<img" not in html_out and "<strong>" not in html_out
+        unescaped = re.sub(r"\\.", "", text)  # what is left once every backslash escape is taken out
+        assert "://" not in unescaped and "www." not in unescaped and "@" not in unescaped  # no GFM autolink
+
+
+def test_a_folder_named_like_markdown_loads_and_shows_as_text(tmp_path):
+    root = tmp_path / "models"
+    root.mkdir()
+    name = "![b](https:evil.example) [t](x)"
+    make_hf_model("gpt2", root / name)
+    cat = Catalog(device="cpu", models_dir=root)
+    status, key = run.load_model(cat, name)
+    assert status.startswith("✓") and key in cat
+    html_out = _rendered(status)
+    assert "<img" not in html_out and "<a " not in html_out and "![b]" in html_out
+
+
+def test_text_is_cut_to_the_page_limit_before_tokenising(catalog, monkeypatch):
+    seen = []
+    tok = catalog.get("gpt").tokenizer
+    encode = type(tok).encode
+    monkeypatch.setattr(type(tok), "encode", lambda self, text, *a, **k: (seen.append(len(text)), encode(self, text, *a, **k))[1])
+    huge = "Mia has a red ball. " * 50_000  # 1 M characters
+    r = run.analyse(catalog, "gpt", huge)
+    assert r.ok and f"the page reads the first {tokens.MAX_TEXT_CHARS:,}" in r.status
+    steps = list(generation.generate(catalog, "gpt", huge, max_new_tokens=2, temperature=0.0))
+    assert steps[-1].status.startswith("✓") and "the page reads the first" in steps[-1].status
+    assert seen and max(seen) <= tokens.MAX_TEXT_CHARS
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"activation_function": "swoosh"}, "not a valid gpt2 config: .*swoosh"),
+    ({"n_embd": 0}, "d_model must be a whole number of at least 1, got 0"),
+    ({"n_layer": -2}, "n_layer must be a whole number of at least 1, got -2"),
+    ({"n_head": 2.5}, "n_head must be a whole number of at least 1, got 2.5"),
+    ({"vocab_size": 10**10}, "vocab_size = 10,000,000,000, above the limit"),
+])  # fmt: skip
+def test_config_errors_are_load_errors_on_the_page_and_at_start_up(tmp_path, config, message):
+    import json
+
+    root = tmp_path / "models"
+    make_hf_model("gpt2", root / "bad")
+    cfg = json.loads((root / "bad" / "config.json").read_text())
+    (root / "bad" / "config.json").write_text(json.dumps({**cfg, **config}))
+    status, key = run.load_model(Catalog(device="cpu", models_dir=root), "bad")
+    assert key is None and status.startswith("✕ **Problem:**") and re.search(message, status), status
+    assert str(root) not in status  # paths relative to the models directory
+    logged = []
+    cat = Catalog.from_names([str(root / "bad")], device="cpu", builtins=("gpt",), log=logged.append)
+    assert cat.keys() == ["gpt"] and len(logged) == 1 and re.search(message, logged[0])  # the rest still serve
+
+
+def test_a_long_folder_name_gets_a_message(models_dir):
+    status, key = run.load_model(Catalog(device="cpu", models_dir=models_dir), "x" * 300)
+    assert key is None and "a folder name has at most 200 characters; this one has 300" in status
+
+
+def test_a_vanishing_temperature_is_greedy_and_says_so(catalog):
+    r = run.analyse(catalog, "gpt", TEXT)
+    fig, summary = sampling.distribution(catalog, r.analysis, temperature=1e-46)
+    assert fig is not None and "nan" not in summary.lower()
+    assert "Temperature 1e-46 is below 0.0001: treated as 0, greedy." in summary
+    hist, text = sampling.samples(catalog, r.analysis, temperature=1e-46, n=5)
+    assert hist is not None and text.startswith("The most drawn token")

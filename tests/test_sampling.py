@@ -185,3 +185,29 @@ def test_greedy_without_nan_is_unchanged_by_check_every():
         outs.append(generation.generate(step, torch.zeros(1, 2, dtype=torch.long), None, max_new_tokens=10,
                                         check_every=every))  # fmt: skip
     assert torch.equal(outs[0], outs[1]) and outs[0][0, 2:].tolist() == [1, 2, 3, 4, 5, 6, 1, 2, 3, 4]
+
+
+# --------------------------------------------------------------------------- a vanishing temperature
+
+
+@pytest.mark.parametrize("t", [1e-46, 1e-30, 5e-5])
+def test_a_temperature_below_the_floor_is_greedy(t):
+    """Below MIN_TEMPERATURE sampling is greedy; 1e-46 used to underflow to 0 in float32 and give NaN."""
+    from archplay.models.sampling import MIN_TEMPERATURE, is_greedy
+
+    logits = random_logits(3)
+    s = staged_distribution(logits, t)
+    assert t < MIN_TEMPERATURE and is_greedy(t) and not is_greedy(MIN_TEMPERATURE)
+    assert not torch.isnan(s.final).any()
+    assert s.kept.nonzero().flatten().tolist() == [int(logits.argmax())]
+    assert float(s.final[logits.argmax()]) == 1.0 and s.temperature == 0.0
+
+
+def test_generation_with_a_vanishing_temperature_is_greedy():
+    from archplay.models.architectures.decoder import Decoder, DecoderConfig
+
+    torch.manual_seed(0)
+    model = Decoder(DecoderConfig.gpt2_tiny()).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    greedy = model.generate(ids, max_new_tokens=6, temperature=0.0)
+    assert torch.equal(model.generate(ids, max_new_tokens=6, temperature=1e-46, seed=3), greedy)

@@ -17,10 +17,9 @@ import torch
 
 from archplay import models
 from archplay.models import story
-from archplay.models.training import evaluate
-from archplay.models.training import train
 from archplay.models.checkpoints.loading import BUILTIN_DIR, LoadError, load_builtin, save_builtin
 from archplay.models.story.tokenizer import SPTokenizer
+from archplay.models.training import evaluate, train
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from archplay.app import compare, session
-from archplay.app.explore import attention, generation, routing, run, sampling
 from archplay.app.catalog import Catalog
+from archplay.app.explore import attention, generation, routing, run, sampling
 from archplay.models.analysis import timing
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.viz.attention import attention_grid, downsample

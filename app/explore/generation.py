@@ -12,9 +12,11 @@ from typing import NamedTuple
 
 import torch
 
+from archplay.models.sampling import MIN_TEMPERATURE, is_greedy
+
+from ..catalog import Catalog, Entry, UnknownModelError
 from ..messages import error, md_escape, note, ok, plural, warn
-from ..catalog import Entry, Catalog, UnknownModelError
-from ..tokens import mask_token
+from ..tokens import clip, mask_token
 from . import translation
 from .sampling import settings
 
@@ -81,11 +83,13 @@ def generate(
     except (TypeError, ValueError) as e:
         yield Generated("", error(md_escape(str(e))), "")
         return
-    prompt = [int(i) for i in entry.tokenizer.encode(str(text))]
+    text, clipped = clip(text)
+    prompt = [int(i) for i in entry.tokenizer.encode(text)]
     if not prompt:
         yield Generated("", error("This text produced no tokens."), "")
         return
-    yield from _stream(entry, prompt, max_new_tokens, temperature, top_k, top_p, seed)
+    for step in _stream(entry, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        yield step._replace(status=step.status + "\n\n" + warn(clipped)) if clipped else step
 
 
 def _fit(entry: Entry, prompt: list[int], max_new_tokens: int) -> tuple[list[int], int, list[str]]:
@@ -127,13 +131,13 @@ def _stream(entry: Entry, prompt, max_new_tokens, temperature, top_k, top_p, see
             new.append(int(token_id))
             probs.append(float(prob))
             pieces.add(int(token_id), float(prob))
-            status = _status(new, probs, started, notes, verb, done=False, greedy=temperature == 0)
+            status = _status(new, probs, started, notes, verb, done=False, greedy=is_greedy(temperature))
             yield Generated(shown(), status, pieces.html())
     except (ValueError, RuntimeError) as e:
         yield Generated(shown(), error(f"Generation stopped: {md_escape(str(e))}"), pieces.html())
         return
     stopped = bool(new) and eos is not None and new[-1] == eos
-    final = _status(new, probs, started, notes, verb, done=True, greedy=temperature == 0, stopped_at_eos=stopped)
+    final = _status(new, probs, started, notes, verb, done=True, greedy=is_greedy(temperature), stopped_at_eos=stopped)
     yield Generated(shown(), final, pieces.html())
 
 
@@ -170,7 +174,7 @@ def _status(new, probs, started, notes, verb, *, done: bool, greedy: bool, stopp
     n = len(new)
     line = f"{verb[1] if done else verb[0]} {plural(n, 'token')} · {n / secs:.1f} tokens/s"
     if greedy:
-        line += " · greedy (temperature 0): always the likeliest token"
+        line += f" · greedy (temperature below {MIN_TEMPERATURE:g} counts as 0): always the likeliest token"
     elif probs:
         line += f" · the drawn tokens had {sum(probs) / len(probs):.1%} probability on average"
     if stopped_at_eos:

@@ -40,8 +40,8 @@ from types import SimpleNamespace
 
 import gradio as gr
 
+from ..catalog import Catalog, Entry
 from ..messages import md_escape, warn
-from ..catalog import Entry, Catalog
 from ..session import Analysis
 from ..tokens import DEFAULT_TEXT, mask_token, tokens_html
 from . import attention, generation, routing, run, sampling, scan, translation

@@ -24,8 +24,8 @@ from archplay.models.training import evaluate
 from archplay.viz.moe import expert_load_bars, routing_heatmap, specialisation_heatmap
 from archplay.viz.style import expert_colour, rgba
 
+from ..catalog import Catalog, Entry, UnknownModelError
 from ..messages import error, md_escape, plural
-from ..catalog import Entry, Catalog, UnknownModelError
 from ..sliders import check
 
 if TYPE_CHECKING:

@@ -16,11 +16,11 @@ import plotly.graph_objects as go
 
 from archplay.models import LoadError
 
+from ..catalog import Catalog, Entry, UnknownModelError
 from ..messages import error, md_escape, ok, plural, warn
-from ..catalog import Entry, Catalog, UnknownModelError
 from ..session import Analysis, record, traced_run
 from ..sliders import clamp
-from ..tokens import encode, tokens_html
+from ..tokens import clip, encode, tokens_html
 from . import attention, routing, scan, translation
 from .generation import generate_note
 from .routing import RoutingView
@@ -94,7 +94,7 @@ def analyse(
     if text is None or not str(text).strip():
         msg = error("Type some text first, then press Run.")
         return _message(msg, layer=layer, head=head, can_generate=can_gen)
-    text = str(text)
+    text, clipped = clip(text)
     ids, truncated_from = encode(entry, text)
     if not ids:
         return _message(error("This text produced no tokens."), layer=layer, head=head, can_generate=can_gen)
@@ -107,6 +107,8 @@ def analyse(
     elapsed = time.perf_counter() - started
     a = record(entry, text, ids, truncated_from, run, step)
     status, cut_note = _status(entry, a, elapsed)
+    if clipped:
+        status += "\n\n" + warn(clipped)
     return _draw(catalog, a, status, cut_note, (can_gen, gen_note), layer=layer, head=head, temperature=temperature,
                  top_k=top_k, top_p=top_p, attention_kind=attention_kind, moe_layer=moe_layer)  # fmt: skip
 

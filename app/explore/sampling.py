@@ -12,11 +12,11 @@ from typing import NamedTuple
 import plotly.graph_objects as go
 import torch
 
-from archplay.models.sampling import check_settings, sample_many, staged_distribution
+from archplay.models.sampling import MIN_TEMPERATURE, check_settings, sample_many, staged_distribution
 from archplay.viz.sampling import distribution_figure, sample_histogram
 
-from ..messages import md_escape, note, quote, short
 from ..catalog import Catalog, UnknownModelError
+from ..messages import md_escape, note, quote, short
 from ..session import Analysis
 from ..sliders import check
 
@@ -69,6 +69,8 @@ def distribution(
     )
     if top_k > vocab:
         summary += f" (Top-k {top_k:,} is above the vocabulary of {vocab:,}: it removes nothing.)"
+    if 0 < temperature < MIN_TEMPERATURE:
+        summary += f" (Temperature {temperature:.3g} is below {MIN_TEMPERATURE:g}: treated as 0, greedy.)"
     if analysis.translation is not None:
         wrote = analysis.translation.labels[pos]
         summary += f" Step {pos} of {analysis.n_steps}: the greedy translation wrote {quote(wrote)} here."

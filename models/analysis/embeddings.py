@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from archplay.models import registry
-from archplay.models import story
+from archplay.models import registry, story
 
 METHODS = ("pca", "umap")
 

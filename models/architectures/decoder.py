@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from archplay.models.architectures import generation
 from archplay.models.architectures.layers import (
-    ConfigDict,
     Attention,
+    ConfigDict,
     KVCache,
     ModelOutput,
     RotaryEmbedding,

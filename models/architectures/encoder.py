@@ -17,7 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from archplay.models.architectures.layers import (
-    MLP, Attention, ConfigDict, ModelOutput, Trace, activation, init_normal, padding_mask,
+    MLP,
+    Attention,
+    ConfigDict,
+    ModelOutput,
+    Trace,
+    activation,
+    init_normal,
+    padding_mask,
 )
 
 

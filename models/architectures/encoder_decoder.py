@@ -50,10 +50,10 @@ from torch import Tensor, nn
 
 from archplay.models.architectures import generation
 from archplay.models.architectures.layers import (
-    ConfigDict,
-    GatedMLP,
     MLP,
     Attention,
+    ConfigDict,
+    GatedMLP,
     KVCache,
     ModelOutput,
     RMSNorm,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor
 
-from archplay.models.sampling import check_settings, staged_distribution
+from archplay.models.sampling import check_settings, is_greedy, staged_distribution
 
 Step = Callable[[Tensor, object], tuple[Tensor, object]]
 
@@ -58,7 +58,7 @@ def iterate(
     for i in range(max_new_tokens):
         logits, state = step(new, state)
         last = logits[:, -1, :].float()  # (B, V)
-        if temperature == 0:  # greedy: the argmax, whose final probability is 1 (a one-hot)
+        if is_greedy(temperature):  # the argmax, whose final probability is 1 (a one-hot)
             bad = torch.isnan(last).any()
             nan_seen = bad if nan_seen is None else nan_seen | bad
             if (i + 1) % check_every == 0 or i + 1 == max_new_tokens:

@@ -54,7 +54,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archplay.models.architectures import generation
-from archplay.models.architectures.layers import ACTIVATIONS, ConfigDict, ModelOutput, Trace, activation, init_normal, make_norm
+from archplay.models.architectures.layers import (
+    ACTIVATIONS,
+    ConfigDict,
+    ModelOutput,
+    Trace,
+    activation,
+    init_normal,
+    make_norm,
+)
 
 
 @dataclass

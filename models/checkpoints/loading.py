@@ -18,6 +18,7 @@ a visitor (``root``) reads no file that resolves outside ``root``.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -177,15 +178,30 @@ def _few(items: list[str], n: int = 4) -> str:
 def load_folder(folder: str | Path, device: str | torch.device = "cpu", *, root: str | Path | None = None):
     """A Hugging Face checkpoint folder -> (model, tokenizer), checked before anything is built.
 
-    ``root``: every file read must resolve inside it (a folder named by a visitor).
+    ``root`` (a folder a visitor named, inside the server's models directory): every file of the
+    folder must resolve inside ``root``, and messages name paths relative to it.
     """
     folder = Path(folder).expanduser()
-    root = Path(root) if root is not None else None
+    if root is None:
+        return _load_folder(folder, device, None)
+    root = Path(root)
+    try:
+        return _load_folder(folder, device, root)
+    except LoadError as e:
+        message = str(e)
+        for prefix in sorted({str(root.resolve()), str(root)}, key=len, reverse=True):
+            message = message.replace(prefix + os.sep, "").replace(prefix, "the models directory")
+        raise LoadError(message) from None
+
+
+def _load_folder(folder: Path, device, root: Path | None):
     if not folder.exists():
         raise LoadError(f"no such folder: {folder}")
     if not folder.is_dir():
         raise LoadError(f"{folder} is not a folder; give a Hugging Face checkpoint folder")
-    _inside(folder / "config.json", root, "config.json")
+    if root is not None:  # config, weights, tokenizer files: none may be a link out
+        for entry in folder.iterdir():
+            _inside(entry, root, entry.name)
     hf = _read_config(folder)
     mtype = hf.get("model_type")
     found = registry.checkpoint(mtype) if isinstance(mtype, str) else None
@@ -207,8 +223,11 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu", *, root:
     declared = conv.convert_state(_read_weights(files, shapes_only=True))
     if conv.finish is not None:
         conv.finish(cfg, declared)
-    with torch.device("meta"):  # shapes only: what the config declares, checked against what the files hold
-        skeleton = family.build(cfg)
+    try:
+        with torch.device("meta"):  # shapes only: what the config declares, checked against what the files hold
+            skeleton = family.build(cfg)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:  # e.g. an unknown activation
+        raise LoadError(f"{folder}/config.json is not a valid {mtype} config: {e}") from None
     buffers = sum(b.numel() for b in skeleton.buffers())
     if buffers > BUFFER_LIMIT:
         raise LoadError(f"config.json makes the model compute {buffers:,} table entries; the limit is {BUFFER_LIMIT:,}")
@@ -219,9 +238,6 @@ def load_folder(folder: str | Path, device: str | torch.device = "cpu", *, root:
         conv.finish(cfg, state)
     model = family.build(cfg)
     _fill(model, state, folder)
-    for name in TOKENIZER_FILES:
-        if (folder / name).exists():
-            _inside(folder / name, root, name)
     tokenizer = _load_tokenizer(folder, cfg.vocab_size)
     return model.eval().to(device), tokenizer
 
@@ -297,10 +313,11 @@ def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
     return model.eval().to(device), tok
 
 
-def load(name: str | Path, device: str | torch.device = "cpu"):
+def load(name: str | Path, device: str | torch.device = "cpu", *, root: str | Path | None = None):
     """A built-in model by name, or a local Hugging Face checkpoint folder -> (model, tokenizer).
 
-    On the CPU the model's widening projections are laid out for fast inference (``fast_cpu_layout``).
+    ``root``: a folder's files must all resolve inside it (see ``load_folder``). On the CPU the
+    model's widening projections are laid out for fast inference (``fast_cpu_layout``).
     """
     if isinstance(name, str) and name in BUILTIN_NAMES:
         if not (BUILTIN_DIR / name / "config.json").is_file():
@@ -313,7 +330,7 @@ def load(name: str | Path, device: str | torch.device = "cpu"):
             "or give the path of a Hugging Face checkpoint folder"
         )
     else:
-        model, tokenizer = load_folder(name, device)
+        model, tokenizer = load_folder(name, device, root=root)
     if torch.device(device).type == "cpu":
         fast_cpu_layout(model)
     return model, tokenizer

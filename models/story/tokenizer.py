@@ -11,12 +11,10 @@
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
 from typing import Protocol
 
 from archplay.models.checkpoints.assets import ASSETS
-
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 

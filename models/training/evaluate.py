@@ -35,10 +35,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from archplay.models import story
-from archplay.models import load, registry
-from archplay.models.training.metrics import bleu, entropy_bits, head_hits, mutual_information
+from archplay.models import load, registry, story
 from archplay.models.architectures.moe import expert_load
+from archplay.models.training.metrics import bleu, entropy_bits, head_hits, mutual_information
 from archplay.models.training.train import IGNORE, pad_batch
 
 BATCH = 32

@@ -35,14 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from archplay.models import story
+from archplay.models import registry, story
 from archplay.models.architectures.decoder import DecoderConfig
 from archplay.models.architectures.encoder import EncoderConfig
 from archplay.models.architectures.encoder_decoder import EncoderDecoderConfig
-from archplay.models import registry
-from archplay.models.checkpoints.loading import BUILTIN_DIR, save_builtin
 from archplay.models.architectures.moe import MoEConfig, Router, load_balancing_loss
 from archplay.models.architectures.ssm import MambaConfig, compiled_scan
+from archplay.models.checkpoints.loading import BUILTIN_DIR, save_builtin
 from archplay.models.story.tokenizer import SPTokenizer
 
 IGNORE = -100  # label of positions that carry no loss
