@@ -25,8 +25,10 @@ from archplay.models.architectures.layers import count_parameters
 from archplay.viz.attention import attention_heatmap
 from archplay.viz.compare import latency_chart, surprisal_bars
 
+from . import memory
 from .catalog import Catalog, Entry, UnknownModelError
 from .explore import routing, scan
+from .guard import MODEL_EVENTS, client_gone
 from .messages import error, md_escape, note, ok, quote, warn
 from .session import Analysis, record, traced_run
 from .tokens import DEFAULT_TEXT, clip, encode, mask_id
@@ -197,12 +199,14 @@ def latency(catalog: Catalog, keys) -> tuple[go.Figure | None, str]:
         except UnknownModelError as e:
             notes.append(error(md_escape(str(e))))
             continue
-        timings = forward_latency(entry.model, LENGTHS)
+        timings = forward_latency(entry.model, LENGTHS, stop=client_gone)  # a visitor who left stops it
         series[entry.label] = ([t.length for t in timings], [t.ms for t in timings], [t.stretched for t in timings])
         b = growth(timings)
         if b is not None:
             notes.append(f"{md_escape(entry.label)}: time ∝ length^{b:.2f} from 512 tokens up")
-    return latency_chart(series), ok("Measured. ") + "; ".join(notes)
+    chart = latency_chart(series)
+    memory.trim()  # the stretched copies and 2,048-token activations are freed: give their pages back
+    return chart, ok("Measured. ") + "; ".join(notes)
 
 
 # --------------------------------------------------------------------------- layout and wiring
@@ -247,9 +251,9 @@ def build(catalog: Catalog, demo: gr.Blocks) -> SimpleNamespace:
     outputs = [ui.status]
     for s in ui.slots:
         outputs += [s.column, s.title, s.view, s.prediction, s.surprisal]
-    ui.run.click(run, inputs=[ui.models, ui.text], outputs=outputs, api_name="compare")
+    ui.run.click(run, inputs=[ui.models, ui.text], outputs=outputs, api_name="compare", concurrency_id=MODEL_EVENTS)
     ui.measure.click(lambda models: latency(catalog, models), inputs=[ui.models],
-                     outputs=[ui.latency_plot, ui.latency_note], api_name="latency")  # fmt: skip
+                     outputs=[ui.latency_plot, ui.latency_note], api_name="latency", concurrency_id=MODEL_EVENTS)  # fmt: skip
     return ui
 
 

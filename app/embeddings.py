@@ -28,6 +28,7 @@ from archplay.models.analysis.embeddings import (
 from archplay.viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
 
 from .catalog import Catalog, Entry, UnknownModelError
+from .guard import MODEL_EVENTS
 from .messages import error, md_escape, note, ok, warn
 from .session import Analysis
 from .sliders import check
@@ -219,5 +220,5 @@ def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
           inputs=[explore_ui.state, ui.layer, ui.token, ui.dims, ui.method], outputs=outputs,
           api_name="embeddings", trigger_mode="always_last", show_progress="hidden")  # fmt: skip
     ui.compare.click(embed, inputs=[ui.encoder, ui.sentences], outputs=[ui.similarity, ui.sent_scatter, ui.sent_note],
-                     api_name="sentences")  # fmt: skip
+                     api_name="sentences", concurrency_id=MODEL_EVENTS)  # fmt: skip
     return ui

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import sys
 
 import gradio as gr
 import torch
+from gradio.route_utils import FnIndexInferError
+from starlette.middleware import Middleware
 
-from . import card, compare, embeddings, lens
+from . import card, compare, embeddings, guard, lens
 from .catalog import Catalog
 from .explore import page as explore
 
@@ -42,18 +46,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N",
                    help="keep the last Run of at most N visitors (browser tabs) in memory; the least recently "
                         f"used is dropped first and its visitor presses Run again (default: {MAX_SESSIONS})")  # fmt: skip
+    p.add_argument("--max-queued-per-address", type=int, default=0, metavar="N",
+                   help="at most N waiting requests of one kind from one network address; 0 = no limit "
+                        "(the default: a classroom behind one router shares an address)")  # fmt: skip
     args = p.parse_args(argv)
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
         p.error("--auth takes USER:PASSWORD")
     if args.max_sessions < 1:
         p.error("--max-sessions takes a whole number of at least 1")
+    if args.max_queued_per_address < 0:
+        p.error("--max-queued-per-address takes a whole number of at least 0")
     return args
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-# The queue: at most CONCURRENCY events of one kind run at once (model runs share 2-16 cores;
-# more at once only slows each), and at most QUEUE_SIZE wait; beyond that a visitor is told the
-# server is busy instead of waiting minutes.
+# The queue: at most CONCURRENCY model runs at once (all events that run a model share one group,
+# guard.MODEL_EVENTS: they share 2-16 cores, and more at once only slows each), as many of each kind
+# of redraw, and at most QUEUE_SIZE waiting, of which model runs may take half (app.guard); beyond
+# that a visitor is told the server is busy instead of waiting minutes.
 CONCURRENCY = 4
 QUEUE_SIZE = 64
 MAX_UPLOAD = "10mb"
@@ -124,11 +134,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"archplay: offering {catalog.get(key).label}", flush=True)
     demo = build_app(catalog)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    guard.cap_queue(demo, total=QUEUE_SIZE, per_address=args.max_queued_per_address)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        sweeper = asyncio.create_task(guard.sweep_unheard(demo))
+        yield
+        sweeper.cancel()
+
     _, local_url, _ = demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
-        auth=tuple(args.auth.split(":", 1)) if args.auth else None,
+        auth=guard.make_auth(*args.auth.split(":", 1)) if args.auth else None,
+        app_kwargs={"middleware": [Middleware(guard.Guard)], "lifespan": lifespan,
+                    "exception_handlers": {FnIndexInferError: guard.not_found, KeyError: guard.not_found}},
         max_file_size=MAX_UPLOAD,
         state_session_capacity=args.max_sessions,
         prevent_thread_lock=True,

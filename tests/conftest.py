@@ -6,6 +6,7 @@ word-level tokenizer is made on the spot, so loading and parity run offline.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,49 @@ def hf_folder(tmp_path):
         return folder, make_hf_model(kind, folder, **kw)
 
     return make
+
+
+@contextmanager
+def app_server(log_dir: Path, *args: str, timeout: float = 120.0):
+    """``python -m archplay --host 127.0.0.1 --port <free> --device cpu *args`` -> its URL once ``/``
+    answers (200, or 401 behind --auth); the server (and what it started) is stopped on exit."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    from bench.report import stop
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = log_dir / f"app-{port}.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "archplay", "--port", str(port), "--host", "127.0.0.1",
+                                 "--device", "cpu", *args], cwd=Path(__file__).resolve().parents[1], stdout=log,
+                                stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the app exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except urllib.error.HTTPError as e:
+                if e.code == 401:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the app did not answer within {timeout:.0f} s:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop(proc)

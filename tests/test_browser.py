@@ -11,19 +11,13 @@ from __future__ import annotations
 import base64
 import os
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-from bench.report import stop
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,12 +29,6 @@ pytestmark = [
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,33 +44,10 @@ def models_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, models_dir):
     """``python -m archplay`` on a free port of 127.0.0.1; yields its URL, stops it afterwards."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "archplay", "--port", str(port), "--host", "127.0.0.1", "--device", "cpu",
-             "--models-dir", str(models_dir[0])],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the app exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the app did not answer within 120 s:\n{log_path.read_text()}")
-            time.sleep(0.5)
+    from conftest import app_server
+
+    with app_server(tmp_path_factory.mktemp("server"), "--models-dir", str(models_dir[0])) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @contextmanager

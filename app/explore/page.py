@@ -41,6 +41,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from ..catalog import Catalog, Entry
+from ..guard import MODEL_EVENTS
 from ..messages import md_escape, warn
 from ..session import Analysis
 from ..tokens import DEFAULT_TEXT, mask_token, tokens_html
@@ -451,6 +452,7 @@ def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamesp
         outputs=analyse_outputs(ui),
         api_name="analyse",
         trigger_mode="always_last",
+        concurrency_id=MODEL_EVENTS,
     )
     # Live redraws from the cached Analysis: never a model call, so no spinner.
     redraw = dict(trigger_mode="always_last", show_progress="hidden")
@@ -487,13 +489,15 @@ def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamesp
           api_name="corpus_routing", **redraw)  # fmt: skip
     gr.on(triggers=[ui.layer.change], fn=delta, inputs=[ui.state, ui.layer], outputs=[ui.delta_plot],
           api_name="delta", **redraw)  # fmt: skip
-    ui.load.click(load_model, inputs=[ui.folder], outputs=[ui.status, ui.model], api_name="load_model")
+    ui.load.click(load_model, inputs=[ui.folder], outputs=[ui.status, ui.model], api_name="load_model",
+                  concurrency_id=MODEL_EVENTS)  # fmt: skip
     generating = ui.generate.click(
         generate,
         inputs=[ui.model, ui.text, ui.max_new_tokens, ui.temperature, ui.top_k, ui.top_p, ui.seed],
         outputs=[ui.generated, ui.generate_status, ui.generated_html],
         api_name="generate",
         show_progress="minimal",
+        concurrency_id=MODEL_EVENTS,
     )
     ui.stop.click(None, cancels=[generating], api_visibility="private")
     return ui

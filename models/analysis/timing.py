@@ -62,13 +62,18 @@ def time_forward(model: nn.Module, length: int, repeats: int = 3, seed: int = 0)
     return statistics.median(times)
 
 
-def forward_latency(model: nn.Module, lengths=LENGTHS, repeats: int = 3) -> list[Timing]:
-    """Forward latency at each length; beyond the context, on one stretched copy (see the module doc)."""
+def forward_latency(model: nn.Module, lengths=LENGTHS, repeats: int = 3, stop=None) -> list[Timing]:
+    """Forward latency at each length; beyond the context, on one stretched copy (see the module doc).
+
+    ``stop()``, asked before each length, ends the measurement early (its caller has gone): the
+    lengths measured so far are returned."""
     context = int(getattr(model.config, "max_seq_len", 0) or 0)
     longest = max(lengths)
     stretched = stretched_copy(model, longest) if longest > context else None
     out = []
     for n in sorted(lengths):
+        if stop is not None and stop():
+            break
         beyond = n > context
         out.append(Timing(n, time_forward(stretched if beyond else model, n, repeats), beyond))
     return out
