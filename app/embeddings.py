@@ -195,8 +195,8 @@ def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
     def redraw(analysis, layer, token, dims, method):
         try:
             v = views(catalog, analysis, layer, token, dims, method)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
+        except (ValueError, TypeError) as e:  # a value out of range, or of the wrong type through the API
+            raise gr.Error(str(e)[:300]) from None
         return {ui.scatter: v.scatter, ui.path: v.path, ui.note: v.note}
 
     def fresh(analysis, dims, method):

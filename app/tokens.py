@@ -5,6 +5,7 @@ encoded within the page's token limit, a tokenizer's mask token, and the token c
 from __future__ import annotations
 
 import html
+import re
 
 from .catalog import Entry
 
@@ -13,11 +14,14 @@ DEFAULT_TEXT = "Mia finds a big red ball. She throws the ball to Tom. Then Tom"
 # The most characters of a text the page reads; the rest is cut before tokenising (a tokenizer's
 # time and memory grow with the text, and no Run shows more than PAGE_MAX_TOKENS tokens anyway).
 MAX_TEXT_CHARS = 20_000
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clip(text: str) -> tuple[str, str]:
-    """``text`` cut to ``MAX_TEXT_CHARS`` characters, and a sentence saying so ("" when it was not cut)."""
-    text = str(text)
+    """``text`` cut to ``MAX_TEXT_CHARS`` characters, and a sentence saying so ("" when it was not cut).
+
+    Lone surrogates (which no UTF-8 response can carry) become U+FFFD, as the tokenizers read them."""
+    text = _SURROGATE.sub("\ufffd", str(text))
     if len(text) <= MAX_TEXT_CHARS:
         return text, ""
     return text[:MAX_TEXT_CHARS], (f"Your text has {len(text):,} characters; the page reads the first "

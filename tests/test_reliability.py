@@ -346,3 +346,28 @@ def test_a_vanishing_temperature_is_greedy_and_says_so(catalog):
     assert "Temperature 1e-46 is below 0.0001: treated as 0, greedy." in summary
     hist, text = sampling.samples(catalog, r.analysis, temperature=1e-46, n=5)
     assert hist is not None and text.startswith("The most drawn token")
+
+
+@pytest.mark.parametrize("settings, message", [
+    (("hot", 0, 1.0), "temperature must be a number, got 'hot'"),
+    ((None, 0, 1.0), "temperature must be a number, got 'None'"),
+    ((1.0, 0, "x"), "top_p must be a number, got 'x'"),
+    ((1.0, "many", 1.0), "top_k must be a whole number"),
+    ((math.inf, 0, 1.0), "temperature must be a finite number"),
+])  # fmt: skip
+def test_wrong_types_through_the_api_get_a_message_naming_the_setting(catalog, settings, message):
+    a = run.analyse(catalog, "gpt", TEXT).analysis
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sampling.distribution(catalog, a, *settings)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sampling.samples(catalog, a, *settings, n=3)
+    steps = list(generation.generate(catalog, "gpt", TEXT, 4, *settings))
+    assert len(steps) == 1 and steps[0].status.startswith("✕") and message.split(",")[0] in steps[0].status
+
+
+def test_a_lone_surrogate_in_sentences_is_replaced_not_an_empty_error(catalog):
+    from archplay.app import embeddings
+
+    views = embeddings.sentences(catalog, "bert", "Mia \ud800 ball.\nTom has a cat.")
+    assert views.note.startswith("✓") and "\ufffd" in views.note
+    views.note.encode("utf-8")  # the response can carry it

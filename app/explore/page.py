@@ -505,8 +505,9 @@ def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamesp
 
 @contextmanager
 def _as_page_error() -> Iterator[None]:
-    """Turn a handler's ValueError (a value out of range) into a message on the page."""
+    """Turn a handler's ValueError or TypeError (a value out of range, or of the wrong type through
+    the API) into a message on the page."""
     try:
         yield
-    except ValueError as e:
-        raise gr.Error(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise gr.Error(str(e)[:300]) from None

@@ -26,13 +26,19 @@ MAX_DRAWS = 10_000
 
 
 def settings(temperature, top_k, top_p) -> tuple[float, int, float]:
-    """The sampling settings as numbers (a whole float top-k from a slider as an int), checked."""
-    temperature = float(temperature)
-    top_p = float(top_p)
+    """The sampling settings as numbers (a whole float top-k from a slider as an int), checked;
+    ValueError naming the setting for anything else (a string, None, NaN through the API)."""
+    temperature, top_p = _number("temperature", temperature), _number("top_p", top_p)
     if isinstance(top_k, float) and top_k.is_integer():
         top_k = int(top_k)
     check_settings(temperature, top_k, top_p)
     return temperature, top_k, top_p
+
+
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {str(value)[:40]!r}")
+    return float(value)
 
 
 def distribution(
