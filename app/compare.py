@@ -28,7 +28,7 @@ from archplay.viz.compare import latency_chart, surprisal_bars
 from . import memory
 from .catalog import Catalog, Entry, UnknownModelError
 from .explore import routing, scan
-from .guard import MODEL_EVENTS, client_gone
+from .guard import HEAVY_EVENTS, MODEL_EVENTS, client_gone
 from .messages import error, md_escape, note, ok, quote, warn
 from .session import Analysis, record, traced_run
 from .tokens import DEFAULT_TEXT, clip, encode, mask_id
@@ -253,7 +253,8 @@ def build(catalog: Catalog, demo: gr.Blocks) -> SimpleNamespace:
         outputs += [s.column, s.title, s.view, s.prediction, s.surprisal]
     ui.run.click(run, inputs=[ui.models, ui.text], outputs=outputs, api_name="compare", concurrency_id=MODEL_EVENTS)
     ui.measure.click(lambda models: latency(catalog, models), inputs=[ui.models],
-                     outputs=[ui.latency_plot, ui.latency_note], api_name="latency", concurrency_id=MODEL_EVENTS)  # fmt: skip
+                     outputs=[ui.latency_plot, ui.latency_note], api_name="latency", concurrency_id=HEAVY_EVENTS,
+                     concurrency_limit=1)  # fmt: skip
     return ui
 
 

@@ -1,11 +1,13 @@
 """The server's guard against one visitor spoiling it for everyone (gradio 6.31).
 
 * **Fair queueing** (``cap_queue``): model runs (``MODEL_EVENTS``, one concurrency group) may fill
-  at most half the waiting queue, so redraws always find room; one session may have at most
-  ``PER_SESSION`` events of a group waiting, and (``--max-queued-per-address``) one address too.
-* **Abandoned events are dropped** (``sweep_unheard``): a waiting event whose session has had no
-  open result stream for ``GRACE`` seconds (a client that joins and never listens, or has left)
-  is cleaned out; a long handler asks ``client_gone()`` between its steps and stops early.
+  at most half the waiting queue, so redraws always find room; the one very expensive event, the
+  latency chart (``HEAVY_EVENTS``), runs one at a time with at most ``HEAVY_WAITING`` waiting, so it
+  cannot crowd out anyone's Run; one session may have at most ``PER_SESSION`` events of a group
+  waiting, and (``--max-queued-per-address``) one address too.
+* **Abandoned events are dropped** (``sweep_unheard``): an event, waiting or running, whose session
+  has had no open result stream for ``GRACE`` seconds (a client that joins and never listens, or
+  has left) is cleaned out; a long handler asks ``client_gone()`` between its steps and stops early.
 * **Routes the page never needs** (file uploads, recordings, deep links) answer 404; an unknown
   API name answers 404 instead of 500 (``not_found``).
 * **The login page reveals nothing**: with ``--auth`` its embedded API description (endpoint
@@ -31,7 +33,9 @@ from starlette.responses import JSONResponse
 
 API = "/gradio_api"
 BLOCKED = {f"{API}/upload", f"{API}/upload_progress", f"{API}/process_recording", f"{API}/deep_link"}
-MODEL_EVENTS = "model"  # the concurrency group of every event that runs a model
+MODEL_EVENTS = "model"  # the concurrency group of the events that run a model
+HEAVY_EVENTS = "heavy"  # the latency chart: many forward passes up to 2,048 tokens, one at a time
+HEAVY_WAITING = 4  # latency charts that may wait, from everyone together
 PER_SESSION = 4  # events of one group one session may have waiting
 GRACE = 15.0  # seconds a waiting event may go without anyone listening for its result
 LOGIN_FAILURES, LOGIN_WINDOW, LOGIN_DELAY = 5, 60.0, 1.0
@@ -136,6 +140,8 @@ def cap_queue(demo, *, total: int, per_session: int = PER_SESSION, per_address: 
             return False, "The server is busy: the queue is full. Try again in a moment.", "queue_full"
         if fn.concurrency_id == MODEL_EVENTS and len(group) >= total // 2:
             return False, "The server is busy running models. Try again in a moment.", "queue_full"
+        if fn.concurrency_id == HEAVY_EVENTS and len(group) >= HEAVY_WAITING:
+            return False, "Other latency measurements are waiting; try again in a minute.", "queue_full"
         if sum(e.session_hash == body.session_hash for e in group) >= per_session:
             return False, f"At most {per_session} of these may wait at once; wait for the last ones.", "queue_full"
         if per_address and sum(_host(e) == address for e in group) >= per_address:
@@ -146,13 +152,16 @@ def cap_queue(demo, *, total: int, per_session: int = PER_SESSION, per_address: 
 
 
 async def sweep_unheard(demo, *, grace: float = GRACE, every: float = 5.0, also=None) -> None:
-    """Forever: every ``every`` seconds drop the waiting events whose session has no open result
-    stream and that have waited longer than ``grace``; then call ``also()`` (e.g. a memory trim)."""
+    """Forever: every ``every`` seconds drop the events (waiting, or running: they are told to stop)
+    whose session has no open result stream and that joined more than ``grace`` seconds ago; then
+    call ``also()`` (e.g. a memory trim)."""
     queue = demo._queue
     while True:
         await asyncio.sleep(every)
         now = time.monotonic()
-        stale = {e.session_hash for q in queue.event_queue_per_concurrency_id.values() for e in q.queue
+        waiting = [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
+        running = [job for jobs in queue.active_jobs if jobs for job in jobs if job.alive]
+        stale = {e.session_hash for e in waiting + running
                  if now - e.enqueue_time > grace and OPEN_STREAMS.get(e.session_hash, 0) == 0}  # fmt: skip
         for session in stale:
             await queue.clean_events(session_hash=session)
@@ -215,4 +224,4 @@ async def _plain(send, status: int, text: str, headers=()) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-__all__ = ["Guard", "cap_queue", "client_gone", "make_auth", "not_found", "sweep_unheard"]
+__all__ = ["HEAVY_EVENTS", "MODEL_EVENTS", "Guard", "cap_queue", "client_gone", "make_auth", "not_found", "sweep_unheard"]
