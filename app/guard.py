@@ -166,7 +166,7 @@ async def sweep_unheard(demo, *, grace: float = GRACE, every: float = 5.0, also=
         for session in stale:
             await queue.clean_events(session_hash=session)
         if also is not None:
-            also()
+            await asyncio.to_thread(also)  # off the event loop: trimming a large heap takes a while
 
 
 def client_gone() -> bool:

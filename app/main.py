@@ -12,7 +12,7 @@ import torch
 from gradio.route_utils import FnIndexInferError
 from starlette.middleware import Middleware
 
-from . import card, compare, embeddings, guard, lens
+from . import card, compare, embeddings, guard, lens, memory
 from .catalog import Catalog
 from .explore import page as explore
 
@@ -69,9 +69,10 @@ QUEUE_SIZE = 64
 MAX_UPLOAD = "10mb"
 # Each visitor's last Run (its trace: attention maps, logits, hidden states) stays in memory so that
 # sliders redraw without the model. Gradio keeps a closed tab's state for an hour and up to 10,000
-# sessions; this caps them, dropping the least recently used. Measured: a built-in's Run of one
-# sentence holds about 0.2 MB, its longest (Mamba, 512 tokens) about 11 MB; a GPT-2-sized checkpoint's
-# Run of 512 tokens would hold some 250 MB (12 x 12 maps of 512 x 512 and 512 x 50,257 logits, float32).
+# sessions; this caps them, dropping the least recently used. Measured (bench.sessions): a built-in's
+# Run of one sentence holds 0.07 MB, its longest (Mamba, 512 tokens) 11 MB, plus Gradio's ~6 MB copy
+# of the page's last figures; a GPT-2-sized checkpoint's Run of 512 tokens 274 MB (12 x 12 maps of
+# 512 x 512 and 512 x 50,257 logits, float32). Freed memory goes back to the system (app.memory).
 MAX_SESSIONS = 100
 
 
@@ -123,6 +124,7 @@ def build_app(catalog: Catalog) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    memory.limit_arenas()  # before the worker threads allocate: they share a few malloc arenas
     device = resolve_device(args.device)
     print(f"archplay: loading models on {device}…", flush=True)
     catalog = Catalog.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True),
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        sweeper = asyncio.create_task(guard.sweep_unheard(demo))
+        sweeper = asyncio.create_task(guard.sweep_unheard(demo, also=memory.trim))  # trim: give freed memory back
         yield
         sweeper.cancel()
 
