@@ -22,12 +22,15 @@ is not public API: ``tests/test_guard.py`` checks each behaviour against the ins
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import re
 import time
 from collections import defaultdict, deque
+from pathlib import Path
 from urllib.parse import parse_qs
 
+import plotly
 from fastapi import HTTPException
 from starlette.responses import JSONResponse
 
@@ -63,6 +66,8 @@ class Guard:
             return await self._login(scope, receive, send)
         if path == "/" and method == "GET":
             return await self._page(scope, receive, send)
+        if path == PLOTLY_JS and method == "GET":
+            return await _script(send, _plotly_source())
         if path == f"{API}/queue/data":
             session = _query(scope, "session_hash")
             OPEN_STREAMS[session] += 1
@@ -214,6 +219,23 @@ def _host(event) -> str:
 
 def _query(scope, key: str) -> str:
     return (parse_qs(scope.get("query_string", b"").decode()).get(key) or [""])[0]
+
+
+PLOTLY_JS = "/archplay/plotly.min.js"  # plotly.js itself, for the page's standalone HTML exports
+
+
+@functools.cache
+def _plotly_source() -> bytes:
+    """The plotly.js that the plotly package ships (read once): an exported plot carries it inline."""
+    return (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_bytes()
+
+
+async def _script(send, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/javascript; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"cache-control", b"public, max-age=86400")]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _plain(send, status: int, text: str, headers=()) -> None:

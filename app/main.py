@@ -18,7 +18,7 @@ from .explore import page as explore
 
 TITLE = "archplay"
 THEME = gr.themes.Default(primary_hue="blue", secondary_hue="slate", neutral_hue="slate")
-CSS = explore.CSS
+CSS = explore.CSS + card.CSS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         ssr_mode=False,
         theme=THEME,
         css=CSS,
-        js=explore.GRID_CLICK_JS,
+        js=explore.PAGE_JS,
     )
     print(f"archplay: serving on {local_url.rstrip('/')}  (Ctrl+C to stop)", flush=True)
     try:

@@ -92,11 +92,11 @@ class Analysis:
         return translation.KINDS if self.translation is not None else ("self",)
 
     def kind(self, kind: str | None) -> str:
-        """``kind`` checked against ``kinds``; None picks the first. Without a translation it is "self"."""
+        """``kind`` checked against ``kinds``; None picks the default (cross-attention). Without a translation it is "self"."""
         if self.translation is None:
             return "self"
         if kind is None:
-            return translation.KINDS[0]
+            return translation.DEFAULT_KIND
         if kind not in translation.KINDS:
             raise ValueError(f"attention kind must be one of {', '.join(translation.KINDS)}, got {kind!r}")
         return kind

@@ -558,7 +558,7 @@ def test_t5_layer_range_follows_the_attention_kind():
     r = run.analyse(reg, "deep-t5", "a b c", layer=4, attention_kind="decoder")
     a = r.analysis
     assert r.layer == 4 and [a.layer_count(k) for k in ("encoder", "decoder", "cross")] == [2, 5, 5]
-    assert a.n_layer == 2  # the first kind, the encoder's
+    assert a.n_layer == 5  # the default kind, cross-attention's (issue 14: T5 opens on the alignment)
     layer, n, fig, help_text = attention.attention_kind(a, "encoder", 4, 0)
     assert (layer, n) == (1, 2) and "Encoder self-attention: layer 1" in fig.layout.title.text
     assert "both ways" in help_text
@@ -608,8 +608,8 @@ def test_t5_bad_input_is_a_message(catalog):
     r = run.analyse(catalog, "t5", "ab" * limit, attention_kind="cross")
     assert r.ok and len(r.analysis.ids) == limit and "⚠" in r.status and f"first {limit}" in r.status
     assert r.analysis.n_steps <= TRANSLATION_LIMIT
-    # an unknown kind from a script falls back to the first kind on Run
-    assert run.analyse(catalog, "t5", TEXT, attention_kind="nope").attention_kind == "encoder"
+    # an unknown kind from a script falls back to the default kind on Run: cross-attention
+    assert run.analyse(catalog, "t5", TEXT, attention_kind="nope").attention_kind == "cross"
 
 
 def test_moe_routing_shows_the_routers_probabilities_and_chosen_experts(catalog):
@@ -725,12 +725,16 @@ def test_page_updates_show_only_the_views_of_the_models_family(catalog):
     t5 = updates("t5", attention_kind="cross")
     kind, translation, step = t5[ui.attention_kind], t5[ui.translation], t5[ui.step]
     assert kind["visible"] and kind["value"] == "cross"
-    assert translation["visible"] and translation["value"] == t5[ui.state].translation.text
+    # the translation's text goes to the API's box; the page shows it in the tokens strip, with what
+    # the invented language is (issue 14: it was never explained)
+    assert translation["value"] == t5[ui.state].translation.text
+    assert "language invented for the story world" in t5[ui.tokens] and "ga marks the subject" in t5[ui.tokens]
     assert step["visible"] and step["maximum"] == t5[ui.state].n_steps - 1
     assert not t5[ui.delta_plot]["visible"] and not t5[ui.routing_section]["visible"]
     head = updates("mamba")[ui.head]
     assert head["interactive"] is False and head["maximum"] >= 1  # a Gradio slider needs max > min
     assert head["info"].startswith("Mamba has no heads") and head["value"] == 0
+    assert head["visible"] is False  # issue 14: Mamba showed a Head slider it has no use for
     mamba = updates("mamba")
     assert mamba[ui.delta_plot]["visible"] and mamba[ui.delta_plot]["value"] is not None
     assert not mamba[ui.routing_section]["visible"]
@@ -743,3 +747,15 @@ def test_page_updates_show_only_the_views_of_the_models_family(catalog):
     # an error clears the drawings and the state
     bad = page.analyse_updates(ui, run.analyse(catalog, "moe", ""))
     assert bad[ui.state] is None and bad[ui.routing_plot] is None and "Type some text" in bad[ui.status]
+
+    # the page's Run: numbers for the page's script instead of figures; the vocabulary once per model
+    def page_run(key, previous=None):
+        return page.run_updates(ui, catalog, run.analyse(catalog, key, TEXT, draw=False), previous)
+
+    first = page_run("gpt")
+    assert set(first) == set(page.run_outputs(ui)) and ui.attention_plot not in first
+    assert first[ui.payload]["dist"]["pos"] == len(first[ui.state].ids) - 1
+    assert len(first[ui.vocab]["labels"]) == catalog.get("gpt").config.vocab_size
+    again = page_run("gpt", previous=first[ui.state])
+    assert again[ui.vocab] == {"__type__": "update"}  # the same model: its labels are not sent again
+    assert page_run("bert", previous=first[ui.state])[ui.vocab]["model"] == "bert"

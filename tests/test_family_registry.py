@@ -142,7 +142,7 @@ def served(catalog):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                theme=THEME, css=CSS, js=explore.GRID_CLICK_JS)  # fmt: skip
+                theme=THEME, css=CSS, js=explore.PAGE_JS)  # fmt: skip
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

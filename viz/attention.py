@@ -24,6 +24,16 @@ _MASK_HOVER = "query %{y:d} → key %{x:d}: %{z}<br>(1 = may attend, 0 = masked)
 LABELLED_CELLS = 256 * 256
 _ATTN_HOVER_POSITIONS = "QUERY %{y:d} → KEY %{x:d}<br>VALUE %{z:.4f}<extra></extra>"
 
+# Long inputs: one large weight (query 0 can only attend to itself, a first-token "sink") would
+# set the top of the colour scale and leave every other cell near white. The colour scale tops out
+# at the 99th percentile of the positive weights outside the first key column instead (when there
+# are at least CAP_MIN_CELLS of them); heavier cells take the darkest colour, the colour bar says so
+# and the hover gives every exact value.
+CAP_QUANTILE = 0.99
+CAP_MIN_CELLS = 100
+
+GRID_GAP = 0.012  # between the thumbnails of ``attention_grid``, as a fraction of the figure
+
 QUERY_TITLE = "query (attending token)"
 KEY_TITLE = "key (attended-to token)"
 
@@ -40,27 +50,29 @@ def attention_heatmap(
     key_title: str = KEY_TITLE,
     query_word: str = "query",
     key_word: str = "key",
+    cells: bool = True,
 ) -> go.Figure:
     """Heatmap of attention probabilities: row i is query token i, column j is key token j.
 
     ``weights`` is a (Tq, Tk) array or tensor for one layer and head; ``z`` holds it unchanged.
-    The colour runs from 0 (white; masked future positions are exactly 0) to the largest weight.
-    Hovering a cell names the query token, the key token and the weight (beyond
-    ``LABELLED_CELLS`` cells, their positions: the tick labels name the tokens). ``value_name`` names
+    The colour runs from 0 (white; masked future positions are exactly 0) to the largest weight,
+    or on a long input to a cap (``colour_top``), which the colour bar states. Hovering a cell
+    names the query token, the key token and the weight (beyond ``LABELLED_CELLS`` cells, their
+    positions: the tick labels name the tokens). ``value_name`` names
     the value in the hover and on the colour bar; ``query_title``/``key_title`` title the axes
     and ``query_word``/``key_word`` name the row and column in the hover (cross-attention:
-    target rows, source columns).
+    target rows, source columns). ``cells=False`` leaves out the per-cell hover labels (the page
+    makes them itself).
     """
     z = _matrix(weights, query_labels, key_labels)
-    finite = z[np.isfinite(z)]
-    zmax = float(finite.max()) if finite.size else 0.0
+    zmax, capped = colour_top(z)
     labelled = z.size <= LABELLED_CELLS
     heatmap = dict(
         type="heatmap",
         z=z,
         x=np.arange(z.shape[1]),
         y=np.arange(z.shape[0]),
-        customdata=pair_labels(query_labels, key_labels) if labelled else None,
+        customdata=pair_labels(query_labels, key_labels) if labelled and cells else None,
         hovertemplate=(
             (_ATTN_HOVER if labelled else _ATTN_HOVER_POSITIONS).replace("QUERY", style.safe_label(query_word))
             .replace("KEY", style.safe_label(key_word))
@@ -69,9 +81,31 @@ def attention_heatmap(
         colorscale=style.ATTENTION_SCALE,
         zmin=0.0,
         zmax=zmax if zmax > 0 else 1.0,
-        colorbar=dict(title=dict(text=style.safe_label(value_name)), thickness=14),
+        colorbar=dict(title=dict(text=colour_title(style.safe_label(value_name), zmax, capped)), thickness=14),
     )
     return _token_figure(heatmap, query_labels, key_labels, title, max_ticks, query_title, key_title)
+
+
+def colour_top(z: np.ndarray) -> tuple[float, bool]:
+    """(the top of the colour scale, whether it is a cap below the largest value) for the map ``z``.
+
+    The largest finite value; or, when at least ``CAP_MIN_CELLS`` positive values lie outside the
+    first column, their ``CAP_QUANTILE`` quantile (numpy's linear interpolation) if that is lower.
+    The page's script computes the same (``explore.js``: ``colourTop``).
+    """
+    finite = z[np.isfinite(z)]
+    top = float(finite.max()) if finite.size else 0.0
+    rest = z[:, 1:] if z.ndim == 2 else z
+    positive = rest[np.isfinite(rest) & (rest > 0)]
+    if positive.size < CAP_MIN_CELLS:
+        return top, False
+    cap = float(np.quantile(positive.astype(np.float64), CAP_QUANTILE))
+    return (cap, True) if 0 < cap < top else (top, False)
+
+
+def colour_title(name: str, top: float, capped: bool) -> str:
+    """The colour bar's title: the value's name, and the cap when there is one."""
+    return f"{name}<br><sub>colour capped<br>at {top:.3g} (99th<br>percentile)</sub>" if capped else name
 
 
 def attention_mask_heatmap(
@@ -207,7 +241,7 @@ def attention_grid(
     if maps.ndim != 4:
         raise ValueError(f"expected (layers, heads, queries, keys) maps, got shape {maps.shape}")
     L, H = maps.shape[:2]
-    gap = 0.012
+    gap = GRID_GAP
     w, h = (1 - gap * (H - 1)) / H, (1 - gap * (L - 1)) / L
     traces, layout, shapes = [], {}, []
     zmax = float(maps.max()) if maps.size else 1.0

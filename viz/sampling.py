@@ -64,8 +64,8 @@ def distribution_figure(staged, labels_for, *, top_n: int = 20, title: str = "Ne
     subtitle = _summary(staged, raw.shape[0], int(kept.sum()))
     layout = style.base_layout(
         f"{title}<br><sup>{subtitle}</sup>",
-        height=480,
-        margin=dict(l=70, r=80, t=110, b=90),
+        height=500,
+        margin=dict(l=70, r=80, t=80, b=150),
         **_layout(shown, float(staged.top_p)),
     )
     # Traces and layout go in as dicts so plotly validates everything once.
@@ -81,7 +81,9 @@ def _layout(shown: _Shown, top_p: float) -> dict:
         barmode="group",
         bargap=0.25,
         bargroupgap=0.05,
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        # below the axis, in the figure's own coordinates: on a narrow page the legend takes two
+        # rows, and above the plot it would run into the title's settings line
+        legend=dict(orientation="h", yref="container", y=0.0, yanchor="bottom", xanchor="center", x=0.5),
         yaxis=dict(title_text="probability", range=[0, bar_top * 1.15 or 1.0]),
         yaxis2=dict(
             title_text="cumulative (after temperature)",

@@ -19,12 +19,14 @@ from archplay.viz import style
 from archplay.viz.attention import attention_heatmap, tick_positions, tick_text
 
 
-def hidden_attention_heatmap(weights, labels, *, title: str = "Hidden attention", max_ticks: int = 48) -> go.Figure:
+def hidden_attention_heatmap(
+    weights, labels, *, title: str = "Hidden attention", max_ticks: int = 48, cells: bool = True
+) -> go.Figure:
     """Heatmap of a state-space layer's hidden attention: row r = output token, column c = input token."""
     fig = attention_heatmap(
         weights, labels, labels, title=title, max_ticks=max_ticks, value_name="mean |α|",
         query_title="output token r (being computed)", key_title="input token c (contributing)",
-        query_word="output", key_word="input",
+        query_word="output", key_word="input", cells=cells,
     )  # fmt: skip
     fig.update_traces(colorbar_tickformat=".2g")  # |α| is no probability: it may be tiny or above 1
     return fig

@@ -62,25 +62,49 @@ def attention_help(analysis: Analysis, kind: str | None = None) -> str:
     return ATTENTION_HELP["causal" if analysis.causal else "bidirectional"]
 
 
-def attention_figure(analysis: Analysis | None, layer: int, head: int, kind: str | None = None) -> go.Figure | None:
+def attention_figure(
+    analysis: Analysis | None, layer: int, head: int, kind: str | None = None, *, cells: bool = True
+) -> go.Figure | None:
     """The heatmap of one layer and head (of ``kind``, for an encoder-decoder) from the cached trace.
 
     A state-space model has no heads: its hidden attention of ``layer`` (``head`` is ignored).
     None before a Run or without attention; ValueError for a layer, head or kind out of range.
+    ``cells=False``: without the per-cell hover labels (the page's script makes them).
     """
     if analysis is None:
         return None
     if analysis.scan is not None:
-        return scan.attention_figure(analysis.scan, analysis.labels, layer)
+        return scan.attention_figure(analysis.scan, analysis.labels, layer, cells=cells)
     if analysis.attentions is None:
         return None
     kind = analysis.kind(kind)
     layer = analysis.check_layer(layer, kind)
     head = check(head, analysis.n_head, "head")
+    title = title_pattern(analysis, kind).format(layer=layer, head=head)
     if analysis.translation is not None:
-        return translation.attention_figure(analysis, kind, layer, head)
-    title = f"Layer {layer}, head {head} of {analysis.n_layer} × {analysis.n_head}"
-    return attention_heatmap(analysis.attentions[layer][head], analysis.labels, analysis.labels, title=title)
+        return translation.attention_figure(analysis, kind, layer, head, title=title, cells=cells)
+    return attention_heatmap(analysis.attentions[layer][head], analysis.labels, analysis.labels, title=title,
+                             cells=cells)  # fmt: skip
+
+
+def title_pattern(analysis: Analysis, kind: str | None = None) -> str:
+    """The heatmap's title with ``{layer}`` and ``{head}`` to fill in (the page fills them in too)."""
+    if analysis.scan is not None:
+        return scan.TITLE.format(n_layer=analysis.scan.n_layer, d_inner=analysis.scan.d_inner)
+    kind = analysis.kind(kind)
+    of = f"of {analysis.layer_count(kind)} × {analysis.n_head}"
+    if analysis.translation is not None:
+        return f"{translation.KIND_NAMES[kind]}: layer {{layer}}, head {{head}} {of}"
+    return f"Layer {{layer}}, head {{head}} {of}"
+
+
+def axis_labels(analysis: Analysis, kind: str | None = None) -> tuple[list[str], list[str]]:
+    """(query labels, key labels) of ``kind``'s maps."""
+    kind = analysis.kind(kind)
+    t = analysis.translation
+    if t is not None and kind != "encoder":
+        return t.labels, (t.input_labels if kind == "decoder" else analysis.labels)
+    return analysis.labels, analysis.labels
 
 
 class KindSwitch(NamedTuple):
@@ -92,16 +116,17 @@ class KindSwitch(NamedTuple):
     help: str  # markdown
 
 
-def attention_kind(analysis: Analysis | None, kind: str | None, layer: int, head: int) -> KindSwitch:
+def attention_kind(analysis: Analysis | None, kind: str | None, layer: int, head: int, *, draw: bool = True
+                   ) -> KindSwitch:  # fmt: skip
     """Switch an encoder-decoder's attention kind: the layer is clamped into the new kind's range
     (a T5 decoder may be deeper than its encoder). Other families have one kind and keep their
-    view. ValueError for an unknown kind."""
+    view. ValueError for an unknown kind. ``draw=False``: no figure (the page draws its own)."""
     if analysis is None:
         return KindSwitch(0, 0, None, "")
     kind = analysis.kind(kind)
     n = analysis.layer_count(kind)
     layer = clamp(layer or 0, n)
-    fig = attention_figure(analysis, layer, clamp(head or 0, analysis.n_head), kind)
+    fig = attention_figure(analysis, layer, clamp(head or 0, analysis.n_head), kind) if draw else None
     return KindSwitch(layer, n, fig, attention_help(analysis, kind))
 
 
@@ -136,31 +161,38 @@ def mask_figure(analysis: Analysis | None, layer: int, kind: str | None = None) 
     if analysis is None:
         return None, ""
     kind = analysis.kind(kind)
-    t = analysis.translation
-    if t is not None and kind != "encoder":
-        queries, keys = t.labels, (t.input_labels if kind == "decoder" else analysis.labels)
-    else:
-        queries = keys = analysis.labels
+    queries, keys = axis_labels(analysis, kind)
+    pattern, window, help_text = mask_rule(analysis, kind, layer)
+    allowed = mask_matrix(pattern, window, len(queries), len(keys))
+    return attention_mask_heatmap(allowed, queries, keys, title=mask_title(pattern, window)), help_text
+
+
+def mask_matrix(pattern: str, window: int | None, n_queries: int, n_keys: int) -> Tensor:
+    """Which keys each query may see under ``pattern`` (bool (Tq, Tk)); the page computes the same."""
+    q, k = torch.arange(n_queries), torch.arange(n_keys)
+    allowed = attention_mask(q, k, causal=pattern in ("causal", "sliding", "scan"), window=window)
+    return torch.ones(n_queries, n_keys, dtype=torch.bool) if allowed is None else allowed
+
+
+def mask_title(pattern: str, window: int | None) -> str:
+    """The mask figure's title."""
+    if pattern == "scan":
+        return "No attention mask: the scan only runs forward"
+    return f"Mask pattern: {pattern}" + (f" (window {window})" if window else "")
+
+
+def mask_rule(analysis: Analysis, kind: str, layer: int) -> tuple[str, int | None, str]:
+    """(pattern, window, help) of ``kind``'s mask in ``layer``: "causal", "sliding", "bidirectional",
+    "cross" or, for a state-space model, "scan" (no mask: causal by construction)."""
     window = None
     if analysis.windows and 0 <= int(layer) < len(analysis.windows):
         window = analysis.windows[int(layer)]
-    pattern, help_text = _mask_pattern(analysis, kind, window)
-    q, k = torch.arange(len(queries)), torch.arange(len(keys))
-    allowed = attention_mask(q, k, causal=pattern in ("causal", "sliding"), window=window)
-    if allowed is None:
-        allowed = torch.ones(len(queries), len(keys), dtype=torch.bool)
-    title = f"Mask pattern: {pattern}" + (f" (window {window})" if window else "")
-    return attention_mask_heatmap(allowed, queries, keys, title=title), help_text
-
-
-def _mask_pattern(analysis: Analysis, kind: str, window: int | None) -> tuple[str, str]:
-    """(pattern name, help) of ``kind``'s mask."""
     if kind == "cross":
-        return "cross", MASK_HELP["cross"]
+        return "cross", None, MASK_HELP["cross"]
     if analysis.scan is not None:
-        return "causal", MASK_HELP["scan"]
+        return "scan", None, MASK_HELP["scan"]
     if kind == "encoder" or not analysis.causal:
-        return "bidirectional", MASK_HELP["bidirectional"]
+        return "bidirectional", window, MASK_HELP["bidirectional"]
     if window is not None:
-        return "sliding", MASK_HELP["sliding"].format(w=window)
-    return "causal", MASK_HELP["causal"]
+        return "sliding", window, MASK_HELP["sliding"].format(w=window)
+    return "causal", None, MASK_HELP["causal"]

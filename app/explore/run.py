@@ -78,12 +78,15 @@ def analyse(
     attention_kind: str | None = None,
     step: int = 0,
     moe_layer: int = 0,
+    draw: bool = True,
 ) -> AnalyseResult:
     """Tokenise ``text``, run the model once with tracing, and draw every view.
 
     ``layer``/``head`` (for an encoder-decoder: of ``attention_kind``), ``step`` (the translation
     step) and ``moe_layer`` are clamped into the new Run's range; the sampling settings only
     shape the first drawing of the distribution. Problems come back as a status message.
+    ``draw=False`` leaves out the figures the page's script draws itself (attention, grid, mask,
+    distribution, Δ): the page gets the numbers instead (``payload``).
     """
     layer, head = int(layer or 0), int(head or 0)
     try:
@@ -110,31 +113,32 @@ def analyse(
     if clipped:
         status += "\n\n" + warn(clipped)
     return _draw(catalog, a, status, cut_note, (can_gen, gen_note), layer=layer, head=head, temperature=temperature,
-                 top_k=top_k, top_p=top_p, attention_kind=attention_kind, moe_layer=moe_layer)  # fmt: skip
+                 top_k=top_k, top_p=top_p, attention_kind=attention_kind, moe_layer=moe_layer, draw=draw)  # fmt: skip
 
 
 def _draw(catalog: Catalog, a: Analysis, status: str, cut_note: str, generation: tuple[bool, str], *, layer, head,
-          temperature, top_k, top_p, attention_kind, moe_layer) -> AnalyseResult:  # fmt: skip
-    """Every view's first picture of the Run ``a``, the sliders clamped into its ranges."""
+          temperature, top_k, top_p, attention_kind, moe_layer, draw=True) -> AnalyseResult:  # fmt: skip
+    """Every view's first picture of the Run ``a`` (``draw=False``: only those the page's script does
+    not draw), the sliders clamped into its ranges."""
     can_gen, gen_note = generation
     kind = a.kind(attention_kind if attention_kind in a.kinds else None)
     layer = clamp(layer, a.layer_count(kind))
     head = clamp(head, a.n_head)
     moe_layer = clamp(int(moe_layer or 0), a.routing.n_layer if a.routing else 0)
     try:
-        dist_fig, dist_note = distribution(catalog, a, temperature, top_k, top_p)
+        dist_fig, dist_note = distribution(catalog, a, temperature, top_k, top_p) if draw else (None, "")
     except ValueError as e:
         dist_fig, dist_note = None, error(md_escape(str(e)))
     if a.translation is not None:
         strip = translation.tokens_html(a, note_text=cut_note)
     else:
         strip = tokens_html(a.labels, a.ids, focus=a.predict_at, note_text=cut_note)
-    mask_fig, mask_help = attention.mask_figure(a, layer, kind)
+    mask_fig, mask_help = attention.mask_figure(a, layer, kind) if draw else (None, "")
     return AnalyseResult(
         analysis=a,
         status=status,
         tokens_html=strip,
-        attention=attention.attention_figure(a, layer, head, kind),
+        attention=attention.attention_figure(a, layer, head, kind) if draw else None,
         attention_help=attention.attention_help(a, kind),
         layer=layer,
         head=head,
@@ -144,11 +148,11 @@ def _draw(catalog: Catalog, a: Analysis, status: str, cut_note: str, generation:
         generate_note=gen_note,
         attention_kind=kind if a.translation is not None else None,
         step=a.predict_at if a.translation is not None else 0,
-        delta=scan.delta_figure(a, layer),
+        delta=scan.delta_figure(a, layer) if draw else None,
         routing=routing.view(a, moe_layer),
         moe_layer=moe_layer,
         head_info=attention.head_info(a),
-        grid=attention.grid_figure(a, layer, head, kind),
+        grid=attention.grid_figure(a, layer, head, kind) if draw else None,
         mask=mask_fig,
         mask_help=mask_help,
     )

@@ -13,7 +13,8 @@ import plotly.graph_objects as go
 import torch
 
 from archplay.models.sampling import MIN_TEMPERATURE, check_settings, sample_many, staged_distribution
-from archplay.viz.sampling import distribution_figure, sample_histogram
+from archplay.viz import style
+from archplay.viz.sampling import distribution_figure, sample_histogram, top_ids
 
 from ..catalog import Catalog, UnknownModelError
 from ..messages import md_escape, note, quote, short
@@ -61,8 +62,8 @@ def distribution(
     if pos is None:
         return None, message
     staged = staged_distribution(analysis.logits[pos], temperature, top_k, top_p)
-    labels_for = _labels_for(catalog, analysis)
-    fig = distribution_figure(staged, labels_for, top_n=TOP_N, title=_title(analysis, pos))
+    labels_for = labels_for_run(catalog, analysis)
+    fig = distribution_figure(staged, labels_for, top_n=TOP_N, title=distribution_title(analysis, pos))
 
     final = staged.final
     best = int(torch.argmax(final))
@@ -121,7 +122,15 @@ def at_position(
     return Position(dataclasses.replace(analysis, predict_at=int(position)), fig, summary)
 
 
-def _title(analysis: Analysis, pos: int) -> str:
+def top_tokens(labels_for, row, n: int = TOP_N) -> tuple[list[int], list[str]]:
+    """The ``n`` token ids the distribution figure shows for the logits ``row`` (by raw probability,
+    ties by smaller id: they stay the same whatever the settings) and their labels."""
+    ids = top_ids(style.to_numpy(staged_distribution(row).raw), n).tolist()
+    return ids, [str(s) for s in labels_for(ids)]
+
+
+def distribution_title(analysis: Analysis, pos: int) -> str:
+    """The distribution figure's title for the prediction at ``pos`` (HTML-escaped labels)."""
     if analysis.translation is not None:
         wrote_label = html.escape(short(analysis.translation.labels[pos]))
         return f"Translation step {pos}: candidates for target token {pos} (greedy wrote ‘{wrote_label}’)"
@@ -152,7 +161,7 @@ def samples(
         return None, message
     final = staged_distribution(analysis.logits[pos], temperature, top_k, top_p).final  # (V,)
     draws = sample_many(final, n, seed=seed)  # (n,) from the one distribution the histogram also shows
-    labels_for = _labels_for(catalog, analysis)
+    labels_for = labels_for_run(catalog, analysis)
     fig = sample_histogram(draws, final, labels_for, title=f"{n} draw{'s' if n > 1 else ''} at position {pos}")
     if n == 1:
         tid = int(draws[0])
@@ -163,7 +172,7 @@ def samples(
                  f"{float(final[top]):.1%} promised. More draws, closer bars.")  # fmt: skip
 
 
-def _labels_for(catalog: Catalog, analysis: Analysis):
+def labels_for_run(catalog: Catalog, analysis: Analysis):
     """Display labels for token ids, by the Run's tokenizer (``<id>`` once its model is gone)."""
     try:
         tok = catalog.get(analysis.model_key).tokenizer

@@ -61,10 +61,13 @@ class Scan:
         return len(self.hidden_attention)
 
 
-def attention_figure(scan: Scan, labels: list[str], layer) -> go.Figure:
+TITLE = "Layer {{layer}} of {n_layer}: hidden attention, mean |α| over {d_inner} channels"
+
+
+def attention_figure(scan: Scan, labels: list[str], layer, *, cells: bool = True) -> go.Figure:
     layer = check(layer, scan.n_layer, "layer")
-    title = f"Layer {layer} of {scan.n_layer}: hidden attention, mean |α| over {scan.d_inner} channels"
-    return hidden_attention_heatmap(scan.hidden_attention[layer], labels, title=title)
+    title = TITLE.format(n_layer=scan.n_layer, d_inner=scan.d_inner).format(layer=layer)
+    return hidden_attention_heatmap(scan.hidden_attention[layer], labels, title=title, cells=cells)
 
 
 def delta_figure(analysis: Analysis | None, layer) -> go.Figure | None:

@@ -15,6 +15,7 @@ target step to the source tokens.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,11 @@ KIND_CHOICES = [
     ("decoder self-attention (causal)", "decoder"),
     ("cross-attention (decoder → encoder)", "cross"),
 ]
+LANGUAGE = (
+    "verb last, adjectives after the noun, particles after the words (ga marks the subject, wo the object, "
+    "na a destination) and -ri for plurals"
+)
+DEFAULT_KIND = "cross"  # a Run opens on cross-attention: the alignment between the two languages
 KIND_NAMES = {
     "encoder": "Encoder self-attention",
     "decoder": "Decoder self-attention",
@@ -131,15 +137,15 @@ def written(entry: Entry, source: list[int], new: list[int], trace: Trace) -> Tr
 # --------------------------------------------------------------------------- drawn from the session's Run
 
 
-def attention_figure(analysis: Analysis, kind: str, layer: int, head: int) -> go.Figure:
+def attention_figure(analysis: Analysis, kind: str, layer: int, head: int, *, title: str, cells: bool = True
+                     ) -> go.Figure:  # fmt: skip
     """One head of ``kind``: the encoder's self-attention over the source, the decoder's over what
     it wrote, or the cross-attention from each target step to the source."""
     t = analysis.translation
-    title = f"{KIND_NAMES[kind]}: layer {layer}, head {head} of {analysis.layer_count(kind)} × {analysis.n_head}"
     if kind == "encoder":
         return attention_heatmap(
             analysis.attentions[layer][head], analysis.labels, analysis.labels, title=title,
-            query_title="source token (looking)", key_title="source token (looked at)",
+            query_title="source token (looking)", key_title="source token (looked at)", cells=cells,
         )  # fmt: skip
     maps = t.decoder_attentions if kind == "decoder" else t.cross_attentions
     keys = t.input_labels if kind == "decoder" else analysis.labels
@@ -147,7 +153,7 @@ def attention_figure(analysis: Analysis, kind: str, layer: int, head: int) -> go
         maps[layer][head], t.labels, keys, title=title,
         query_title="translation token being chosen",
         key_title="decoder input (written so far)" if kind == "decoder" else "source token",
-        query_word="step", key_word="input" if kind == "decoder" else "source",
+        query_word="step", key_word="input" if kind == "decoder" else "source", cells=cells,
     )  # fmt: skip
 
 
@@ -158,6 +164,7 @@ def tokens_html(analysis: Analysis, note_text: str = "") -> str:
     return (
         '<div class="ap-strip-title">Source: what the encoder reads</div>'
         + token_chips(analysis.labels, analysis.ids, note_text=note_text)
-        + '<div class="ap-strip-title">Translation: what the decoder wrote (greedy, one token per step)</div>'
+        + '<div class="ap-strip-title">Translation: what the decoder wrote (greedy, one token per step), in a '
+        + f'language invented for the story world: {html.escape(LANGUAGE)}</div>'
         + token_chips(t.labels, t.ids, note_text=ending)
     )
