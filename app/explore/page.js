@@ -195,6 +195,8 @@
     S.row = Object.assign({}, dist, {logits, order: AP.order(logits)});
   };
 
+  AP.setRow = setRow;
+
   const setAttention = (attn) => {
     if (!attn) {
       S.attn = null;
@@ -296,6 +298,8 @@
     }
     return out;
   };
+
+  AP.downsampled = downsample;
 
   AP.grid = (layer, head) => {
     const a = S.attn;
