@@ -22,6 +22,17 @@ HELP = (
     "**runs** only top-k of them per token: its active parameters are fewer than its total."
 )
 
+# Gradio's markdown sets ``overflow-wrap: anywhere`` (and ``word-break: break-word`` on tables), which
+# lets a table column shrink below its longest word, so at 1024 px the key column read "vocabula/ry".
+# Here cells break only between words (a long unbroken value may still wrap rather than overflow), and
+# the key column keeps each name on one line.
+CSS = """
+#card-table table { table-layout: auto; width: 100%; }
+#card-table th, #card-table td { overflow-wrap: normal; word-break: normal; }
+#card-table td:last-child { overflow-wrap: break-word; }
+#card-table th:first-child, #card-table td:first-child { white-space: nowrap; width: 1%; }
+"""
+
 
 def card(catalog: Catalog, key: str | None) -> tuple[str, go.Figure | None]:
     """(the configuration as a markdown table, the parameter breakdown figure)."""

@@ -51,6 +51,7 @@ DEFAULT_SENTENCES = "\n".join([
     "The cat sleeps in the garden.",
 ])  # fmt: skip
 MAX_SENTENCES = 12
+SENTENCE_TEXT_LIMIT = 24  # characters of a sentence written beside its point (hover has all of it)
 
 
 def methods() -> list[str]:
@@ -58,12 +59,15 @@ def methods() -> list[str]:
 
 
 def tags_for(catalog: Catalog, analysis: Analysis) -> list[str] | None:
-    """Part of speech per analysed token (story-world words), or None without token offsets."""
+    """Part of speech per analysed token (story-world words), or None without token offsets.
+
+    An encoder-decoder's Run analyses its source, the text as typed, so it is tagged like any other.
+    """
     try:
         tok = catalog.get(analysis.model_key).tokenizer
     except UnknownModelError:
         return None
-    if analysis.translation is not None or not hasattr(tok, "encode_with_offsets"):
+    if not hasattr(tok, "encode_with_offsets"):
         return None
     ids, offsets = tok.encode_with_offsets(analysis.text)
     if list(ids[: len(analysis.ids)]) != list(analysis.ids):
@@ -131,7 +135,8 @@ def sentences(catalog: Catalog, key: str | None, text: str | None) -> SentenceVi
         E = sentence_embeddings(entry.model, entry.tokenizer, [_fit(entry, s, limit) for s in lines])
     sim = similarity_heatmap(cosine_matrix(E), lines)
     p = pca(E, 2)
-    scatter = embedding_scatter(p.coords, lines, explained=p.explained, title="Sentence vectors (PCA)")
+    scatter = embedding_scatter(p.coords, lines, explained=p.explained, title="Sentence vectors (PCA)",
+                                text_limit=SENTENCE_TEXT_LIMIT)  # fmt: skip
     C = cosine_matrix(E)
     C.fill_diagonal_(-2)
     i, j = divmod(int(C.argmax()), len(lines))

@@ -5,9 +5,10 @@
    round trip a browser makes, through the running app with ``gradio_client`` on loopback
    (queue, JSON, HTTP included). At the built-in vocabulary (1,280) and at GPT-2's 50,257
    (a random-weight decoder of that vocabulary).
-2. **Analyse**: text → traced forward pass → every figure of the Explore tab
-   (``archplay.app.explore.run.analyse``), per built-in model, at 32, 128 and 512 tokens; and the size of
-   what is sent to the browser (the figures' JSON and the HTML).
+2. **Analyse**: text → traced forward pass → what the page's Run ships
+   (``archplay.app.explore.run.analyse`` and ``payload.explore_payload``), per built-in model, at 32,
+   128 and 512 tokens; and the size of what is sent to the browser (the payload's JSON, the MoE
+   view's figures, the HTML).
 
 The models run on ``device`` (the cached logits the sampler works from are on the CPU either way).
 
@@ -16,13 +17,14 @@ The models run on ``device`` (the cached logits the sampler works from are on th
 
 from __future__ import annotations
 
+import json
 import time
 
 import torch
 
 from archplay.app.catalog import Catalog
+from archplay.app.explore import payload, sampling
 from archplay.app.explore import run as explore
-from archplay.app.explore import sampling
 from archplay.models import BUILTIN_NAMES, story
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.story.tokenizer import ByteTokenizer
@@ -129,12 +131,15 @@ def sampler_round_trip(catalog: Catalog, keys: list[str], changes: int) -> dict:
     return out
 
 
-def response_bytes(r: explore.AnalyseResult) -> int:
-    """What one Run sends to the page: every figure's JSON plus the HTML and markdown."""
-    figs = [r.attention, r.distribution, r.delta, r.grid, r.mask]
-    if r.routing is not None:
-        figs += [r.routing.heatmap, r.routing.load]
-    size = sum(len(f.to_json()) for f in figs if f is not None)
+def response_bytes(catalog: Catalog, r: explore.AnalyseResult) -> int:
+    """What one Run sends to the page: the payload its script redraws from (JSON), the MoE view's
+    figures, the HTML and markdown (the vocabulary's labels go once per model, not per Run)."""
+    a = r.analysis
+    shipped = payload.explore_payload(sampling.labels_for_run(catalog, a), a, kind=r.attention_kind, layer=r.layer,
+                                      position=None)  # fmt: skip
+    size = len(json.dumps(shipped))
+    figs = [r.routing.heatmap, r.routing.load] if r.routing is not None else []
+    size += sum(len(f.to_json()) for f in figs if f is not None)
     texts = [r.status, r.tokens_html, r.attention_help, r.distribution_note, r.generate_note, r.mask_help]
     if r.routing is not None:
         texts += [r.routing.chips, r.routing.note]
@@ -144,13 +149,16 @@ def response_bytes(r: explore.AnalyseResult) -> int:
 def analyse(catalog: Catalog, key: str, n_tokens: int, repeats: int) -> dict:
     entry = catalog.get(key)
     text = story_text(n_tokens, entry.tokenizer)
-    explore.analyse(catalog, key, text)  # warm-up
+    explore.analyse(catalog, key, text, draw=False)  # warm-up
     ms, size, tokens = [], 0, 0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        r = explore.analyse(catalog, key, text)
+        r = explore.analyse(catalog, key, text, draw=False)
+        a = r.analysis
+        payload.explore_payload(sampling.labels_for_run(catalog, a), a, kind=r.attention_kind, layer=r.layer,
+                                position=None)  # fmt: skip
         ms.append((time.perf_counter() - t0) * 1000)
-        size, tokens = response_bytes(r), len(r.analysis.ids)
+        size, tokens = response_bytes(catalog, r), len(r.analysis.ids)
     p50, p95 = percentiles(ms)
     return {"p50": p50, "p95": p95, "bytes": size, "tokens": tokens, "n": repeats}
 

@@ -48,11 +48,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(device: str = "cpu", *extra: str) -> tuple[subprocess.Popen, str]:
-    """``python -m archplay`` on a free loopback port (plus ``extra`` arguments) -> (process, URL), once it answers."""
+def start_server(device: str = "cpu", *extra: str, cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """``python -m archplay`` on a free loopback port (plus ``extra`` arguments), run from ``cwd`` (the
+    ``archplay`` it imports) -> (process, URL), once it answers."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.Popen([sys.executable, "-m", "archplay", "--port", str(port), "--device", device, *extra], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "archplay", "--port", str(port), "--device", device, *extra], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120

@@ -220,8 +220,10 @@ def test_scatter_traces_hold_exactly_their_group(k):
         np.testing.assert_allclose(trace.y, coords[want, 1])
         if k == 3:
             np.testing.assert_allclose(trace.z, coords[want, 2])
-        assert list(trace.text) == [safe_label(LABELS[i]) for i in want]
-    assert "&lt;br&gt;" in fig.data[2].text
+        assert list(trace.hovertext) == [safe_label(LABELS[i]) for i in want]  # hover is HTML in 2-D and 3-D
+        if k == 2:  # SVG text is HTML too; WebGL text (3-D) is drawn as written (tests/test_defects14.py)
+            assert list(trace.text) == [safe_label(LABELS[i]) for i in want]
+    assert "&lt;br&gt;" in fig.data[2].hovertext
     title = fig.layout.scene.xaxis.title.text if k == 3 else fig.layout.xaxis.title.text
     assert title == "PC1 (50.0%)"
 

@@ -8,8 +8,10 @@ markers are numbered by layer. ``similarity_heatmap`` draws a sentence × senten
 Reading the figures back:
 
 * scatter: each trace is named after its group (HTML-escaped) and holds that group's points in
-  their original order; ``customdata`` holds the points' row indices into ``coords``, ``text``
-  their escaped labels, ``x``/``y`` (``z``) their coordinates as given.
+  their original order; ``customdata`` holds the points' row indices into ``coords``,
+  ``hovertext`` their escaped labels, ``text`` the labels written beside them (2-D: escaped, as
+  SVG text is HTML; 3-D: as written, WebGL draws them verbatim), ``x``/``y`` (``z``) their
+  coordinates as given.
 * paths: the trace "all tokens" has the (L+1)·T points in layer-major order (point l·T + t is
   token t after layer l), ``customdata`` rows ``[label, token, layer name]``; the trace "path"
   has ``x``/``y`` (``z``) = ``coords[:, token]``, ``text`` = the layer numbers 0..L and
@@ -19,6 +21,8 @@ Reading the figures back:
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -37,10 +41,20 @@ LAYER_SCALE = "Viridis"
 PATH = style.CHOSEN
 SIMILARITY_SCALE = "RdBu"  # -1 red, 0 white, +1 blue
 
-_POINT_HOVER = "‘%{text}’ · position %{customdata}<br>GROUP<extra></extra>"
+_POINT_HOVER = "‘%{hovertext}’ · position %{customdata}<br>GROUP<extra></extra>"
 _ALL_HOVER = "‘%{customdata[0]}’ · position %{customdata[1]}<br>%{customdata[2]}<extra></extra>"
 _PATH_HOVER = "‘LABEL’ · position TOKEN<br>%{customdata}<extra></extra>"
 _SIM_HOVER = "%{customdata}<br>cosine %{z:.3f}<extra></extra>"
+_GL_TAG = re.compile(r"<(?=/?(?:b|i|sub|sup|br)\s*/?>)", re.IGNORECASE)  # the tags WebGL text interprets
+
+# Label room in a 2-D scatter (pixels): a plot area about this wide (the sentence plot's at 1024 px)
+# and high (the figure's 620 less margins), one character of the 12-px point labels, a line of them,
+# a marker's radius.
+PLOT_PX = 300
+PLOT_HEIGHT_PX = 470
+LABEL_CHAR_PX = 6.5
+LINE_PX = 18
+MARKER_PX = 6
 
 
 def group_colour(group: str, index: int) -> str:
@@ -93,30 +107,83 @@ def embedding_scatter(
     explained=None,
     axis_name: str = "PC",
     max_text: int = 60,
+    text_limit: int | None = None,
 ) -> go.Figure:
     """Scatter of n projected points (n, 2) or (n, 3), one trace per group in order of first appearance.
 
-    ``labels``: one display label per point (shown beside it when n <= ``max_text``, and on
-    hover with its position); ``groups``: one group name per point (None: a single group
-    "tokens"); ``explained``: the variance share per axis, for the axis titles.
+    ``labels``: one display label per point (shown beside it when n <= ``max_text``, cut to
+    ``text_limit`` characters when given, and whole on hover with its position); ``groups``: one
+    group name per point (None: a single group "tokens"); ``explained``: the variance share per
+    axis, for the axis titles. In 2-D the axis ranges leave room for the labels (``_label_room``).
     """
     xyz = _points(coords, len(labels))
     groups = ["tokens"] * len(labels) if groups is None else [str(g) for g in groups]
     if len(groups) != len(labels):
         raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
-    text = np.array([style.safe_label(s) for s in labels], dtype=object)
+    flat, shown = xyz.shape[1] == 2, len(labels) <= max_text
+    written = [style.short_label(str(s), text_limit) if text_limit else str(s) for s in labels]
+    text = np.array([style.safe_label(s) if flat else _gl_text(s) for s in written], dtype=object)
+    hover = np.array([style.safe_label(s) for s in labels], dtype=object)
+    where, ranges = _label_room(xyz, written) if flat and shown else (None, {})
     traces = []
     for n, group in enumerate(dict.fromkeys(groups)):
         idx = np.array([i for i, g in enumerate(groups) if g == group])
         name = style.safe_label(group)
         traces.append(dict(
-            _xyz(xyz[idx]), name=name, text=text[idx], customdata=idx,
-            mode="markers+text" if len(labels) <= max_text else "markers", textposition="top center",
-            marker=dict(size=5 if xyz.shape[1] == 3 else 9, color=group_colour(group, n), opacity=0.85),
+            _xyz(xyz[idx]), name=name, text=text[idx], hovertext=hover[idx], customdata=idx,
+            mode="markers+text" if shown else "markers",
+            textposition="top center" if where is None else where[idx],
+            marker=dict(size=9 if flat else 5, color=group_colour(group, n), opacity=0.85),
             hovertemplate=_POINT_HOVER.replace("GROUP", name),
         ))  # fmt: skip
     layout = dict(_axes_layout(axis_titles(xyz.shape[1], explained, axis_name)), legend_title_text="group")
+    for axis, span in ranges.items():
+        layout[axis]["range"] = span
     return style.figure(data=traces, layout=style.base_layout(title, height=620, **layout))
+
+
+def _gl_text(label: str) -> str:
+    """A label for a 3-D trace's ``text``: WebGL draws it verbatim (``&lt;`` would show as such), except
+    for the tags ``<b> <i> <sub> <sup> <br>``, which a zero-width space after ``<`` makes plain text."""
+    return _GL_TAG.sub("<\u200b", label)
+
+
+def _label_room(xy: np.ndarray, labels: list[str]) -> tuple[np.ndarray, dict]:
+    """Where each 2-D point's label goes and the axis ranges that keep the labels inside the plot.
+
+    Labels of the left third start at their point and run right, those of the right third end at
+    it, the rest are centred; the x range is widened until every label fits a plot ``PLOT_PX``
+    wide, the y range by a line of text above the top points (the labels sit above their points).
+    """
+    x, y = xy[:, 0], xy[:, 1]
+    span = float(np.ptp(x)) or 1.0
+    third = np.floor(3 * (x - x.min()) / span).clip(0, 2).astype(int)  # 0 left, 1 middle, 2 right
+    where = np.array(["top right", "top center", "top left"], dtype=object)[third]
+    width = np.array([LABEL_CHAR_PX * len(s) for s in labels]) + 2 * MARKER_PX
+    left = np.choose(third, [np.full_like(width, MARKER_PX), width / 2, width])  # pixels left of the point
+    x_lo, x_hi = _pads(left / PLOT_PX, x - x.min(), (width - left) / PLOT_PX, x.max() - x)
+    marker, line = np.full_like(width, MARKER_PX), np.full_like(width, MARKER_PX + LINE_PX)  # a label sits above
+    y_lo, y_hi = _pads(marker / PLOT_HEIGHT_PX, y - y.min(), line / PLOT_HEIGHT_PX, y.max() - y)
+    ranges = {"xaxis": [float(x.min()) - x_lo, float(x.max()) + x_hi],
+              "yaxis": [float(y.min()) - y_lo, float(y.max()) + y_hi]}  # fmt: skip
+    return where, ranges
+
+
+def _pads(before: np.ndarray, room_before: np.ndarray, after: np.ndarray, room_after: np.ndarray,
+          ) -> tuple[float, float]:  # fmt: skip
+    """(low, high) data-unit paddings of one axis such that each point's label, reaching ``before``
+    and ``after`` of the plot's size below and above it, fits: the point lies ``room_before`` /
+    ``room_after`` data units inside the extremes, and the plot spans the data plus both paddings.
+
+    A label reaching beyond 45% of the plot is let go there, so huge labels cannot squeeze the points.
+    """
+    span = float(room_before.max()) or 1.0
+    a, b = np.minimum(before, 0.45), np.minimum(after, 0.45)
+    lo = hi = floor = 0.02 * span
+    for _ in range(100):  # a contraction (the shares add up to at most 0.9): converges
+        total = span + lo + hi
+        lo, hi = max(float((a * total - room_before).max()), floor), max(float((b * total - room_after).max()), floor)
+    return lo, hi
 
 
 def layer_names(n_layers_plus_one: int) -> list[str]:

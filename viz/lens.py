@@ -29,6 +29,9 @@ from archplay.viz.attention import tick_positions, tick_text
 
 LENS_SCALE = "YlGnBu"
 CELL_TEXT_LIMIT = 8  # characters of the top-1 label written in a cell
+READOUT = "each row: that layer's output read through the final norm and LM head"
+TICK_CHAR_PX = 7.5  # about one character of a 13-px tick label
+TITLE_LINE_PX = 20  # the rotated axis title's line
 
 
 def logit_lens_heatmap(
@@ -144,13 +147,20 @@ def _layout(title: str, rows: list[str], token_labels, max_ticks: int) -> dict:
             tickangle=-90 if crowded else (-45 if len(xt) > 12 else 0), tickfont=dict(size=9 if crowded else 12),
         ),
         yaxis=dict(
-            title_text="layer (read out through the final norm and LM head)", tickmode="array",
-            tickvals=list(range(n_layers)), ticktext=[style.safe_label(r) for r in rows],
-            showgrid=False, zeroline=False,
+            title_text="layer", tickmode="array", tickvals=list(range(n_layers)),
+            ticktext=[style.safe_label(r) for r in rows], showgrid=False, zeroline=False, automargin=True,
         ),
     )  # fmt: skip
     height = int(np.clip(170 + 30 * n_layers, 340, 1000))
-    return style.base_layout(title, height=height, plot_bgcolor="white", **layout)
+    title = f"{title}<br><sup>{READOUT}</sup>"  # said here: as the rotated axis title it outgrew short lenses
+    margin = dict(style.MARGIN, l=_left_margin(rows))
+    return style.base_layout(title, height=height, plot_bgcolor="white", margin=margin, **layout)
+
+
+def _left_margin(rows: list[str]) -> int:
+    """Room for the longest row label and the axis title beside it, so neither is clipped at the
+    figure's edge (``automargin`` corrects a browser's own fonts; this is the first layout)."""
+    return int(TICK_CHAR_PX * max(len(r) for r in rows) + TITLE_LINE_PX + 24)
 
 
 __all__ = ["logit_lens_heatmap"]

@@ -20,6 +20,8 @@ from ..tokens import clip, mask_token
 from . import translation
 from .sampling import settings
 
+MIN_NEW_TOKENS = 16  # new tokens a prompt that fills the context is cut to make room for
+
 
 class Generated(NamedTuple):
     """One step of the stream: what the Generate panel shows after each token."""
@@ -59,9 +61,9 @@ def generate(
     """Continue ``text`` token by token (an encoder-decoder: translate it), yielding what the panel
     shows after each token.
 
-    The prompt keeps its last tokens when prompt + new tokens would overflow the context; an
-    encoder-decoder's source keeps its first ones. Errors are yielded as a status message
-    (with an empty text), never raised.
+    When prompt + new tokens would overflow the context, fewer new tokens are made (``_fit``);
+    a prompt that alone fills it keeps its last tokens, an encoder-decoder's source its first ones.
+    Errors are yielded as a status message (with an empty text), never raised.
     """
     try:
         entry = catalog.get(model_key)
@@ -93,21 +95,30 @@ def generate(
 
 
 def _fit(entry: Entry, prompt: list[int], max_new_tokens: int) -> tuple[list[int], int, list[str]]:
-    """(prompt, max new tokens, notes) fitted into the model's context."""
+    """(prompt, max new tokens, notes) fitted into the model's context.
+
+    A large max new tokens shrinks to what fits after the prompt, never the prompt itself: the
+    models usually stop at an end-of-story token long before. Only a prompt that leaves room for
+    fewer than ``MIN_NEW_TOKENS`` (or the asked number, if smaller) loses its first tokens.
+    """
     limit, notes = int(entry.config.max_seq_len), []
     if "translation" in entry.spec.views:  # the decoder's length is free (relative positions); the source is bounded
         if len(prompt) > limit:
             notes.append(warn(f"The text was cut to its first {limit} tokens, as much as this model reads."))
             prompt = prompt[:limit]
         return prompt, max_new_tokens, notes
-    if max_new_tokens >= limit:
-        notes.append(warn(f"This model's context is {limit} tokens, so at most {limit - 1} new ones."))
-        max_new_tokens = limit - 1
-    if len(prompt) + max_new_tokens > limit:
-        keep = limit - max_new_tokens
-        notes.append(warn(f"The prompt was cut to its last {keep} tokens to leave room in {limit}-token context."))
-        prompt = prompt[-keep:]
-    return prompt, max_new_tokens, notes
+    room = limit - len(prompt)
+    if max_new_tokens <= room:
+        return prompt, max_new_tokens, notes
+    least = max(1, min(max_new_tokens, MIN_NEW_TOKENS, limit - 1))
+    if room >= least:
+        notes.append(warn(f"This model's context is {limit} tokens and your text uses {len(prompt)}, "
+                          f"so at most {room} new tokens."))  # fmt: skip
+        return prompt, room, notes
+    keep = limit - least
+    notes.append(warn(f"This model's context is {limit} tokens and your text uses {len(prompt)}: it was cut to "
+                      f"its last {keep} tokens to leave room for {plural(least, 'new token')}."))  # fmt: skip
+    return prompt[-keep:], least, notes
 
 
 def _stream(entry: Entry, prompt, max_new_tokens, temperature, top_k, top_p, seed) -> Iterator[Generated]:

@@ -126,17 +126,27 @@ def view(analysis: Analysis | None, layer) -> RoutingView | None:
     load_fig = expert_load_bars(
         load, slots=slots, title=f"Load, {name}<br><sup>share of this input's {int(slots.sum())} routed slots</sup>"
     )
-    busiest = int(load.argmax())
     idle = [e for e in range(E) if int(slots[e]) == 0]
     note = (
         f"{plural(len(labels), 'token')} × {k} expert{'s' if k != 1 else ''} each = "
-        f"{plural(int(slots.sum()), 'routed slot')}. Busiest: expert {busiest} with {float(load[busiest]):.0%} "
+        f"{plural(int(slots.sum()), 'routed slot')}. {busiest(slots, load)} "
         f"(an even split would give each {1 / E:.0%})."
     )
     if idle:
         note += f" Unused here: expert{'s' if len(idle) != 1 else ''} {', '.join(map(str, idle))}."
     chips = chips_html(routing, labels, analysis.ids, layer)
     return RoutingView(chips=chips, heatmap=heatmap(routing, labels, layer), load=load_fig, note=note)
+
+
+def busiest(slots: Tensor, load: Tensor) -> str:
+    """``Busiest: expert 1 with 38%``, or every expert tied for the most slots (counted, so a tie is
+    exact): ``Busiest: experts 1 and 3, with 38% each``."""
+    top = [e for e in range(len(slots)) if int(slots[e]) == int(slots.max())]
+    share = f"{float(load[top[0]]):.0%}"
+    if len(top) == 1:
+        return f"Busiest: expert {top[0]} with {share}"
+    names = ", ".join(map(str, top[:-1])) + f" and {top[-1]}"
+    return f"Busiest: experts {names}, with {share} each"
 
 
 def chips_html(routing: Routing, labels: list[str], ids: list[int], layer: int) -> str:
