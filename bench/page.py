@@ -86,15 +86,27 @@ async ([slider, plot, values, label]) => {
 
 
 def big_vocab_folder(root: Path) -> Path:
-    """A random GPT-2-vocabulary decoder (50,257 tokens, tiny otherwise) saved as a checkpoint folder."""
-    from archplay.models.architectures.decoder import Decoder, DecoderConfig
-    from archplay.models.checkpoints.loading import save_builtin
-    from archplay.models.story.tokenizer import ByteTokenizer
+    """A random-weight GPT-2 checkpoint with GPT-2's vocabulary size (50,257 tokens; word-level, tiny
+    otherwise) written as a Hugging Face folder, as a user's checkpoint would be."""
+    import transformers as T
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
+    from archplay.models import story
+
+    words = sorted({w.lower() for s in story.make_splits(seed=0, n_train=0, n_valid=20, n_test=0)["validation"]
+                    for w in s.text.replace(".", " .").split()})  # fmt: skip
+    vocab = ["<unk>", *words]
+    vocab += [f"w{i}" for i in range(50257 - len(vocab))]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.decoder = decoders.WordPiece()
+    tok = T.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>")
     torch.manual_seed(0)
-    cfg = DecoderConfig(vocab_size=50257, d_model=128, n_layer=2, n_head=4, d_ff=512, max_seq_len=512,
-                        name="gpt2-vocab", trained=False)  # fmt: skip
-    return save_builtin(Decoder(cfg), ByteTokenizer(), root / "gpt2-vocab")
+    cfg = T.GPT2Config(vocab_size=50257, n_embd=64, n_layer=2, n_head=4, n_positions=512)
+    folder = root / "gpt2-vocab"
+    T.GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 @contextmanager
