@@ -88,7 +88,7 @@
       const onehot = new Float64Array(V);
       onehot[order[0]] = 1;
       kept[order[0]] = 1;
-      return {raw, tempered: onehot, final: onehot, kept, temperature: 0, topK, topP, order, nKept: 1, vocab: V};
+      return {raw, tempered: onehot, final: onehot, kept, temperature: 0, topK, topP, order, nKept: 1, vocab: V, asked: temperature};
     }
     const t = fround(temperature), scores = new Float32Array(V);
     for (let i = 0; i < V; i++) {
@@ -114,7 +114,7 @@
     const final = softmax(scores, kept);
     let nKept = 0;
     for (let i = 0; i < V; i++) nKept += kept[i];
-    return {raw, tempered, final, kept, temperature: temperature, topK, topP, order, nKept, vocab: V};
+    return {raw, tempered, final, kept, temperature: temperature, topK, topP, order, nKept, vocab: V, asked: temperature};
   };
 
   // ------------------------------------------------------------------ text helpers
@@ -144,13 +144,90 @@
     }
     return out;
   };
-  const CONFIG = {responsive: true, displaylogo: false};
-
-  /* Redraw the plot ``id`` in place (Plotly.react); returns false when it is not on the page yet. */
+  /* Redraw the plot ``id`` in place (Plotly.react, keeping the config Gradio gave it: a different
+     one would make every redraw a new plot); returns false when it is not on the page yet. */
   const react = (id, fig) => {
     const gd = plotDiv(id);
     if (!gd || !window.Plotly) return false;
-    window.Plotly.react(gd, fig.data, AP.themed(fig.layout), CONFIG);
+    window.Plotly.react(gd, fig.data, AP.themed(fig.layout));
+    return true;
+  };
+
+  /* ------------------------------------------------------------------ quick drafts while a slider moves
+     A full Plotly redraw takes 50-90 ms on a small machine: longer than a frame, so a drag would
+     stutter. While the moves come, each is drawn as a draft: the distribution's bars and lines moved
+     by Plotly.animate (no redraw of axes, legend and labels) and its title set; a heatmap's picture
+     repainted from the map (the same colour scale Plotly uses). When the moves pause (SETTLE ms), the
+     full figure is drawn: hover texts, faded bars, axis range, colour bar. A draft is only made when
+     it can be exact on screen (the same Run, position, kind; the bars fit the axis), else the full
+     redraw comes at once. */
+  const SETTLE = 150;
+  const settle = {};
+  const later = (id, fig) => {
+    clearTimeout(settle[id]);
+    settle[id] = setTimeout(() => react(id, fig), SETTLE);
+  };
+  /* A draft's title: the text of the shown title's lines replaced (a relayout would cost a redraw);
+     the main line and the subtitle (``<br><sup>…</sup>``) keep their places and styles. */
+  const setTitle = (gd, text) => {
+    if (!gd.layout.title || gd.layout.title.text === text) return;
+    const el = gd.querySelector(".gtitle"), parts = text.split("<br>").map((t) => unesc(t.replace(/<[^>]*>/g, "")));
+    const lines = el ? el.querySelectorAll(":scope > tspan.line") : [];
+    if (el && lines.length === parts.length && parts.length > 1) {
+      lines.forEach((line, i) => ((line.querySelector("tspan") || line).textContent = parts[i]));
+    } else if (el && parts.length === 1 && !el.querySelector("tspan")) {
+      el.textContent = parts[0];
+    } else {
+      window.Plotly.relayout(gd, {"title.text": text});
+      return;
+    }
+    gd.layout.title.text = text;
+  };
+
+  /* The distribution as a draft; false when only a full redraw can show it. */
+  const draftDistribution = (fig) => {
+    const gd = plotDiv("distribution-plot");
+    if (!gd || !window.Plotly || !gd.data || gd.data.length !== fig.data.length) return false;
+    const range = gd.layout.yaxis && gd.layout.yaxis.range, top = fig.layout.yaxis.range[1];
+    if (!range) return false;
+    // taller bars: the axis grows first (with room to spare, so a drag rarely needs it twice);
+    // shorter ones are drawn on the old axis until the full redraw fits it
+    if (top > range[1]) window.Plotly.relayout(gd, {"yaxis.range": [0, Math.min(top * 1.3, 1.05)]});
+    const traces = fig.data.map((_, i) => i);
+    window.Plotly.animate(gd, {data: fig.data.map((t) => ({x: t.x, y: t.y})), traces},
+                          {transition: {duration: 0}, frame: {duration: 0, redraw: false}, mode: "immediate"});
+    setTitle(gd, fig.layout.title.text);
+    return true;
+  };
+
+  /* A heatmap's picture repainted from ``fig`` (same size and colour scale as the one shown); false
+     when there is no such picture to repaint. */
+  const draftHeatmap = (id, fig) => {
+    const gd = plotDiv(id), image = gd && gd.querySelector(".hm image");
+    const trace = fig.data[0], shown = gd && gd._fullData && gd._fullData[0];
+    if (!image || !shown || shown.type !== "heatmap" || !trace.z.length) return false;
+    const rows = trace.z, n = rows.length, m = rows[0].length;
+    if (!shown.z || shown.z.length !== n || shown.z[0].length !== m || shown.zsmooth) return false;
+    const scale = shown.colorscale.map(([t, c]) => [t, c.match(/[\d.]+/g).map(Number)]);
+    const lo = trace.zmin, hi = trace.zmax, canvas = document.createElement("canvas");
+    canvas.width = m;
+    canvas.height = n;
+    const ctx = canvas.getContext("2d"), img = ctx.createImageData(m, n);
+    for (let r = 0; r < n; r++) {
+      for (let c = 0; c < m; c++) {
+        const t = Math.min(1, Math.max(0, (rows[r][c] - lo) / (hi - lo || 1)));
+        let k = 1;
+        while (k < scale.length - 1 && scale[k][0] < t) k++;
+        const [t0, c0] = scale[k - 1], [t1, c1] = scale[k], f = t1 > t0 ? (t - t0) / (t1 - t0) : 0, at = 4 * (r * m + c);
+        for (let j = 0; j < 3; j++) img.data[at + j] = Math.round(c0[j] + (c1[j] - c0[j]) * f);
+        img.data[at + 3] = 255;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+    image.setAttribute("href", canvas.toDataURL());
+    image.style.imageRendering = "pixelated";
+    Object.assign(gd.data[0], {z: rows, zmax: trace.zmax}); // what the figure holds now (hover catches up at the full redraw)
+    setTitle(gd, fig.layout.title.text);
     return true;
   };
   /* Typed arrays as plotly's compact {dtype, bdata[, shape]} (an array of equal typed rows as one
@@ -397,22 +474,25 @@
                  `${thousands(st.nKept, " ")} of ${thousands(st.vocab, " ")} tokens kept`,
                  `entropy ${entropy(st.raw).toFixed(2)} → ${entropy(st.final).toFixed(2)} nats`].join(" · ");
     layout.title.text = `${row.title}<br><sup>${sub}</sup>`;
-    AP.last = st;
     return [{data: traces, layout}, summary(st, row)];
+  };
+
+  /* The note alone (for Gradio's js event; the figure is drawn on the next frame). */
+  AP.note = (temperature, topK, topP) => {
+    const row = S.row;
+    if (!row || row.message !== undefined) return row ? row.message : "";
+    return summary(AP.staged(row.logits, +temperature, Math.round(+topK), +topP, row.order), row);
   };
 
   /* The line under the distribution (app.explore.sampling.distribution's summary). */
   const summary = (st, row) => {
-    const best = st.order[0], fin = st.final;
-    let bestFinal = 0;
-    for (let i = 0; i < fin.length; i++) if (fin[i] > fin[bestFinal]) bestFinal = i;
+    const fin = st.final, bestFinal = st.order[0]; // the likeliest token is never filtered out
     const name = label(bestFinal);
     let s = `Most likely: ${quote(name)} at ${pct(fin[bestFinal])} (before sampling settings: ${pct(st.raw[bestFinal])}). ` +
             `${thousands(st.nKept, ",")} of ${thousands(st.vocab, ",")} tokens can still be drawn; entropy ${entropy(fin).toFixed(2)} nats.`;
     if (st.topK > st.vocab) s += ` (Top-k ${thousands(st.topK, ",")} is above the vocabulary of ${thousands(st.vocab, ",")}: it removes nothing.)`;
-    if (st.temperature === 0 && AP.lastTemperature > 0) s += ` (Temperature ${g3(AP.lastTemperature)} is below 0.0001: treated as 0, greedy.)`;
+    if (st.temperature === 0 && st.asked > 0) s += ` (Temperature ${g3(st.asked)} is below 0.0001: treated as 0, greedy.)`;
     if (row.wrote !== null && row.wrote !== undefined) s += ` Step ${row.pos} of ${row.n_steps}: the greedy translation wrote ${quote(row.wrote)} here.`;
-    void best;
     return s;
   };
   /* A token id's display label (unescaped: markdown escapes it again), from the vocabulary shipped once per model. */
@@ -508,30 +588,122 @@
     setAttention(payload.attn);
     const [dist, note] = AP.distribution(temperature, topK, topP);
     const [mask, maskHelp] = AP.mask(layer);
+    drawn.sampling = drawn.view = drawn.mask = drawn.delta = ""; // the values below are this Run's first pictures
     AP.saveState();
     return [plotValue(AP.heatmap(layer, head)), plotValue(dist), plotValue(AP.grid(layer, head)), plotValue(mask),
             plotValue(AP.delta(layer)), null, note, maskHelp, ""];
   };
 
-  /* Layer or head moved: heatmap, grid frame, mask and Δ redrawn here. Returns [mask help, need]:
-     ``need`` names a layer the Run did not ship (a big model's), which the server then sends. */
+  /* Slider moves are drawn at most once an animation frame, the latest settings only: a drag sends
+     far more input events than a plot can be redrawn, and drawing each would queue up behind the
+     thumb. Moves come from the range inputs themselves (listened to below, the quickest path) and
+     from Gradio's js events (the number boxes, the grid's clicks); a setting already drawn is not
+     drawn again. */
+  const pending = {sampling: null, view: null};
+  const drawn = {sampling: "", view: "", mask: "", delta: ""};
+  let scheduled = false;
+  const schedule = () => {
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flush);
+    }
+  };
+  const flush = () => {
+    scheduled = false;
+    const s = pending.sampling, v = pending.view;
+    pending.sampling = pending.view = null;
+    if (s) drawSampling(...s);
+    if (v) drawView(...v);
+    if (s || v) AP.saveState();
+  };
+  const runId = () => (S.payload ? S.payload.run : 0);
+
+  const drawSampling = (temperature, topK, topP) => {
+    const key = `${runId()}|${S.row && S.row.pos}|${+temperature}|${Math.round(+topK)}|${+topP}`;
+    if (key === drawn.sampling) return;
+    const [fig] = AP.distribution(temperature, topK, topP);
+    if (!fig) return;
+    if (draftDistribution(fig)) {
+      later("distribution-plot", fig);
+    } else {
+      clearTimeout(settle["distribution-plot"]);
+      react("distribution-plot", fig);
+    }
+    drawn.sampling = key;
+  };
+
+  /* Heatmap of the layer and head; the grid's frame moved (a relayout of one shape, not a redraw of
+     every thumbnail); the mask and Δ only when the layer's own changes. */
+  const drawView = (layer, head) => {
+    const a = S.attn, kind = a ? a.kind : "";
+    const key = `${runId()}|${kind}|${layer}|${head}`;
+    if (key === drawn.view) return;
+    if (a) {
+      const fig = AP.heatmap(layer, head);
+      if (draftHeatmap("attention-plot", fig)) {
+        later("attention-plot", fig);
+      } else {
+        clearTimeout(settle["attention-plot"]);
+        react("attention-plot", fig);
+      }
+      moveFrame(layer, head);
+      const rule = a.masks[Math.min(layer, a.masks.length - 1)], maskKey = `${runId()}|${kind}|${rule.pattern}|${rule.window}`;
+      if (maskKey !== drawn.mask) {
+        const [mask] = AP.mask(layer);
+        if (react("mask-plot", mask)) drawn.mask = maskKey;
+      }
+    }
+    const deltaKey = `${runId()}|${layer}`;
+    if (S.payload && S.payload.delta && deltaKey !== drawn.delta && react("delta-plot", AP.delta(layer))) drawn.delta = deltaKey;
+    drawn.view = key;
+  };
+  const moveFrame = (layer, head) => {
+    const gd = plotDiv("grid-plot"), fig = AP.grid(layer, head);
+    if (!gd || !fig || !window.Plotly || !gd.layout || !gd.layout.shapes || !gd.layout.shapes.length) {
+      if (fig) react("grid-plot", fig);
+      return;
+    }
+    const f = fig.layout.shapes[0];
+    window.Plotly.relayout(gd, {"shapes[0].x0": f.x0, "shapes[0].x1": f.x1, "shapes[0].y0": f.y0, "shapes[0].y1": f.y1});
+  };
+
+  /* Gradio's js event for the layer and head: the redraw is scheduled; returns [mask help, need] at
+     once: ``need`` names a layer the Run did not ship (a big model's), which the server then sends. */
   AP.layerHead = (layer, head) => {
     layer = Math.round(+layer);
     head = Math.round(+head);
     const a = S.attn;
     if (!a && !(S.payload && S.payload.delta)) return [undefined, ""];
     if (a && !a.layers.includes(layer)) return [undefined, `${S.payload.run}:${layer}`];
-    if (a) {
-      react("attention-plot", AP.heatmap(layer, head));
-      react("grid-plot", AP.grid(layer, head));
-    }
-    const [mask, help] = AP.mask(layer);
-    if (mask) react("mask-plot", mask);
-    const delta = AP.delta(layer);
-    if (delta) react("delta-plot", delta);
-    AP.saveState();
-    return [help, ""];
+    pending.view = [layer, head];
+    schedule();
+    return [a ? a.masks[Math.min(layer, a.masks.length - 1)].help : undefined, ""];
   };
+
+  /* Gradio's js event for temperature, top-k and top-p: the redraw is scheduled; returns [the note]. */
+  AP.sampling = (temperature, topK, topP) => {
+    pending.sampling = [+temperature, Math.round(+topK), +topP];
+    schedule();
+    return [AP.note(temperature, topK, topP)];
+  };
+
+  /* The range inputs themselves, listened to directly: a drag's every step, before Gradio sees it. */
+  const RANGES = {temperature: "sampling", "top-k": "sampling", "top-p": "sampling", layer: "view", head: "view"};
+  const rangeValue = (id) => {
+    const r = document.querySelector(`#${id} input[type=range]`);
+    return r ? +r.value : 0;
+  };
+  document.addEventListener("input", (ev) => {
+    const block = ev.target && ev.target.type === "range" && ev.target.closest("[id]");
+    const what = block && RANGES[block.id];
+    if (!what || !S.payload) return;
+    if (what === "sampling") {
+      pending.sampling = [rangeValue("temperature"), rangeValue("top-k"), rangeValue("top-p")];
+    } else if (!S.attn || S.attn.layers.includes(rangeValue("layer"))) {
+      pending.view = [rangeValue("layer"), rangeValue("head")];
+    }
+    schedule();
+  }, true);
 
   /* The server sent other attention maps (another kind, or a layer the Run left out). */
   AP.attention = (attn, layer, head) => {
@@ -541,20 +713,14 @@
     layer = Math.round(+layer);
     head = Math.round(+head);
     const [mask, help] = AP.mask(layer);
+    drawn.view = drawn.mask = "";
     return [plotValue(AP.heatmap(layer, head)), plotValue(AP.grid(layer, head)), plotValue(mask), help];
-  };
-
-  AP.sampling = (temperature, topK, topP) => {
-    AP.lastTemperature = +temperature;
-    const [fig, note] = AP.distribution(temperature, topK, topP);
-    if (fig) react("distribution-plot", fig);
-    AP.saveState();
-    return [note];
   };
 
   /* The server sent the logits row of another position or translation step. */
   AP.row = (dist, temperature, topK, topP) => {
     if (!dist) return [undefined, undefined];
+    drawn.sampling = "";
     setRow(dist);
     if (S.payload) S.payload.dist = dist;
     const [fig, note] = AP.distribution(temperature, topK, topP);
