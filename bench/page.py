@@ -155,14 +155,17 @@ def measure(url: str, model: str, steps: int) -> dict:
                 page.get_by_role("option").filter(has_text=model).first.click()
             page.wait_for_function("() => { const t = document.querySelector('#distribution-plot .gtitle');"
                                    f" return t && document.querySelector('#model input').value.includes('{model}'); }}")
-            page.wait_for_timeout(1500)
-            temps = [round(0.05 * (i % 38 + 1), 2) for i in range(steps)]
-            temps = [t if t != 1.0 else 1.05 for t in temps]
+            quiet_since = time.monotonic()  # the Run's follow-ups (other tabs' views) done: 2 s without a request
+            count = len(joins)
+            while time.monotonic() - quiet_since < 2:
+                page.wait_for_timeout(250)
+                if len(joins) != count:
+                    count, quiet_since = len(joins), time.monotonic()
+            temps = [round(0.05 * (i % 18 + 2), 2) for i in range(steps)]  # 0.1 … 0.95: each a change from the last
             before = len(joins)
             dist = page.evaluate(_STEPS, ["temperature", "distribution-plot", [f"{t:.2f}" for t in temps], "T={}"])
             dist_requests = (len(joins) - before) / steps
             heads = [i % 4 for i in range(1, steps + 1)]
-            heads = [h if h != heads[i - 1] else (h + 1) % 4 for i, h in enumerate(heads)]
             before = len(joins)
             head = page.evaluate(_STEPS, ["head", "attention-plot", [str(h) for h in heads], "head {}"])
             head_requests = (len(joins) - before) / steps

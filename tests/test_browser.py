@@ -622,3 +622,51 @@ def test_compare_panels_stand_side_by_side_at_1024(page, server):
         assert_no_console_errors(pg)
     finally:
         pg.close()
+
+
+def test_export_theme_and_a_model_switch_in_the_page(page, server):
+    """Issue 14: every plot exports as a standalone HTML file (plotly.js inside), SVG and PNG; plots
+    follow the dark theme and back; a new model clears the old model's generated text."""
+    choose_model(page, "gpt")
+    page.locator("#text textarea").fill(TEXT)
+    page.locator("#run").click()
+    plot = wait_for_plot(page, "distribution-plot", "(position")
+    bar = page.locator("#distribution-plot .ap-export")
+    assert [b.inner_text() for b in bar.locator("button").all()] == ["HTML", "SVG", "PNG"]
+
+    with page.expect_download() as download:
+        bar.get_by_text("HTML").click()
+    html = Path(download.value.path()).read_text(encoding="utf-8")
+    assert download.value.suggested_filename.endswith(".html") and html.startswith("<!doctype html>")
+    assert "Plotly.newPlot" in html and len(html) > 1_000_000  # plotly.js itself travels inside the file
+    assert '"name":"final"' in html and html.count("</script>") == 2  # nothing inside can close its script early
+    with page.expect_download() as download:
+        bar.get_by_text("SVG").click()
+    svg = Path(download.value.path()).read_text(encoding="utf-8")
+    assert svg.startswith("<svg") and "Next token after" in svg
+    with page.expect_download() as download:
+        bar.get_by_text("PNG").click()
+    assert Path(download.value.path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # the dark theme: the plots' paper follows the page, and comes back
+    paper = "() => document.querySelector('#distribution-plot .js-plotly-plot')._fullLayout.paper_bgcolor"
+    page.evaluate("() => document.body.classList.add('dark')")
+    wait_until(page, lambda: page.evaluate(paper) == "#111827", "dark plots", show=lambda: page.evaluate(paper))
+    page.evaluate("() => document.body.classList.remove('dark')")
+    wait_until(page, lambda: page.evaluate(paper) in ("white", "#fff", "#ffffff"), "light plots",
+               show=lambda: page.evaluate(paper))  # fmt: skip
+
+    # a new model: the old one's continuation goes (it was left on the page before)
+    set_slider(page, "max-new-tokens", 3)
+    page.locator("#generate").click()
+    wait_until(page, lambda: page.locator("#generate-status").inner_text().startswith("✓"), "the generation")
+    assert page.locator("#generated textarea").input_value().startswith(TEXT)
+    choose_model(page, "bert")
+    wait_until(page, lambda: page.locator("#generated textarea").input_value() == "", "the old text cleared",
+               show=lambda: page.locator("#generated textarea").input_value())  # fmt: skip
+    # and the examples are the masked model's own: a blank to fill in its spelling
+    page.locator("#example input").click()
+    assert page.get_by_role("option").filter(has_text="<mask>").count() >= 1
+    page.keyboard.press("Escape")
+    assert plot["title"]
+    assert_no_console_errors(page)

@@ -163,3 +163,33 @@ def test_t5_embeddings_are_coloured_by_part_of_speech(catalog):
     v = views(catalog, a, 1, 0)
     assert {t.name for t in v.scatter.data} >= {"NAME", "VERB", "NOUN"}
     assert "Coloured by part of speech" in v.note and "built-in tokenizer" not in v.note
+
+
+def test_long_inputs_keep_a_readable_attention_colour_scale():
+    """A long text's map was near white: query 0 can only attend to itself (weight 1), which set the
+    top of the colour scale. Now the scale tops out at the 99th percentile of the weights outside
+    the first column, and the colour bar says so; a short text keeps its largest weight."""
+    from archplay.viz.attention import attention_heatmap
+
+    gen = torch.Generator().manual_seed(0)
+    for n, capped in ((6, False), (128, True)):
+        scores = torch.randn(n, n, generator=gen).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        z = torch.softmax(scores, -1)
+        labels = [f"t{i}" for i in range(n)]
+        trace = attention_heatmap(z, labels, labels).data[0]
+        positive = z[:, 1:][z[:, 1:] > 0].double().numpy()
+        if capped:
+            assert trace.zmax == pytest.approx(np.quantile(positive, 0.99)) and trace.zmax < 0.5 * float(z.max())
+            assert "capped" in trace.colorbar.title.text
+        else:
+            assert trace.zmax == pytest.approx(float(z.max())) and "capped" not in trace.colorbar.title.text
+
+
+def test_a_state_space_model_shows_no_attention_mask(catalog):
+    """Mamba's mask panel said "Mask pattern: causal" above "No attention mask"."""
+    from archplay.app.explore import attention
+
+    a = run.analyse(catalog, "mamba", "Mia has a red ball. Then Mia").analysis
+    fig, help_text = attention.mask_figure(a, 0)
+    assert fig.layout.title.text.startswith("No attention mask") and "causal" not in fig.layout.title.text
+    assert "No attention mask" in help_text

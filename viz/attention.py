@@ -91,7 +91,7 @@ def colour_top(z: np.ndarray) -> tuple[float, bool]:
 
     The largest finite value; or, when at least ``CAP_MIN_CELLS`` positive values lie outside the
     first column, their ``CAP_QUANTILE`` quantile (numpy's linear interpolation) if that is lower.
-    The page's script computes the same (``explore.js``: ``colourTop``).
+    The page's script computes the same (``app/explore/page.js``: ``colourTop``).
     """
     finite = z[np.isfinite(z)]
     top = float(finite.max()) if finite.size else 0.0

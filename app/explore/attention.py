@@ -167,10 +167,13 @@ def mask_figure(analysis: Analysis | None, layer: int, kind: str | None = None) 
     return attention_mask_heatmap(allowed, queries, keys, title=mask_title(pattern, window)), help_text
 
 
+CAUSAL_PATTERNS = ("causal", "sliding", "scan")  # nothing above the diagonal
+
+
 def mask_matrix(pattern: str, window: int | None, n_queries: int, n_keys: int) -> Tensor:
     """Which keys each query may see under ``pattern`` (bool (Tq, Tk)); the page computes the same."""
     q, k = torch.arange(n_queries), torch.arange(n_keys)
-    allowed = attention_mask(q, k, causal=pattern in ("causal", "sliding", "scan"), window=window)
+    allowed = attention_mask(q, k, causal=pattern in CAUSAL_PATTERNS, window=window)
     return torch.ones(n_queries, n_keys, dtype=torch.bool) if allowed is None else allowed
 
 

@@ -190,9 +190,9 @@
     if (!gd || !window.Plotly || !gd.data || gd.data.length !== fig.data.length) return false;
     const range = gd.layout.yaxis && gd.layout.yaxis.range, top = fig.layout.yaxis.range[1];
     if (!range) return false;
-    // taller bars: the axis grows first (with room to spare, so a drag rarely needs it twice);
+    // taller bars: the axis grows first, to the most any probability needs (so a drag needs it once);
     // shorter ones are drawn on the old axis until the full redraw fits it
-    if (top > range[1]) window.Plotly.relayout(gd, {"yaxis.range": [0, Math.min(top * 1.3, 1.05)]});
+    if (top > range[1]) window.Plotly.relayout(gd, {"yaxis.range": [0, 1.05]});
     const traces = fig.data.map((_, i) => i);
     window.Plotly.animate(gd, {data: fig.data.map((t) => ({x: t.x, y: t.y})), traces},
                           {transition: {duration: 0}, frame: {duration: 0, redraw: false}, mode: "immediate"});
@@ -742,9 +742,8 @@
   /* model, text and the sliders as the address's query: a reload or a shared link reopens them. */
   AP.saveState = () => {
     const params = new URLSearchParams(location.search);
-    const model = document.querySelector("#model input");
     const text = document.querySelector("#text textarea");
-    if (model && model.value) params.set("model", model.value.replace(/^\W*/, "").split(/\s/)[0]);
+    if (S.payload && S.payload.model) params.set("model", S.payload.model); // the model's key, as the Run had it
     if (text) params.set("text", text.value);
     for (const [id, key] of Object.entries(SETTINGS)) {
       const v = sliderValue(id);

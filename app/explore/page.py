@@ -30,6 +30,11 @@ Every event but ``analyse`` and ``generate`` redraws from the session's cached R
 calling the model. Per-session state is one ``gr.State`` holding the last
 ``session.Analysis``; models stay in the shared ``Catalog``. Which controls a model gets
 is its family's registry entry's word (``Family.views``, ``objective``, ``has_heads``).
+
+The page itself uses these for scripts only: its Run (a private event) ships a ``payload``
+(``explore.payload``) and its script, ``page.js``, redraws the attention, grid, mask, Δ, the
+distribution and samples from it in the browser; another position, step, attention kind or (for a
+big model) layer is one small private request for more numbers.
 """
 
 from __future__ import annotations
@@ -413,7 +418,7 @@ def index_slider(count: int, value: int, **update) -> dict:
 
 
 def _js(call: str, *params: str) -> str:
-    """A js event function calling ``window.archplay.<call>`` (app/static/explore.js) with the inputs."""
+    """A js event function calling ``window.archplay.<call>`` (``page.js``) with the inputs."""
     args = ", ".join(params)
     return f"({args}) => window.archplay.{call}({args})"
 

@@ -1,6 +1,6 @@
 """What a Run ships to the page so that the sliders redraw there, with no request to the server.
 
-The page's script (``app/static/explore.js``) recomputes and redraws from this:
+The page's script (``app/explore/page.js``) recomputes and redraws from this:
 
 * **the next-token distribution** at the shown position: the *full* logits row, float32, so
   temperature, top-k and top-p stay exact over the whole vocabulary (the page runs the same
@@ -15,8 +15,10 @@ The page's script (``app/static/explore.js``) recomputes and redraws from this:
   so the look of a figure has one owner (Python) and the page only fills in numbers.
 
 ``vocabulary_labels`` is shipped on its own, once per model, for the labels of sampled tokens.
-Sizes at 128 tokens (``bench.interactive``): a built-in's Run ships about 0.4 MB; a 12 × 12,
-50,257-token GPT-2-sized checkpoint's about 0.6 MB (one layer's maps, the 50,257 logits).
+Sizes at 128 tokens (``bench.interactive``): a built-in's Run ships 0.2 to 0.7 MB. A 12 × 12,
+50,257-token GPT-2-sized checkpoint's 144 maps hold 1.2 M values, over ``ALL_LAYERS_VALUES``, so
+its Run ships one layer's maps (0.26 MB in base64) and the 50,257 logits (0.27 MB); its 50,257
+labels (about 0.5 MB) go once, when the model is first shown.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ def attention_payload(a: Analysis, kind: str | None, layer: int) -> dict | None:
         return None
     kind = a.kind(kind)
     L, H, nq, nk = maps.shape
-    lower = _lower_triangular(a, kind) and nq == nk
+    lower = nq == nk and attention.mask_rule(a, kind, 0)[0] in attention.CAUSAL_PATTERNS
     per_map = nq * (nq + 1) // 2 if lower else nq * nk
     layers = list(range(L)) if L * H * per_map <= ALL_LAYERS_VALUES else [int(layer)]
     packed = torch.cat([_pack(maps[i, h], lower) for i in layers for h in range(H)]) if layers else torch.zeros(0)
@@ -137,11 +139,6 @@ def attention_payload(a: Analysis, kind: str | None, layer: int) -> dict | None:
         "cap": {"quantile": CAP_QUANTILE, "min_cells": CAP_MIN_CELLS}, "grid_gap": GRID_GAP,
     }  # fmt: skip
     return out
-
-
-def _lower_triangular(a: Analysis, kind: str) -> bool:
-    """Whether ``kind``'s maps are zero above the diagonal (causal self-attention, a forward scan)."""
-    return a.scan is not None or (kind == "decoder") or (kind == "self" and a.causal)
 
 
 def _pack(m: Tensor, lower: bool) -> Tensor:
