@@ -325,6 +325,7 @@
     return s.includes("e") ? s : String(parseFloat(s));
   };
 
+  const PAGE_TITLE_SIZE = 15; // half a page wide: a long title (T5's steps) and its settings line fit
   const PAGE_HEATMAP_HEIGHT = 520; // half a page wide, the square map needs less than the API's 620
   const fill = (pattern, values) => pattern.replace(/\{(\w+)\}/g, (m, k) => (k in values ? values[k] : m));
 
@@ -346,6 +347,7 @@
     trace.colorbar.title.text = capped ? `${name}<br><sub>colour capped<br>at ${g3(top)} (99th<br>percentile)</sub>` : name;
     fig.layout.title.text = fill(a.title, {layer, head});
     fig.layout.height = PAGE_HEATMAP_HEIGHT;
+    fig.layout.title.font = Object.assign({}, fig.layout.title.font, {size: PAGE_TITLE_SIZE});
     return fig;
   };
 
@@ -474,6 +476,7 @@
                  `${thousands(st.nKept, " ")} of ${thousands(st.vocab, " ")} tokens kept`,
                  `entropy ${entropy(st.raw).toFixed(2)} → ${entropy(st.final).toFixed(2)} nats`].join(" · ");
     layout.title.text = `${row.title}<br><sup>${sub}</sup>`;
+    layout.title.font = Object.assign({}, layout.title.font, {size: PAGE_TITLE_SIZE});
     return [{data: traces, layout}, summary(st, row)];
   };
 
