@@ -666,7 +666,8 @@ def test_export_theme_and_a_model_switch_in_the_page(page, server):
                show=lambda: page.locator("#generated textarea").input_value())  # fmt: skip
     # and the examples are the masked model's own: a blank to fill in its spelling
     page.locator("#example input").click()
-    assert page.get_by_role("option").filter(has_text="<mask>").count() >= 1
-    page.keyboard.press("Escape")
+    page.get_by_role("option").filter(has_text="<mask>").first.click()  # it goes into the text and runs
+    wait_until(page, lambda: "<mask>" in page.locator("#text textarea").input_value(), "the example in the text box")
+    wait_for_plot(page, "distribution-plot", "What fits at position")
     assert plot["title"]
     assert_no_console_errors(page)

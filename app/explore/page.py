@@ -540,8 +540,8 @@ def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamesp
     ui.analysed.then(**draw_run)
     ran = gr.on(triggers=[ui.run.click, ui.text.submit, ui.model.input], **page_run)
     ran.then(**draw_run)
-    # An example goes into the text box (in the page) and runs.
-    tried = ui.example.input(None, inputs=[ui.example], outputs=[ui.text], js="(e) => e || undefined",
+    # An example goes into the text box (in the page) and runs; the menu's prompt keeps the text.
+    tried = ui.example.input(None, inputs=[ui.example, ui.text], outputs=[ui.text], js="(e, t) => e || t",
                              show_progress="hidden").then(**page_run)  # fmt: skip
     tried.then(**draw_run)
     # A new model: the old one's generated text goes (only in the page, no request).
