@@ -671,3 +671,61 @@ def test_export_theme_and_a_model_switch_in_the_page(page, server):
     wait_for_plot(page, "distribution-plot", "What fits at position")
     assert plot["title"]
     assert_no_console_errors(page)
+
+
+_DRAFT = """
+async ([slider, value, expected]) => {
+  const gd = document.querySelector('#distribution-plot .js-plotly-plot');
+  const before = Array.from(gd.data[2].y);
+  const range = document.querySelector(`#${slider} input[type=range]`);
+  Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, "value").set.call(range, String(value));
+  range.dispatchEvent(new Event("input", {bubbles: true}));
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const full = gd._fullLayout, ya = full.yaxis, ya2 = full.yaxis2;
+  const group = (i) => Array.from(gd.querySelectorAll('.barlayer .trace, .scatterlayer .trace'))
+    .find(g => g.__data__ && g.__data__[0].trace.index === i);
+  const tops = Array.from(group(2).querySelectorAll('.point path'), p => +/V([^H]+)H/.exec(p.getAttribute('d'))[1]);
+  const markers = (i) => group(i) ? group(i).querySelectorAll('.point').length : 0;
+  const label = gd.querySelector('.annotation .bg').getBoundingClientRect();
+  const plot = gd.querySelector('.main-svg').getBoundingClientRect();
+  return {draft: Array.from(gd.data[2].y).every((v, j) => v === before[j]),
+          error: Math.max(...tops.map((t, j) => Math.abs(t - ya.c2p(expected.final[j])))),
+          kept: markers(3), removed: markers(4),
+          label: label.bottom - (plot.top + ya._offset + ya2.c2p(expected.top_p)),
+          title: gd.querySelector('.gtitle').textContent};
+}
+"""
+
+
+def test_a_slider_move_is_drawn_at_once_and_exact(page, model):
+    """Issue 14: a move is drawn in the shown picture at the next frame (no Plotly redraw, which cost a
+    long task), and what it draws is the staged distribution: each final bar's height, the kept and
+    removed markers (their split changes with the temperature under top-p), the top-p label's place."""
+    from archplay.models.sampling import staged_distribution
+
+    choose_model(page, "gpt")
+    page.locator("#text textarea").fill(TEXT)
+    page.locator("#run").click()
+    ids, out = expected_state(model, TEXT)
+    wait_for_plot(page, "distribution-plot", f"(position {len(ids) - 1})")
+    set_slider(page, "top-p", 0.9)
+    plot = wait_for_plot(page, "distribution-plot", "top-p 0.90")
+    bar_ids, _ = final_bars(plot)
+    top_k = int(float(page.locator("#top-k input[type=number]").input_value()))
+    drafts = []
+    for slider, temperature, top_p in (("temperature", 0.4, 0.9), ("temperature", 1.6, 0.9), ("top-p", 1.6, 0.5)):
+        staged = staged_distribution(out.logits[0, -1], temperature, top_k, top_p)
+        expected = {"final": staged.final[bar_ids].tolist(), "top_p": top_p}
+        value = temperature if slider == "temperature" else top_p
+        seen = page.evaluate(_DRAFT, [slider, value, expected])
+        kept = int(staged.kept[bar_ids].sum())
+        assert seen["error"] < 0.6, seen  # pixels: each final bar's top where its probability puts it
+        assert (seen["kept"], seen["removed"]) == (kept, len(bar_ids) - kept), seen
+        assert abs(seen["label"]) < 3, seen
+        assert f"T={temperature:.2f}" in seen["title"] and f"top-p {top_p:.2f}" in seen["title"], seen
+        drafts.append(seen["draft"])
+        k = f"top-k {top_k}" if top_k else "top-k off"
+        settled = wait_for_plot(page, "distribution-plot", f"T={temperature:.2f} · {k} · top-p {top_p:.2f}")
+        np.testing.assert_allclose(final_bars(settled)[1], staged.final[bar_ids].numpy(), rtol=1e-5, atol=1e-7)
+    assert any(drafts), "every move waited for a full redraw"
+    assert_no_console_errors(page)

@@ -149,18 +149,19 @@
   const react = (id, fig) => {
     const gd = plotDiv(id);
     if (!gd || !window.Plotly) return false;
+    const moved = id === "distribution-plot" && gd.querySelector(".annotation[transform]");
+    if (moved) moved.removeAttribute("transform"); // a draft's shift of the top-p label
     window.Plotly.react(gd, fig.data, AP.themed(fig.layout));
     return true;
   };
 
   /* ------------------------------------------------------------------ quick drafts while a slider moves
      A full Plotly redraw takes 50-90 ms on a small machine: longer than a frame, so a drag would
-     stutter. While the moves come, each is drawn as a draft: the distribution's bars and lines moved
-     by Plotly.animate (no redraw of axes, legend and labels) and its title set; a heatmap's picture
-     repainted from the map (the same colour scale Plotly uses). When the moves pause (SETTLE ms), the
-     full figure is drawn: hover texts, faded bars, axis range, colour bar. A draft is only made when
-     it can be exact on screen (the same Run, position, kind; the bars fit the axis), else the full
-     redraw comes at once. */
+     stutter. While the moves come, each is drawn as a draft: the distribution's bars, markers, lines
+     and labels set in the shown picture directly (no Plotly call); a heatmap's picture repainted from
+     the map (the same colour scale Plotly uses). When the moves pause (SETTLE ms), the full figure is
+     drawn: hover texts, axis range, legend, colour bar. A draft is only made when the shown picture
+     has its shape (the same Run, position, kind and shown tokens), else the full redraw comes at once. */
   const SETTLE = 150;
   const settle = {};
   const later = (id, fig) => {
@@ -168,9 +169,10 @@
     settle[id] = setTimeout(() => react(id, fig), SETTLE);
   };
   /* A draft's title: the text of the shown title's lines replaced (a relayout would cost a redraw);
-     the main line and the subtitle (``<br><sup>…</sup>``) keep their places and styles. */
+     the main line and the subtitle (``<br><sup>…</sup>``) keep their places and styles. The figure's
+     layout keeps the full redraw's title: it says what the figure's data hold. */
   const setTitle = (gd, text) => {
-    if (!gd.layout.title || gd.layout.title.text === text) return;
+    if (!gd.layout.title) return;
     const el = gd.querySelector(".gtitle"), parts = text.split("<br>").map((t) => unesc(t.replace(/<[^>]*>/g, "")));
     const lines = el ? el.querySelectorAll(":scope > tspan.line") : [];
     if (el && lines.length === parts.length && parts.length > 1) {
@@ -179,23 +181,70 @@
       el.textContent = parts[0];
     } else {
       window.Plotly.relayout(gd, {"title.text": text});
-      return;
     }
-    gd.layout.title.text = text;
   };
 
-  /* The distribution as a draft; false when only a full redraw can show it. */
+  /* The distribution as a draft, drawn straight into the shown picture: each bar's height and colour,
+     each marker's place, the cumulative and threshold lines, the top-p label and the title. Plotly
+     is not called (its quickest redraw, an animation frame of the bars, took 40-90 ms here). False
+     when the shown figure has another shape (other tokens, no picture yet): then Plotly draws it. Bars taller than the shown axis are cut at its top until the full
+     redraw, SETTLE ms after the moves pause, fits the axis to them. */
   const draftDistribution = (fig) => {
-    const gd = plotDiv("distribution-plot");
-    if (!gd || !window.Plotly || !gd.data || gd.data.length !== fig.data.length) return false;
-    const range = gd.layout.yaxis && gd.layout.yaxis.range, top = fig.layout.yaxis.range[1];
-    if (!range) return false;
-    // taller bars: the axis grows first, to the most any probability needs (so a drag needs it once);
-    // shorter ones are drawn on the old axis until the full redraw fits it
-    if (top > range[1]) window.Plotly.relayout(gd, {"yaxis.range": [0, 1.05]});
-    const traces = fig.data.map((_, i) => i);
-    window.Plotly.animate(gd, {data: fig.data.map((t) => ({x: t.x, y: t.y})), traces},
-                          {transition: {duration: 0}, frame: {duration: 0, redraw: false}, mode: "immediate"});
+    const gd = plotDiv("distribution-plot"), full = gd && gd._fullLayout;
+    if (!full || !full.xaxis || !full.yaxis || !full.yaxis2 || !gd.data || !gd.calcdata) return false;
+    if (gd.data.length !== fig.data.length || gd.calcdata.length !== fig.data.length) return false;
+    const groups = {};
+    gd.querySelectorAll(".barlayer .trace, .scatterlayer .trace").forEach((g) => {
+      const cd = g.__data__, t = cd && cd[0] && cd[0].trace;
+      if (t) groups[t.index] = g;
+    });
+    const same = (a, b) => a && b && a.length === b.length && Array.prototype.every.call(a, (v, j) => +v === +b[j]);
+    // the kept and removed markers may trade points (a move that keeps more or fewer tokens): a
+    // marker trace may change its length if a point of it is shown to copy
+    const markersOnly = (t) => t.type === "scatter" && t.mode === "markers";
+    const parts = fig.data.map((t, i) => {
+      const g = groups[i], n = t.x.length;
+      if (!markersOnly(t) && !same(t.x, gd.data[i].x)) return null;
+      if (!n) return {t, g, points: g ? g.querySelectorAll(".point") : []};
+      if (!g) return null;
+      const points = g.querySelectorAll(t.type === "bar" ? ".point path" : ".point");
+      if (t.type === "bar" && (points.length !== n || gd.calcdata[i].length !== n)) return null;
+      if (/markers/.test(t.mode) && points.length !== n && !(markersOnly(t) && points.length)) return null;
+      return {t, g, points, cd: gd.calcdata[i], y: t.yaxis === "y2" ? full.yaxis2 : full.yaxis};
+    });
+    if (parts.includes(null)) return false;
+    const xa = full.xaxis, px = (v) => +v.toFixed(2);
+    parts.forEach(({t, g, points, cd, y}) => {
+      if (!g || (!t.x.length && !points.length)) return;
+      if (t.type === "bar") {
+        const base = px(y.c2p(0)), colours = t.marker.color;
+        points.forEach((p, j) => {
+          const x0 = px(xa.c2p(cd[j].p0)), x1 = px(xa.c2p(cd[j].p1)), top = px(y.c2p(Math.max(0, t.y[j])));
+          p.setAttribute("d", `M${x0},${base}V${top}H${x1}V${base}Z`);
+          p.style.fill = Array.isArray(colours) ? colours[j] : colours;
+        });
+        return;
+      }
+      const at = Array.from(t.x, (x, j) => [px(xa.c2p(x)), px(y.c2p(t.y[j]))]);
+      let shown = Array.from(points);
+      if (/markers/.test(t.mode) && shown.length !== at.length) {
+        shown.slice(at.length).forEach((p) => p.remove());
+        const copy = shown[0], parent = copy && copy.parentNode;
+        while (copy && shown.length < at.length) shown.push(parent.appendChild(copy.cloneNode(true)));
+        shown = shown.slice(0, at.length);
+      }
+      shown.forEach((p, j) => p.setAttribute("transform", `translate(${at[j][0]},${at[j][1]})`));
+      const line = g.querySelector(".js-line");
+      if (line && at.length) line.setAttribute("d", "M" + at.map((q) => q.join(",")).join("L"));
+    });
+    const note = (fig.layout.annotations || [])[0], shown = (gd.layout.annotations || [])[0];
+    const label = gd.querySelector(".annotation");
+    if (note && shown && label) {
+      const dy = px(full.yaxis2.c2p(note.y) - full.yaxis2.c2p(shown.y));
+      label.setAttribute("transform", `translate(0,${dy})`);
+      const text = label.querySelector(".annotation-text");
+      if (text && text.textContent !== note.text) text.textContent = note.text;
+    }
     setTitle(gd, fig.layout.title.text);
     return true;
   };
@@ -599,25 +648,35 @@
 
   /* Slider moves are drawn at most once an animation frame, the latest settings only: a drag sends
      far more input events than a plot can be redrawn, and drawing each would queue up behind the
-     thumb. Moves come from the range inputs themselves (listened to below, the quickest path) and
-     from Gradio's js events (the number boxes, the grid's clicks); a setting already drawn is not
-     drawn again. */
+     thumb. A move that comes after a frame without drawing is drawn at once (no wait for the next
+     frame); the ones that follow within the frame wait for it. Moves come from the range inputs
+     themselves (listened to below, the quickest path) and from Gradio's js events (the number boxes,
+     the grid's clicks); a setting already drawn is not drawn again. The address is written once the
+     moves pause. */
+  const FRAME = 16;
   const pending = {sampling: null, view: null};
   const drawn = {sampling: "", view: "", mask: "", delta: ""};
-  let scheduled = false;
+  let scheduled = false, lastFlush = -Infinity, saving = null;
   const schedule = () => {
-    if (!scheduled) {
+    if (scheduled) return;
+    if (performance.now() - lastFlush >= FRAME) {
+      flush();
+    } else {
       scheduled = true;
       requestAnimationFrame(flush);
     }
   };
   const flush = () => {
     scheduled = false;
+    lastFlush = performance.now();
     const s = pending.sampling, v = pending.view;
     pending.sampling = pending.view = null;
     if (s) drawSampling(...s);
     if (v) drawView(...v);
-    if (s || v) AP.saveState();
+    if (s || v) {
+      clearTimeout(saving);
+      saving = setTimeout(AP.saveState, SETTLE / 2); // before the full redraw a test (or a person) waits for
+    }
   };
   const runId = () => (S.payload ? S.payload.run : 0);
 
