@@ -25,11 +25,14 @@ import torch
 from torch import Tensor
 
 from archplay.models import Trace, registry
+from archplay.models.architectures.layers import PATTERNS
 from archplay.models.registry import Family
 
 from .catalog import Entry
 from .explore import translation
 from .explore.routing import Routing
+
+LOCAL_PATTERNS = tuple(p for p in PATTERNS if p != "full")  # a layer's own window: sliding, strided, block
 from .explore.scan import Scan
 from .explore.translation import Translation
 from .sliders import check, clamp
@@ -79,7 +82,8 @@ class Analysis:
     routing: Routing | None = None  # the routing view's data
     scan: Scan | None = None  # the scan view's data
     hidden_states: list[Tensor] | None = None  # [embeddings, layer 1, ...] each (T, D) (enc-dec: the encoder's)
-    windows: list[int | None] | None = None  # per layer: the sliding window, None = full attention
+    windows: list[int | None] | None = None  # per layer: the local pattern's window, None = full attention
+    patterns: list[str | None] | None = None  # per layer: "sliding", "strided", "block" or None (full)
 
     @property
     def spec(self) -> Family:
@@ -149,7 +153,8 @@ def record(entry: Entry, text: str, ids: list[int], truncated_from: int | None, 
     attentions = trace.attentions if "attention" in views and trace.attentions else None
     cfg = entry.config
     layer_types = getattr(cfg, "layer_types", None) or []
-    windows = [getattr(cfg, "sliding_window", None) if kind == "sliding" else None for kind in layer_types]
+    patterns = [kind if kind in LOCAL_PATTERNS else None for kind in layer_types]
+    windows = [getattr(cfg, "sliding_window", None) if kind else None for kind in patterns]
     return _compact(Analysis(
         model_key=entry.key, model_label=entry.label, family=spec.name, text=text, ids=ids,
         labels=list(tok.tokens(ids)), attentions=attentions, logits=run.logits,
@@ -158,6 +163,7 @@ def record(entry: Entry, text: str, ids: list[int], truncated_from: int | None, 
         routing=Routing.from_trace(trace, cfg) if "routing" in views else None,
         scan=Scan.from_trace(trace) if "scan" in views else None,
         hidden_states=trace.hidden_states if trace is not None else None, windows=windows or None,
+        patterns=patterns or None,
     ))  # fmt: skip
 
 

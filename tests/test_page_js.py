@@ -132,3 +132,24 @@ def test_the_pages_samples_follow_the_seed_and_the_distribution(js):
     final = staged_distribution(logits).final.numpy()
     for token, count in a[:5]:  # the most drawn tokens: shares near their probabilities
         assert abs(count / 2000 - final[token]) < 4 * np.sqrt(final[token] / 2000) + 1e-3
+
+
+_MASK = """
+([rule, n]) => {
+  window.archplay.state.attn = {masks: [rule], nq: n, nk: n, mask_base: {data: [{}], layout: {title: {}}}};
+  const [fig, help] = window.archplay.mask(0);
+  return {z: fig.data[0].z.map((r) => Array.from(r)), title: fig.layout.title.text, help};
+}
+"""
+
+
+@pytest.mark.parametrize("pattern", ["causal", "bidirectional", "sliding", "strided", "block", "bidirectional sliding",
+                                     "bidirectional strided", "bidirectional block"])  # fmt: skip
+def test_masks_drawn_in_the_page_equal_the_servers(js, pattern):
+    """Issue 15: every attention pattern a layer may have is drawn in the page as the server computes it."""
+    from archplay.app.explore.attention import mask_matrix
+
+    window = None if pattern in ("causal", "bidirectional") else 3
+    rule = {"pattern": pattern, "window": window, "title": "t", "help": "h"}
+    got = js.evaluate(_MASK, [rule, 11])
+    np.testing.assert_array_equal(np.array(got["z"], dtype=bool), mask_matrix(pattern, window, 11, 11).numpy())

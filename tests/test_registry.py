@@ -183,7 +183,7 @@ def test_config_checks_hold_under_python_O():
         "ValueError DecoderConfig: n_head must be a multiple of n_kv_head",
         "ValueError DecoderConfig: n_head must be a whole number of at least 1, got 0",
         "ValueError DecoderConfig: d_model must be a whole number of at least 1, got 32.5",
-        "ValueError DecoderConfig: positions must be one of learned, rotary, sinusoidal, got 'spiral'",
+        "ValueError DecoderConfig: positions must be one of learned, rotary, sinusoidal, alibi, relative, none, got 'spiral'",
     ]
 
 

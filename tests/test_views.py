@@ -94,6 +94,24 @@ def test_sliding_window_mask(gpt_run):
     assert np.array_equal(z, (j <= i) & (i - j < 3)) and "last 3 tokens" in text
 
 
+@pytest.mark.parametrize("pattern, causal, rule, words", [
+    ("strided", True, lambda i, j: (j <= i) & (((i - j) < 3) | ((i - j) % 3 == 0)), "a multiple of 3 back"),
+    ("block", True, lambda i, j: (j <= i) & (i // 3 == j // 3), "block of 3"),
+    ("strided", False, lambda i, j: (abs(i - j) < 3) | (abs(i - j) % 3 == 0), "Bidirectional strided"),
+    ("block", False, lambda i, j: i // 3 == j // 3, "block of 3"),
+    ("sliding", False, lambda i, j: abs(i - j) < 3, "either side"),
+])  # fmt: skip
+def test_local_attention_patterns_show_their_own_mask(catalog, gpt_run, pattern, causal, rule, words):
+    """Issue 15: a Lab model's strided or block-local layers show that mask (they showed "causal")."""
+    a = gpt_run.analysis if causal else run.analyse(catalog, "bert", "Sara has a pink letter.").analysis
+    patterned = session.Analysis(**{**a.__dict__, "windows": [3] * a.n_layer, "patterns": [pattern] * a.n_layer})
+    fig, text = attention.mask_figure(patterned, 1)
+    z = np.asarray(fig.data[0].z).astype(bool)
+    i, j = np.indices(z.shape)
+    assert np.array_equal(z, rule(i, j)), (pattern, causal)
+    assert words in text and "window 3" in fig.layout.title.text
+
+
 # --------------------------------------------------------------------------- any position, sampling
 
 

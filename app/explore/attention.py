@@ -15,7 +15,7 @@ from torch import Tensor
 from archplay.models.architectures.layers import attention_mask
 from archplay.viz.attention import attention_grid, attention_heatmap, attention_mask_heatmap
 
-from ..session import Analysis
+from ..session import LOCAL_PATTERNS, Analysis
 from ..sliders import check, clamp
 from . import scan, translation
 
@@ -38,6 +38,11 @@ NO_HEADS_INFO = "this architecture has no attention heads"
 MASK_HELP = {
     "causal": "Causal: each token may look at itself and the tokens before it, never ahead.",
     "sliding": "Sliding window: causal, and only the last {w} tokens (this layer's window).",
+    "strided": "Strided (Sparse Transformer): causal; the last {w} tokens, and every token a multiple of {w} back.",
+    "block": "Block-local: causal, and only the tokens of the query's own block of {w}.",
+    "bidirectional sliding": "Bidirectional sliding window: the tokens less than {w} positions away, either side.",
+    "bidirectional strided": "Bidirectional strided: the tokens less than {w} away, and those a multiple of {w} away, either side.",
+    "bidirectional block": "Block-local: every token of the query's own block of {w}, before and after.",
     "bidirectional": "Bidirectional: every token may look at every token, before and after.",
     "cross": "Cross-attention: every translation step may look at every source token.",
     "scan": "No attention mask: the recurrence is causal by construction (each state mixes only earlier tokens).",
@@ -167,13 +172,21 @@ def mask_figure(analysis: Analysis | None, layer: int, kind: str | None = None) 
     return attention_mask_heatmap(allowed, queries, keys, title=mask_title(pattern, window)), help_text
 
 
-CAUSAL_PATTERNS = ("causal", "sliding", "scan")  # nothing above the diagonal
+CAUSAL_PATTERNS = ("causal", "sliding", "strided", "block", "scan")  # nothing above the diagonal
+
+
+def local_pattern(pattern: str) -> str | None:
+    """The local pattern a mask rule names ("sliding", "strided", "block"), or None for full attention."""
+    last = pattern.split()[-1]
+    return last if last in LOCAL_PATTERNS else None
 
 
 def mask_matrix(pattern: str, window: int | None, n_queries: int, n_keys: int) -> Tensor:
     """Which keys each query may see under ``pattern`` (bool (Tq, Tk)); the page computes the same."""
     q, k = torch.arange(n_queries), torch.arange(n_keys)
-    allowed = attention_mask(q, k, causal=pattern in CAUSAL_PATTERNS, window=window)
+    local = local_pattern(pattern) if window else None
+    allowed = attention_mask(q, k, causal=pattern in CAUSAL_PATTERNS, window=window if local else None,
+                             pattern=local or "full")  # fmt: skip
     return torch.ones(n_queries, n_keys, dtype=torch.bool) if allowed is None else allowed
 
 
@@ -187,15 +200,19 @@ def mask_title(pattern: str, window: int | None) -> str:
 def mask_rule(analysis: Analysis, kind: str, layer: int) -> tuple[str, int | None, str]:
     """(pattern, window, help) of ``kind``'s mask in ``layer``: "causal", "sliding", "bidirectional",
     "cross" or, for a state-space model, "scan" (no mask: causal by construction)."""
-    window = None
+    window, local = None, None
     if analysis.windows and 0 <= int(layer) < len(analysis.windows):
         window = analysis.windows[int(layer)]
+        local = (analysis.patterns[int(layer)] if analysis.patterns else None) or ("sliding" if window else None)
     if kind == "cross":
         return "cross", None, MASK_HELP["cross"]
     if analysis.scan is not None:
         return "scan", None, MASK_HELP["scan"]
     if kind == "encoder" or not analysis.causal:
-        return "bidirectional", window, MASK_HELP["bidirectional"]
-    if window is not None:
-        return "sliding", window, MASK_HELP["sliding"].format(w=window)
+        if window and local:
+            pattern = f"bidirectional {local}"
+            return pattern, window, MASK_HELP[pattern].format(w=window)
+        return "bidirectional", None, MASK_HELP["bidirectional"]
+    if window and local:
+        return local, window, MASK_HELP[local].format(w=window)
     return "causal", None, MASK_HELP["causal"]

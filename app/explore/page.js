@@ -454,12 +454,17 @@
     if (!a) return [null, ""];
     const rule = a.masks[Math.min(layer, a.masks.length - 1)];
     const fig = clone(a.mask_base), rows = [];
-    const causal = ["causal", "sliding", "scan"].includes(rule.pattern), w = rule.window;
+    // the rules of archplay.models.architectures.layers.attention_mask (d = |q − k|, W the window)
+    const causal = ["causal", "sliding", "strided", "block", "scan"].includes(rule.pattern), w = rule.window;
+    const local = w ? ["sliding", "strided", "block"].find((p) => rule.pattern.endsWith(p)) : undefined;
     for (let q = 0; q < a.nq; q++) {
       const row = new Int8Array(a.nk);
       for (let k = 0; k < a.nk; k++) {
+        const d = Math.abs(q - k);
         let ok = causal ? k <= q : true;
-        if (w) ok = ok && k > q - w && (causal || k < q + w);
+        if (local === "sliding") ok = ok && d < w;
+        else if (local === "strided") ok = ok && (d < w || d % w === 0);
+        else if (local === "block") ok = ok && Math.floor(q / w) === Math.floor(k / w);
         row[k] = ok ? 1 : 0;
       }
       rows.push(row);

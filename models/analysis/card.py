@@ -17,7 +17,7 @@ import re
 from torch import nn
 
 from archplay.models import registry
-from archplay.models.architectures.layers import count_parameters
+from archplay.models.architectures.layers import alibi_slopes, count_parameters
 from archplay.models.architectures.moe import SparseMoE
 
 ACTIVATION_NAMES = {
@@ -62,13 +62,13 @@ def _decoder_stack_rows(cfg, feed_forward: list[tuple[str, str]]) -> list[tuple[
         ("layers", str(cfg.n_layer)),
         ("width (d_model)", str(cfg.d_model)),
         *_attention_rows(cfg.n_head, cfg.n_kv_head, cfg.head_dim),
-        ("attention", _decoder_attention(cfg)),
+        ("attention", _attention(cfg, causal=True)),
         *feed_forward,
-        ("positions", _decoder_positions(cfg)),
-        ("norm", f"{_norm(cfg.norm)}, pre-norm (+ a final norm), ε = {cfg.norm_eps:g}"),
+        ("positions", _positions(cfg, causal=True)),
+        ("norm", _norm_placement(cfg, causal=True)),
         ("biases", _biases(cfg)),
         ("vocabulary", f"{cfg.vocab_size:,}"),
-        ("context length", f"{cfg.max_seq_len:,} tokens"),
+        ("context length", _context(cfg, f"{cfg.max_seq_len:,} tokens")),
         ("tied embeddings", _tied(cfg.tie_embeddings)),
     ]
 
@@ -95,13 +95,13 @@ def encoder_rows(cfg) -> list[tuple[str, str]]:
         ("layers", str(cfg.n_layer)),
         ("width (d_model)", str(cfg.d_model)),
         *_attention_rows(cfg.n_head, cfg.n_head, cfg.d_model // cfg.n_head),
-        ("attention", "bidirectional self-attention (every token sees every token)"),
-        ("feed-forward", _ffn(cfg.d_ff, cfg.activation, False)),
-        ("positions", f"learned absolute table ({cfg.max_seq_len:,} positions) + token-type embeddings"),
-        ("norm", f"LayerNorm, post-norm (after each residual add, and on the embeddings), ε = {cfg.norm_eps:g}"),
+        ("attention", _attention(cfg, causal=False)),
+        ("feed-forward", _ffn(cfg.d_ff, cfg.activation, cfg.mlp == "gated")),
+        ("positions", f"{_positions(cfg, causal=False)} + token-type embeddings"),
+        ("norm", _norm_placement(cfg, causal=False)),
         ("biases", "everywhere"),
         ("vocabulary", f"{cfg.vocab_size:,}"),
-        ("context length", f"{cfg.max_seq_len:,} tokens (the position table)"),
+        ("context length", _context(cfg, f"{cfg.max_seq_len:,} tokens (the position table)")),
         ("tied embeddings", "yes: the masked-LM head's output matrix is the token embedding matrix"
                             if cfg.has_mlm_head else "no masked-LM head in this checkpoint"),
     ]  # fmt: skip
@@ -159,24 +159,64 @@ def _attention_rows(n_head: int, n_kv_head: int, head_dim: int) -> list[tuple[st
     return [("attention heads", str(n_head)), ("key/value heads", kv), ("head dim", str(head_dim))]
 
 
-def _decoder_attention(cfg) -> str:
-    n_sliding = cfg.layer_types.count("sliding")
-    if not n_sliding:
-        return "causal self-attention"
-    return f"causal self-attention; a sliding window of {cfg.sliding_window} on {n_sliding} of {cfg.n_layer} layers"
+PATTERN_TEXT = {  # layers.attention_mask's local patterns, W = the window
+    "sliding": "a sliding window of {w}",
+    "strided": "strided (Sparse Transformer): the last {w} tokens + every {w}-th one before them",
+    "block": "block-local: blocks of {w} tokens",
+}
 
 
-def _decoder_positions(cfg) -> str:
-    if cfg.positions == "learned":
+def _attention(cfg, *, causal: bool) -> str:
+    """Causal or bidirectional, and which layers use a local pattern of ``sliding_window`` W."""
+    local = [(p, cfg.layer_types.count(p)) for p in PATTERN_TEXT if p in cfg.layer_types]
+    if not local:
+        return "causal self-attention" if causal else "bidirectional self-attention (every token sees every token)"
+    parts = [f"{PATTERN_TEXT[p].format(w=cfg.sliding_window)} on {n} of {cfg.n_layer} layers" for p, n in local]
+    return "; ".join(["causal self-attention" if causal else "bidirectional self-attention", *parts])
+
+
+def _positions(cfg, *, causal: bool) -> str:
+    kind = cfg.positions
+    if kind == "learned":
         return f"learned absolute table ({cfg.max_seq_len:,} positions)"
-    if cfg.positions == "sinusoidal":
+    if kind == "sinusoidal":
         return "fixed sinusoidal table, added to the embeddings"
+    if kind == "alibi":
+        distance = "(q − k)" if causal else "|q − k|"
+        m = alibi_slopes(cfg.n_head).tolist()
+        return (f"ALiBi: no position embedding; each head h adds −m_h·{distance} to its scores, "
+                f"geometric slopes m_h from {m[0]:.3g} to {min(m):.3g}")  # fmt: skip
+    if kind == "relative":
+        direction = "causal: earlier keys only" if causal else "both directions"
+        return (f"relative position buckets: a learned bias per head for {cfg.relative_buckets} buckets of "
+                f"distance ({direction}, log-spaced up to {cfg.relative_max_distance}), "
+                "one table shared by all layers")  # fmt: skip
+    if kind == "none":
+        if causal:
+            return "none (NoPE): order enters only through the causal mask"
+        return "none: order enters only through a local attention pattern, if any"
     text = f"rotary (RoPE) on q and k, θ = {cfg.rope_theta:g}"
-    if cfg.rotary_fraction < 1:
+    if getattr(cfg, "rotary_fraction", 1.0) < 1:
         text += f", on {cfg.rotary_fraction:.0%} of each head's channels"
-    if cfg.rope_scaling:
+    if getattr(cfg, "rope_scaling", None):
         text += f", {cfg.rope_scaling.get('rope_type', 'default')} scaling"
     return text
+
+
+def _norm_placement(cfg, *, causal: bool) -> str:
+    """Which norm, and where: pre-norm (+ a final norm) or post-norm (after each residual add)."""
+    if cfg.norm_position == "post":
+        where = "no final norm" if causal else "and on the embeddings"
+        return f"{_norm(cfg.norm)}, post-norm (after each residual add, {where}), ε = {cfg.norm_eps:g}"
+    where = "+ a final norm" if causal else "+ a final norm, and on the embeddings"
+    return f"{_norm(cfg.norm)}, pre-norm ({where}), ε = {cfg.norm_eps:g}"
+
+
+def _context(cfg, table: str) -> str:
+    """The context row: a position table (learned, sinusoidal) sets the limit; the other kinds do not."""
+    if cfg.positions in ("learned", "sinusoidal"):
+        return table
+    return f"{cfg.max_seq_len:,} tokens offered (no position table: no hard limit)"
 
 
 def _ffn(width: int, act: str, gated: bool) -> str:
@@ -214,6 +254,7 @@ _NORMS = (r"(.*\.)?\w*norm\.", "norms")
 DECODER_RULES = (  # decoder and moe
     (r"embed_tokens\.", "token embeddings"),
     (r"embed_positions\.", "position embeddings"),
+    (r"relative_attention_bias\.", "relative position bias"),
     (r"layers\.\d+\.attn\.", "attention"),
     (r"layers\.\d+\.mlp\.router\.", "router"),
     (r"layers\.\d+\.mlp\.experts\.", "experts"),
@@ -226,6 +267,7 @@ ENCODER_RULES = (
     (r"embed_tokens\.", "token embeddings"),
     (r"embed_positions\.", "position embeddings"),
     (r"embed_types\.", "token-type embeddings"),
+    (r"relative_attention_bias\.", "relative position bias"),
     (r"layers\.\d+\.attn\.", "attention"),
     (r"layers\.\d+\.mlp\.", "feed-forward"),
     (r"mlm_head\.", "masked-LM head (its output matrix is tied)"),

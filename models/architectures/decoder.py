@@ -2,8 +2,8 @@
 
     ids ─► token embedding (+ learned positions) ─► N × [x + Attn(Norm(x)); x + MLP(Norm(x))] ─► Norm ─► LM head
 
-Every block is pre-norm with causal self-attention. What differs between the families is
-configuration, not code:
+Every block has causal self-attention. What differs between the families is configuration,
+not code:
 
 | choice        | GPT-2                  | Llama / Qwen2                          |
 |---------------|------------------------|----------------------------------------|
@@ -14,11 +14,25 @@ configuration, not code:
 | biases        | everywhere             | none (Qwen2: on q, k, v only)          |
 | output head   | tied to the embedding  | separate (usually)                     |
 | window        | full causal            | Qwen2 may use a sliding window per layer |
+
+The Architecture Lab adds the choices of the papers these came from, as config fields:
+
+* ``positions``: besides learned / rotary / sinusoidal, "alibi" (Press et al. 2022: no embedding,
+  a per-head score bias −m_h·(q − k)), "relative" (T5's learned bias per bucket of distance,
+  causal buckets, one table shared by every layer as in T5), "none" (NoPE: only the causal
+  mask tells positions apart). Only the two tables (learned, sinusoidal) limit the length.
+* ``norm_position``: "pre" (above) or "post": x = Norm(x + Attn(x)); x = Norm(x + MLP(x)), as
+  the original Transformer and GPT-1. A post-norm stack's output is already normalised, so,
+  like GPT-1, it has no final norm (``model.norm`` is the identity; the logit lens still reads
+  ``model.norm`` then ``model.lm_head``).
+* ``layer_types``: per layer "full", "sliding", "strided" (Sparse Transformer) or "block"
+  (block-local), each local pattern over ``sliding_window`` positions (``layers.attention_mask``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -31,14 +45,21 @@ from archplay.models.architectures.layers import (
     ModelOutput,
     RotaryEmbedding,
     Trace,
+    alibi_bias,
+    alibi_slopes,
     attention_mask,
+    check_choices,
+    check_relative,
     init_normal,
     make_mlp,
     make_norm,
+    relative_position_bias,
+    residual,
     sinusoidal_positions,
 )
 
-POSITIONS = ("learned", "rotary", "sinusoidal")
+POSITIONS = ("learned", "rotary", "sinusoidal", "alibi", "relative", "none")
+TABLE_POSITIONS = ("learned", "sinusoidal")  # a table of max_seq_len rows: the only ones that limit the length
 
 
 @dataclass
@@ -51,11 +72,14 @@ class DecoderConfig(ConfigDict):
     head_dim: int | None = None  # None = d_model // n_head
     d_ff: int | None = None  # None = 4 * d_model
     max_seq_len: int = 1024
-    positions: str = "learned"  # learned | rotary | sinusoidal
+    positions: str = "learned"  # learned | rotary | sinusoidal | alibi | relative | none
     rope_theta: float = 10000.0
     rope_scaling: dict | None = None  # transformers' rope_parameters beyond the default
     rotary_fraction: float = 1.0  # partial RoPE: the share of each head's channels rotated
+    relative_buckets: int = 32  # positions "relative": T5's buckets of distance (causal: all of them backwards)
+    relative_max_distance: int = 128  # ... log-spaced up to this distance; farther keys share the last bucket
     norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_position: str = "pre"  # pre: x + f(norm(x)); post: norm(x + f(x)), and no final norm
     norm_eps: float = 1e-5
     mlp: str = "mlp"  # mlp | gated
     activation: str = "gelu_new"
@@ -63,8 +87,8 @@ class DecoderConfig(ConfigDict):
     o_bias: bool = True
     mlp_bias: bool = True
     tie_embeddings: bool = True
-    sliding_window: int | None = None
-    layer_types: list[str] | None = None  # per layer "full" | "sliding"; None = all full
+    sliding_window: int | None = None  # W: the keys a local pattern lets a query see, itself included
+    layer_types: list[str] | None = None  # per layer "full" | "sliding" | "strided" | "block"; None = all full
     attn_scale_by_layer: bool = False  # GPT-2's scale_attn_by_inverse_layer_idx
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -79,13 +103,19 @@ class DecoderConfig(ConfigDict):
         self.d_ff = self.d_ff or 4 * self.d_model
         if self.layer_types is None:
             self.layer_types = ["full"] * self.n_layer
+        elif isinstance(self.layer_types, tuple):
+            self.layer_types = list(self.layer_types)
         self.require_sizes("n_kv_head", "head_dim", "d_ff", "max_seq_len")
         self.require(self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head")
         self.require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
-        self.require(len(self.layer_types) == self.n_layer, "one layer type per layer")
-        self.require(set(self.layer_types) <= {"full", "sliding"}, "layer types are 'full' or 'sliding'")
-        self.require("sliding" not in self.layer_types or bool(self.sliding_window), "sliding layers need a window")
+        check_choices(self)
         self.require(0 < self.rotary_fraction <= 1, f"rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
+        if self.positions == "relative":
+            check_relative(self, bidirectional=False)
+
+    @property
+    def post_norm(self) -> bool:
+        return self.norm_position == "post"
 
     @property
     def rotary_dim(self) -> int:
@@ -116,12 +146,13 @@ class LayerTrace:
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm block: x + Attn(Norm(x)), then x + MLP(Norm(x))."""
+    """Pre-norm block: x + Attn(Norm(x)), then x + MLP(Norm(x)); post-norm: Norm(x + Attn(x)), ..."""
 
     def __init__(self, cfg: DecoderConfig, layer_idx: int):
         super().__init__()
         scale = cfg.head_dim**-0.5 / (layer_idx + 1 if cfg.attn_scale_by_layer else 1)
-        self.window = cfg.sliding_window if cfg.layer_types[layer_idx] == "sliding" else None
+        self.pattern = cfg.layer_types[layer_idx]  # which mask of the model's masks this layer uses
+        self.post_norm = cfg.post_norm
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = Attention(
             cfg.d_model, cfg.n_head, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
@@ -134,15 +165,15 @@ class DecoderBlock(nn.Module):
         """The feed-forward half; the MoE family swaps in a sparse mixture of experts."""
         return make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, cfg.activation, cfg.mlp_bias)
 
-    def attention(self, x, *, masks, rope, cache, need_weights) -> tuple[Tensor, Tensor | None]:
-        """The first half of the block: x + Attn(Norm(x)) -> (x, probabilities or None)."""
-        mask = masks["sliding" if self.window else "full"]
-        a, probs = self.attn(self.attn_norm(x), mask=mask, rope=rope, cache=cache, need_weights=need_weights)
-        return x + a, probs  # (B, T, D)
+    def attention(self, x, *, masks, bias, rope, cache, need_weights) -> tuple[Tensor, Tensor | None]:
+        """The first half of the block: x + Attn(Norm(x)) (or post-norm) -> (x, probabilities or None)."""
+        attn = partial(self.attn, mask=masks[self.pattern], bias=bias, rope=rope, cache=cache,
+                       need_weights=need_weights)  # fmt: skip
+        return residual(x, self.attn_norm, attn, post=self.post_norm)  # (B, T, D), (B, H, T, S) or None
 
     def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
         x, probs = self.attention(x, **kw)
-        x = x + self.mlp(self.mlp_norm(x))
+        (x,) = residual(x, self.mlp_norm, lambda h: (self.mlp(h),), post=self.post_norm)
         return x, LayerTrace(attention=probs)
 
 
@@ -156,10 +187,15 @@ class Decoder(nn.Module):
         elif cfg.positions == "sinusoidal":
             table = sinusoidal_positions(cfg.max_seq_len, cfg.d_model)
             self.register_buffer("sinusoid", table, persistent=False)  # (P, D)
-        else:
+        elif cfg.positions == "rotary":
             self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
+        elif cfg.positions == "relative":
+            # One table for the whole stack, as T5 does: its bias is computed once per forward
+            # and added to every layer's scores (not a table per layer).
+            self.relative_attention_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)  # (buckets, H)
         self.layers = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        # Post-norm: the last block ends in a norm already; GPT-1 has no final norm before its head.
+        self.norm = nn.Identity() if cfg.post_norm else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -178,24 +214,18 @@ class Decoder(nn.Module):
         cfg = self.config
         offset = cache[0].length if cache else 0
         T = ids.shape[1]
-        if offset + T > cfg.max_seq_len and cfg.positions == "learned":
+        if offset + T > cfg.max_seq_len and cfg.positions in TABLE_POSITIONS:
             raise ValueError(f"{offset + T} tokens exceed this model's context of {cfg.max_seq_len}")
         pos = torch.arange(offset, offset + T, device=ids.device)  # (T,) absolute positions
         k_pos = torch.arange(offset + T, device=ids.device)  # (S,)
 
-        x = self.embed_tokens(ids)  # (B, T, D)
-        rope = None
-        if cfg.positions == "learned":
-            x = x + self.embed_positions(pos)
-        elif cfg.positions == "sinusoidal":
-            x = x + self.sinusoid[pos].to(x.dtype)
-        else:
-            rope = self.rotary(pos)  # (cos, sin), each (T, rotary_dim)
+        x, rope, bias = self._positions(self.embed_tokens(ids), pos, k_pos)  # x (B, T, D)
         masks = self._masks(pos, k_pos)
 
         hidden, layer_traces = [x], []
         for i, layer in enumerate(self.layers):
-            x, lt = layer(x, masks=masks, rope=rope, cache=cache[i] if cache else None, need_weights=trace)
+            x, lt = layer(x, masks=masks, bias=bias, rope=rope, cache=cache[i] if cache else None,
+                          need_weights=trace)  # fmt: skip
             hidden.append(x)
             layer_traces.append(lt)
         h = self.norm(x)
@@ -203,15 +233,38 @@ class Decoder(nn.Module):
         tr = _gather(hidden, layer_traces) if trace else None
         return ModelOutput(logits=logits, trace=tr, cache=cache, last_hidden_state=h)
 
+    def _positions(self, x: Tensor, pos: Tensor, k_pos: Tensor):
+        """Where position enters: added to x (learned, sinusoidal), rotating q and k (rotary), or a
+        bias on the scores (alibi, relative), for queries at ``pos`` against keys at ``k_pos``.
+        Returns (x (B, T, D), rope (cos, sin) or None, bias (1, H, T, S) or None)."""
+        kind = self.config.positions
+        if kind == "learned":
+            return x + self.embed_positions(pos), None, None
+        if kind == "sinusoidal":
+            return x + self.sinusoid[pos].to(x.dtype), None, None
+        if kind == "rotary":
+            return x, self.rotary(pos), None  # (cos, sin), each (T, rotary_dim)
+        if kind == "alibi":
+            return x, None, alibi_bias(alibi_slopes(self.config.n_head, pos.device), pos, k_pos)
+        if kind == "relative":
+            bias = relative_position_bias(self.relative_attention_bias, pos, k_pos, bidirectional=False,
+                                          max_distance=self.config.relative_max_distance)  # fmt: skip
+            return x, None, bias
+        return x, None, None  # "none" (NoPE): the causal mask alone tells positions apart
+
     def _masks(self, pos: Tensor, k_pos: Tensor) -> dict[str, Tensor | None]:
-        """The bool masks the layers use, by kind; None where every key may be seen (one new token
-        that sees its whole prefix: each generation step), and "sliding" only if a layer slides."""
+        """The bool masks the layers use, by pattern, for the patterns some layer has.
+
+        None where every key up to the query may be seen: one new token (each generation step)
+        under "full", or under a local pattern while the whole sequence fits in the window (the
+        query at S - 1 is then within W of every key, in one block, for all three patterns)."""
         cfg = self.config
-        one_token = pos.shape[0] == 1
-        masks = {"full": None if one_token else attention_mask(pos, k_pos, causal=True)}
-        if "sliding" in cfg.layer_types:
-            fits = one_token and k_pos.shape[0] <= cfg.sliding_window
-            masks["sliding"] = None if fits else attention_mask(pos, k_pos, causal=True, window=cfg.sliding_window)
+        one_token, S = pos.shape[0] == 1, k_pos.shape[0]
+        masks = {}
+        for pattern in dict.fromkeys(cfg.layer_types):  # each pattern once, in order
+            sees_all = one_token and (pattern == "full" or S <= cfg.sliding_window)
+            masks[pattern] = None if sees_all else attention_mask(
+                pos, k_pos, causal=True, window=cfg.sliding_window, pattern=pattern)  # fmt: skip
         return masks
 
     # ------------------------------------------------------------------ generation
@@ -244,7 +297,7 @@ class Decoder(nn.Module):
         )  # fmt: skip
 
     def _check_room(self, ids: Tensor, max_new_tokens: int) -> None:
-        if self.config.positions == "learned" and ids.shape[1] + max_new_tokens > self.config.max_seq_len:
+        if self.config.positions in TABLE_POSITIONS and ids.shape[1] + max_new_tokens > self.config.max_seq_len:
             raise ValueError(
                 f"{ids.shape[1]} prompt tokens + {max_new_tokens} new ones exceed this model's "
                 f"context of {self.config.max_seq_len}"
@@ -262,4 +315,4 @@ def _gather(hidden: list[Tensor], layers: list[LayerTrace]) -> Trace:
     )
 
 
-__all__ = ["Decoder", "DecoderBlock", "DecoderConfig", "LayerTrace"]
+__all__ = ["POSITIONS", "Decoder", "DecoderBlock", "DecoderConfig", "LayerTrace"]

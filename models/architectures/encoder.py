@@ -7,25 +7,53 @@ Attention is bidirectional: every token sees every other (padding aside), which 
 BERT fills in a [MASK] from both sides but cannot generate left to right. The masked-LM
 head (dense → GELU → LayerNorm → the tied embedding matrix + bias) is optional: a bare
 encoder checkpoint still loads and traces, and then ``logits`` is None.
+
+The defaults are BERT. The Architecture Lab's choices, as config fields (the decoder's, made
+bidirectional):
+
+* ``positions``: "learned" (BERT), "sinusoidal", "rotary", "alibi" (a per-head bias −m_h·|q − k|),
+  "relative" (T5's bidirectional buckets, one table shared by every layer), "none".
+* ``norm`` ("layernorm" | "rmsnorm") everywhere, and ``norm_position``: "post" (BERT) or "pre":
+  x + f(Norm(x)), which then needs a final norm after the last block (Xiong et al. 2020). The
+  embedding norm stays in both (as ModernBERT keeps it with pre-norm).
+* ``mlp`` ("mlp" | "gated") with ``activation``; ``layer_types`` / ``sliding_window``: the
+  bidirectional patterns of ``layers.attention_mask`` (sliding, strided, block).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from archplay.models.architectures.layers import (
-    MLP,
     Attention,
     ConfigDict,
     ModelOutput,
+    RotaryEmbedding,
     Trace,
     activation,
+    alibi_bias,
+    alibi_slopes,
+    check_choices,
+    check_relative,
+    combine_masks,
     init_normal,
+    make_mlp,
+    make_norm,
     padding_mask,
+    relative_position_bias,
+    residual,
+    sinusoidal_positions,
 )
+from archplay.models.architectures.layers import (
+    attention_mask as pattern_mask,  # `attention_mask` is forward's padding argument
+)
+
+POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "relative", "none")
+TABLE_POSITIONS = ("learned", "sinusoidal")  # a table of max_seq_len rows: the only ones that limit the length
 
 
 @dataclass
@@ -39,6 +67,15 @@ class EncoderConfig(ConfigDict):
     type_vocab_size: int = 2
     norm_eps: float = 1e-12
     activation: str = "gelu"
+    positions: str = "learned"  # learned | sinusoidal | rotary | alibi | relative | none
+    rope_theta: float = 10000.0
+    relative_buckets: int = 32  # positions "relative": T5's bidirectional buckets (half for each side)
+    relative_max_distance: int = 128
+    norm: str = "layernorm"  # layernorm | rmsnorm
+    norm_position: str = "post"  # post (BERT): norm(x + f(x)); pre: x + f(norm(x)) and a final norm
+    mlp: str = "mlp"  # mlp | gated
+    sliding_window: int | None = None  # W for the local patterns
+    layer_types: list[str] | None = None  # per layer "full" | "sliding" | "strided" | "block"; None = all full
     has_mlm_head: bool = True
     pad_token_id: int | None = 0
     name: str = "encoder"
@@ -48,12 +85,28 @@ class EncoderConfig(ConfigDict):
     def __post_init__(self) -> None:
         self.require_sizes("vocab_size", "d_model", "n_layer", "n_head")
         self.d_ff = self.d_ff or 4 * self.d_model
+        if self.layer_types is None:
+            self.layer_types = ["full"] * self.n_layer
+        elif isinstance(self.layer_types, tuple):
+            self.layer_types = list(self.layer_types)
         self.require_sizes("d_ff", "max_seq_len")
         self.require(self.d_model % self.n_head == 0, "d_model must divide into n_head heads")
+        self.require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
+        check_choices(self)
+        if self.positions == "relative":
+            check_relative(self, bidirectional=True)
 
     @property
     def n_kv_head(self) -> int:
         return self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def post_norm(self) -> bool:
+        return self.norm_position == "post"
 
     @classmethod
     def bert_tiny(cls, **kw) -> "EncoderConfig":
@@ -61,19 +114,22 @@ class EncoderConfig(ConfigDict):
 
 
 class EncoderBlock(nn.Module):
-    """Post-norm block, as in the original Transformer and BERT."""
+    """Post-norm block, as in the original Transformer and BERT: Norm(x + Attn(x)), Norm(x + MLP(x)).
+    Pre-norm: x + Attn(Norm(x)), x + MLP(Norm(x))."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer_idx: int = 0):
         super().__init__()
+        self.pattern = cfg.layer_types[layer_idx]
+        self.post_norm = cfg.post_norm
         self.attn = Attention(cfg.d_model, cfg.n_head, qkv_bias=True, o_bias=True)
-        self.attn_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg.d_model, cfg.d_ff, cfg.activation, bias=True)
-        self.mlp_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, cfg.activation, bias=True)
+        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
 
-    def forward(self, x: Tensor, *, mask: Tensor | None, need_weights: bool):
-        a, probs = self.attn(x, mask=mask, need_weights=need_weights)
-        x = self.attn_norm(x + a)  # (B, T, D)
-        x = self.mlp_norm(x + self.mlp(x))
+    def forward(self, x: Tensor, *, masks: dict, bias: Tensor | None = None, rope=None, need_weights: bool):
+        attn = partial(self.attn, mask=masks[self.pattern], bias=bias, rope=rope, need_weights=need_weights)
+        x, probs = residual(x, self.attn_norm, attn, post=self.post_norm)  # (B, T, D), (B, H, T, T) or None
+        (x,) = residual(x, self.mlp_norm, lambda h: (self.mlp(h),), post=self.post_norm)
         return x, probs
 
 
@@ -84,7 +140,7 @@ class MLMHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(cfg.d_model, cfg.d_model)
         self.act = activation(cfg.activation)
-        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.decoder.weight = embedding.weight  # tied
 
@@ -97,10 +153,20 @@ class Encoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        if cfg.positions == "learned":
+            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+        elif cfg.positions == "sinusoidal":
+            self.register_buffer("sinusoid", sinusoidal_positions(cfg.max_seq_len, cfg.d_model), persistent=False)
+        elif cfg.positions == "rotary":
+            self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        elif cfg.positions == "relative":
+            # One table for the whole stack, as T5's encoder: computed once, added in every layer.
+            self.relative_attention_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)  # (buckets, H)
         self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
-        self.embed_norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-        self.layers = nn.ModuleList(EncoderBlock(cfg) for _ in range(cfg.n_layer))
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.layers = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layer))
+        # Pre-norm leaves the residual stream unnormalised: a final norm, as pre-LN transformers have.
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if not cfg.post_norm else nn.Identity()
         self.mlm_head = MLMHead(cfg, self.embed_tokens) if cfg.has_mlm_head else None
         self.apply(init_normal)
 
@@ -113,20 +179,43 @@ class Encoder(nn.Module):
         attention_mask: Tensor | None = None,
     ) -> ModelOutput:
         """ids (B, T); attention_mask (B, T) is 1 for real tokens and 0 for padding."""
+        cfg = self.config
         T = ids.shape[1]
-        if T > self.config.max_seq_len:
-            raise ValueError(f"{T} tokens exceed this model's context of {self.config.max_seq_len}")
+        if T > cfg.max_seq_len and cfg.positions in TABLE_POSITIONS:
+            raise ValueError(f"{T} tokens exceed this model's context of {cfg.max_seq_len}")
         pos = torch.arange(T, device=ids.device)
         types = torch.zeros_like(ids) if token_type_ids is None else token_type_ids
-        x = self.embed_tokens(ids) + self.embed_positions(pos) + self.embed_types(types)
-        x = self.embed_norm(x)  # (B, T, D)
-        mask = padding_mask(attention_mask) if attention_mask is not None else None  # bidirectional
+        x, rope, bias = self._positions(self.embed_tokens(ids), pos)
+        x = self.embed_norm(x + self.embed_types(types))  # (B, T, D)
+        pad = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, T)
+        masks = {  # per pattern some layer has: bidirectional, None for "full" without padding
+            p: combine_masks(pattern_mask(pos, pos, causal=False, window=cfg.sliding_window, pattern=p), pad)
+            for p in dict.fromkeys(cfg.layer_types)
+        }  # each (T, T), (B, 1, 1, T) or (B, 1, T, T)
 
         hidden, attns = [x], []
         for layer in self.layers:
-            x, probs = layer(x, mask=mask, need_weights=trace)
+            x, probs = layer(x, masks=masks, bias=bias, rope=rope, need_weights=trace)
             hidden.append(x)
             attns.append(probs)
-        logits = self.mlm_head(x) if self.mlm_head is not None else None
+        h = self.norm(x)  # post-norm: the identity
+        logits = self.mlm_head(h) if self.mlm_head is not None else None
         tr = Trace(hidden_states=hidden, attentions=attns) if trace else None
-        return ModelOutput(logits=logits, trace=tr, last_hidden_state=x)
+        return ModelOutput(logits=logits, trace=tr, last_hidden_state=h)
+
+    def _positions(self, x: Tensor, pos: Tensor):
+        """(x with any position embedding added, rope (cos, sin) or None, score bias (1, H, T, T) or None)."""
+        cfg = self.config
+        if cfg.positions == "learned":
+            return x + self.embed_positions(pos), None, None
+        if cfg.positions == "sinusoidal":
+            return x + self.sinusoid[pos].to(x.dtype), None, None
+        if cfg.positions == "rotary":
+            return x, self.rotary(pos), None
+        if cfg.positions == "alibi":
+            return x, None, alibi_bias(alibi_slopes(cfg.n_head, pos.device), pos, pos)  # −m_h·|q − k|
+        if cfg.positions == "relative":
+            bias = relative_position_bias(self.relative_attention_bias, pos, pos, bidirectional=True,
+                                          max_distance=cfg.relative_max_distance)  # fmt: skip
+            return x, None, bias
+        return x, None, None  # "none": a bag of tokens, unless a local pattern tells positions apart

@@ -42,7 +42,6 @@ values of the encoder output computed once and reused.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -61,6 +60,8 @@ from archplay.models.architectures.layers import (
     activation,
     attention_mask,
     padding_mask,
+    relative_position_bias,
+    relative_position_bucket,
 )
 
 
@@ -129,41 +130,16 @@ class EncoderDecoderConfig(ConfigDict):
 # --------------------------------------------------------------------------- relative positions
 
 
-def relative_position_bucket(
-    relative_position: Tensor, *, bidirectional: bool, num_buckets: int, max_distance: int
-) -> Tensor:
-    """Map distances key - query (an int tensor) to T5's buckets in [0, num_buckets).
-
-    Half the buckets (per direction) hold the exact distances 0 .. max_exact - 1; the other
-    half cover max_exact .. max_distance on a log scale; anything farther shares the last one.
-    Bidirectional (encoder): the upper half of the buckets is for keys after the query.
-    Causal (decoder): keys after the query all fall in bucket 0 (the causal mask hides them).
-    """
-    buckets = torch.zeros_like(relative_position)
-    if bidirectional:
-        num_buckets //= 2
-        buckets = buckets + (relative_position > 0).long() * num_buckets
-        distance = relative_position.abs()
-    else:
-        distance = -relative_position.clamp(max=0)  # how far back the key is; 0 for later keys
-    max_exact = num_buckets // 2
-    is_small = distance < max_exact
-    log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
-    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()  # -inf at 0 is never selected
-    large = large.clamp(max=num_buckets - 1)
-    return buckets + torch.where(is_small, distance, large)
+# ``relative_position_bucket`` lives in layers.py (the decoder-only family's "relative" positions
+# use it too); it is re-exported here, beside the T5 code it comes from.
 
 
 def position_bias(
     table: nn.Embedding, q_pos: Tensor, k_pos: Tensor, *, bidirectional: bool, cfg: EncoderDecoderConfig
 ) -> Tensor:
     """The additive score bias of one stack: a learned scalar per (head, bucket) -> (1, H, T, S)."""
-    rel = k_pos[None, :] - q_pos[:, None]  # (T, S): negative = key before the query
-    buckets = relative_position_bucket(
-        rel, bidirectional=bidirectional, num_buckets=cfg.relative_attention_num_buckets,
-        max_distance=cfg.relative_attention_max_distance,
-    )  # fmt: skip
-    return table(buckets).permute(2, 0, 1)[None]  # (T, S, H) -> (1, H, T, S)
+    return relative_position_bias(table, q_pos, k_pos, bidirectional=bidirectional,
+                                  max_distance=cfg.relative_attention_max_distance)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- blocks

@@ -108,6 +108,23 @@ class RMSNorm(nn.Module):
 NORMS = ("layernorm", "rmsnorm")
 
 
+NORM_POSITIONS = ("pre", "post")
+
+
+def residual(x: Tensor, norm: nn.Module, f, *, post: bool) -> tuple:
+    """One residual sub-layer around ``f``, which returns a tuple (output, anything else ...).
+
+    pre-norm  x + f(norm(x))   GPT-2, Llama: the residual stream itself is never normalised
+    post-norm norm(x + f(x))   the original Transformer, BERT, GPT-1
+    Returns (the new x, anything else f returned ...).
+    """
+    if post:
+        y, *rest = f(x)
+        return norm(x + y), *rest
+    y, *rest = f(norm(x))
+    return x + y, *rest
+
+
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     if kind == "layernorm":
         return nn.LayerNorm(dim, eps=eps)
@@ -169,12 +186,15 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+MLPS = ("mlp", "gated")
+
+
 def make_mlp(kind: str, d_model: int, d_ff: int, act: str, bias: bool) -> nn.Module:
     if kind == "mlp":
         return MLP(d_model, d_ff, act, bias)
     if kind == "gated":
         return GatedMLP(d_model, d_ff, act, bias)
-    raise ValueError(f"unknown mlp {kind!r}; expected 'mlp' or 'gated'")
+    raise ValueError(f"unknown mlp {kind!r}; expected one of {', '.join(MLPS)}")
 
 
 # --------------------------------------------------------------------------- positions
@@ -240,27 +260,111 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x_rot, x_pass), dim=-1) if x_pass.shape[-1] else x_rot
 
 
+def alibi_slopes(n_head: int, device: torch.device | str | None = None) -> Tensor:
+    """ALiBi's per-head slopes m_h (Press et al. 2022): (H,) float32.
+
+    For H a power of two, the geometric sequence 2^(-8/H), 2^(-16/H), ..., 2^(-8). Otherwise
+    the sequence of the closest smaller power of two P, then every other slope of the sequence
+    for 2P (the odd powers), until there are H: the paper's code, and transformers' Bloom.
+    """
+
+    def geometric(n: int, powers: Tensor) -> Tensor:
+        return (2.0 ** (-8.0 / n)) ** powers  # base 2^(-8/n), raised to each power
+
+    p = 2 ** math.floor(math.log2(n_head))
+    slopes = geometric(p, torch.arange(1, p + 1, dtype=torch.float32, device=device))
+    if p != n_head:
+        extra = torch.arange(1, 2 * (n_head - p), 2, dtype=torch.float32, device=device)  # 1, 3, 5, ...
+        slopes = torch.cat((slopes, geometric(2 * p, extra)))
+    return slopes  # (H,)
+
+
+def alibi_bias(slopes: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """The ALiBi score bias −m_h · |q − k| -> (1, H, T, S), float32. No position embedding is added.
+
+    Causal models only see k <= q, where this is −m_h · (q − k): a penalty that grows linearly
+    with distance. Encoders get the symmetric distance. The query's absolute position against
+    the keys' positions, so a KV-cache step gets the same bias as a full forward.
+    """
+    distance = (q_pos[:, None] - k_pos[None, :]).abs().float()  # (T, S)
+    return -(slopes[:, None, None] * distance)[None]  # (1, H, T, S)
+
+
+def relative_position_bucket(
+    relative_position: Tensor, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> Tensor:
+    """Map distances key - query (an int tensor) to T5's buckets in [0, num_buckets).
+
+    Half the buckets (per direction) hold the exact distances 0 .. max_exact - 1; the other
+    half cover max_exact .. max_distance on a log scale; anything farther shares the last one.
+    Bidirectional (encoder): the upper half of the buckets is for keys after the query.
+    Causal (decoder): keys after the query all fall in bucket 0 (the causal mask hides them).
+    """
+    buckets = torch.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets = buckets + (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = -relative_position.clamp(max=0)  # how far back the key is; 0 for later keys
+    max_exact = num_buckets // 2
+    is_small = distance < max_exact
+    log_ratio = torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
+    large = max_exact + (log_ratio * (num_buckets - max_exact)).long()  # -inf at 0 is never selected
+    large = large.clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, large)
+
+
+def relative_position_bias(
+    table: nn.Embedding, q_pos: Tensor, k_pos: Tensor, *, bidirectional: bool, max_distance: int
+) -> Tensor:
+    """T5's additive score bias: a learned scalar per (bucket, head) of ``table`` -> (1, H, T, S)."""
+    rel = k_pos[None, :] - q_pos[:, None]  # (T, S): negative = key before the query
+    buckets = relative_position_bucket(
+        rel, bidirectional=bidirectional, num_buckets=table.num_embeddings, max_distance=max_distance
+    )  # (T, S)
+    return table(buckets).permute(2, 0, 1)[None]  # (T, S, H) -> (1, H, T, S)
+
+
 # --------------------------------------------------------------------------- masks
 
 
+PATTERNS = ("full", "sliding", "strided", "block")  # which keys a query may see, per layer
+
+
 def attention_mask(
-    q_pos: Tensor, k_pos: Tensor, *, causal: bool, window: int | None = None
+    q_pos: Tensor, k_pos: Tensor, *, causal: bool, window: int | None = None, pattern: str | None = None
 ) -> Tensor | None:
     """Which keys each query may see, as a bool (T, S) matrix (True = attend); None = all.
 
-    causal: key position <= query position.
-    window: the sliding window; causal keeps the last ``window`` positions (q - k < window),
-            bidirectional keeps |q - k| < window.
+    causal: key position <= query position. ``window`` W is how many tokens a query may see
+    (itself included) under a local pattern; d = q - k (bidirectional: |q - k|):
+
+        full     every key (causal: every key up to the query)
+        sliding  d < W                       (Mistral's sliding_window, Longformer's local band)
+        strided  d < W  or  d % W == 0       (Child et al. 2019: the union of the Sparse
+                                              Transformer's two strided heads, local + every W-th)
+        block    q // W == k // W            (block-local: the query's own block of W positions)
+
+    ``pattern`` None means "sliding" when a window is given, else "full".
     """
-    if not causal and window is None:
+    pattern = pattern or ("full" if window is None else "sliding")
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown attention pattern {pattern!r}; expected one of {', '.join(PATTERNS)}")
+    if pattern != "full" and not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"the {pattern!r} pattern needs a window of at least 1, got {window!r}")
+    if not causal and pattern == "full":
         return None
     q, k = q_pos[:, None], k_pos[None, :]  # comparisons straight to bool: no (T, S) int64 difference
     allowed = k <= q if causal else torch.ones(q.shape[0], k.shape[1], dtype=torch.bool, device=q_pos.device)
-    if window is not None:
-        allowed = allowed & (k > q - window)  # q − k < window
-        if not causal:
-            allowed = allowed & (k < q + window)  # k − q < window
-    return allowed
+    if pattern == "full":
+        return allowed
+    near = (k > q - window) & (k < q + window)  # |q − k| < W
+    if pattern == "sliding":
+        return allowed & near
+    if pattern == "strided":
+        return allowed & (near | (q % window == k % window))  # |q − k| % W == 0  ⇔  q ≡ k (mod W)
+    return allowed & (q // window == k // window)  # block
 
 
 def padding_mask(key_mask: Tensor) -> Tensor:
@@ -423,6 +527,36 @@ def init_normal(m: nn.Module, std: float = 0.02) -> None:
         nn.init.normal_(m.weight, std=std)
     if isinstance(m, nn.Linear) and m.bias is not None:
         nn.init.zeros_(m.bias)
+
+
+def check_choices(cfg: ConfigDict) -> None:
+    """The Lab's choices a decoder and an encoder share: norm, placement, MLP, activation, patterns."""
+    cfg.require(cfg.norm in NORMS, f"norm must be one of {', '.join(NORMS)}, got {cfg.norm!r}")
+    cfg.require(cfg.norm_position in NORM_POSITIONS,
+                f"norm_position must be one of {', '.join(NORM_POSITIONS)}, got {cfg.norm_position!r}")  # fmt: skip
+    cfg.require(cfg.mlp in MLPS, f"mlp must be one of {', '.join(MLPS)}, got {cfg.mlp!r}")
+    cfg.require(cfg.activation in ACTIVATIONS,
+                f"activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {cfg.activation!r}")  # fmt: skip
+    cfg.require(isinstance(cfg.layer_types, list) and len(cfg.layer_types) == cfg.n_layer,
+                f"layer_types needs one entry per layer ({cfg.n_layer}), got {cfg.layer_types!r}")  # fmt: skip
+    bad = sorted({str(t) for t in cfg.layer_types} - set(PATTERNS))
+    cfg.require(not bad, f"layer_types entries must be one of {', '.join(PATTERNS)}, got {bad}")
+    w = cfg.sliding_window
+    cfg.require(w is None or (isinstance(w, int) and not isinstance(w, bool) and w >= 1),
+                f"sliding_window must be None or a whole number of at least 1, got {w!r}")  # fmt: skip
+    local = sorted(set(cfg.layer_types) - {"full"})
+    cfg.require(not local or w is not None,
+                f"layers of type {', '.join(local)} need sliding_window (the window W), got None")  # fmt: skip
+
+
+def check_relative(cfg: ConfigDict, *, bidirectional: bool) -> None:
+    """T5's buckets need at least one exact bucket per direction, and a log range beyond it."""
+    cfg.require_sizes("relative_buckets", "relative_max_distance")
+    exact = cfg.relative_buckets // (4 if bidirectional else 2)  # exact distances per direction
+    least = 4 if bidirectional else 2
+    cfg.require(exact >= 1, f"relative_buckets must be at least {least}, got {cfg.relative_buckets}")
+    cfg.require(cfg.relative_max_distance > exact,
+                f"relative_max_distance ({cfg.relative_max_distance}) must exceed the {exact} exact buckets")  # fmt: skip
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archplay.models.architectures.decoder import Decoder, DecoderBlock, DecoderConfig, LayerTrace
-from archplay.models.architectures.layers import GatedMLP
+from archplay.models.architectures.layers import GatedMLP, residual
 
 
 @dataclass
@@ -132,15 +132,15 @@ class SparseMoE(nn.Module):
 
 
 class MoEBlock(DecoderBlock):
-    """The decoder's pre-norm block with the MLP replaced by a sparse MoE layer."""
+    """The decoder's block (pre- or post-norm) with the MLP replaced by a sparse MoE layer."""
 
     def make_ffn(self, cfg: MoEConfig) -> nn.Module:
         return SparseMoE(cfg)
 
     def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
         x, probs = self.attention(x, **kw)
-        y, router_logits, indices = self.mlp(self.mlp_norm(x))
-        return x + y, LayerTrace(attention=probs, router_logits=router_logits, expert_indices=indices)
+        x, router_logits, indices = residual(x, self.mlp_norm, self.mlp, post=self.post_norm)
+        return x, LayerTrace(attention=probs, router_logits=router_logits, expert_indices=indices)
 
 
 class MoEDecoder(Decoder):
