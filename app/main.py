@@ -12,13 +12,13 @@ import torch
 from gradio.route_utils import FnIndexInferError
 from starlette.middleware import Middleware
 
-from . import card, compare, embeddings, guard, lens, memory
+from . import card, compare, embeddings, guard, lab, lens, memory
 from .catalog import Catalog
 from .explore import page as explore
 
 TITLE = "archplay"
 THEME = gr.themes.Default(primary_hue="blue", secondary_hue="slate", neutral_hue="slate")
-CSS = explore.CSS + card.CSS
+CSS = explore.CSS + card.CSS + lab.CSS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-queued-per-address", type=int, default=0, metavar="N",
                    help="at most N waiting requests of one kind from one network address; 0 = no limit "
                         "(the default: a classroom behind one router shares an address)")  # fmt: skip
+    p.add_argument("--lab-dir", default=None, metavar="DIR",
+                   help="where the Lab tab's training runs write their checkpoints (default: a new temporary folder)")
+    p.add_argument("--lab-jobs", type=int, default=1, metavar="N",
+                   help="at most N Lab trainings at once, each in its own process on one thread (default: 1; 0 turns "
+                        "training off)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.lab_jobs < 0:
+        p.error("--lab-jobs takes a whole number of at least 0")
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
         p.error("--auth takes USER:PASSWORD")
     if args.max_sessions < 1:
@@ -92,8 +99,10 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def build_app(catalog: Catalog) -> gr.Blocks:
-    """The whole app as one Blocks; launch it with ``theme=THEME, css=CSS``."""
+def build_app(catalog: Catalog, lab_runs: lab.Lab | None = None) -> gr.Blocks:
+    """The whole app as one Blocks; launch it with ``theme=THEME, css=CSS``. ``lab_runs``: where the Lab
+    tab trains (default: a temporary folder, one run at a time)."""
+    lab_runs = lab_runs or lab.Lab(catalog)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         with gr.Tabs():
             with gr.Tab("Explore", id="explore"):
@@ -106,6 +115,8 @@ def build_app(catalog: Catalog) -> gr.Blocks:
                 compare_ui = compare.build(catalog, demo)
             with gr.Tab("Architecture", id="architecture") as card_tab:
                 card_ui = card.build(catalog, demo, explore_ui)
+            with gr.Tab("Lab", id="lab"):
+                lab.build(catalog, lab_runs, [explore_ui.model, compare_ui.models, card_ui.model])
 
         # The catalog grows while the server runs (a page loads a checkpoint from --models-dir), but a
         # component's choices are fixed when the page is built: every model list is refreshed when a
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         print(warning, file=sys.stderr, flush=True)
     for key in catalog.keys():
         print(f"archplay: offering {catalog.get(key).label}", flush=True)
-    demo = build_app(catalog)
+    demo = build_app(catalog, lab.Lab(catalog, args.lab_dir, max_running=args.lab_jobs))
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     guard.cap_queue(demo, total=QUEUE_SIZE, per_address=args.max_queued_per_address)
 

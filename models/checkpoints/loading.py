@@ -203,6 +203,8 @@ def _load_folder(folder: Path, device, root: Path | None):
         for entry in folder.iterdir():
             _inside(entry, root, entry.name)
     hf = _read_config(folder)
+    if hf.get("format") == BUILTIN_FORMAT:  # archplay's own (archplay-train, the Lab), with the same checks
+        return _load_archplay(folder, hf, device, root)
     mtype = hf.get("model_type")
     found = registry.checkpoint(mtype) if isinstance(mtype, str) else None
     if found is None:
@@ -261,6 +263,7 @@ def _load_tokenizer(folder: Path, vocab_size: int) -> HFTokenizer:
 
 
 BUILTIN_DIR = ASSETS / "checkpoints"
+BUILTIN_FORMAT = "archplay-builtin/1"  # config.json's "format" in a folder save_builtin wrote
 
 
 def save_builtin(model: nn.Module, tokenizer, folder: str | Path, *, training: dict | None = None) -> Path:
@@ -272,7 +275,7 @@ def save_builtin(model: nn.Module, tokenizer, folder: str | Path, *, training: d
     folder.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     meta = {
-        "format": "archplay-builtin/1",
+        "format": BUILTIN_FORMAT,
         "family": cfg.family,
         "config": {k: v for k, v in cfg.to_dict().items() if k != "family"},
         "tokenizer": {"prefix": list(tokenizer.prefix), "suffix": list(tokenizer.suffix),
@@ -288,23 +291,51 @@ def save_builtin(model: nn.Module, tokenizer, folder: str | Path, *, training: d
     return folder
 
 
+def _builtin_meta(folder: Path, meta: dict | None = None):
+    """(family, config, tokenizer) of a ``save_builtin`` folder; LoadError when anything is off."""
+    try:
+        meta = meta if meta is not None else json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        family = registry.get(meta["family"])
+        cfg = family.config.from_dict(meta["config"])
+        wrap, fingerprint = meta["tokenizer"], meta["tokenizer"]["sha256"]
+        prefix, suffix = tuple(str(t) for t in wrap["prefix"]), tuple(str(t) for t in wrap["suffix"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise LoadError(f"the archplay checkpoint in {folder} is damaged ({type(e).__name__}: {e}); retrain it with "
+                        "archplay-train or python -m archplay.models.training.train") from None  # fmt: skip
+    try:
+        tok = SPTokenizer.builtin(prefix=prefix, suffix=suffix)
+    except (KeyError, ValueError) as e:
+        raise LoadError(f"{folder}/config.json wraps texts in tokens the built-in vocabulary lacks ({e})") from None
+    if tok.fingerprint() != fingerprint:
+        raise LoadError(f"{folder} was trained with another tokenizer than assets/tokenizer/; retrain it")
+    return family, cfg, tok
+
+
+def _load_archplay(folder: Path, meta: dict, device, root: Path | None):
+    """A ``save_builtin`` folder that is not a built-in: its config within the limits and its weights
+    checked against it (shapes, from the file's header) before anything is built."""
+    family, cfg, _ = _builtin_meta(folder, meta)
+    check_limits(cfg)
+    files = _weight_files(folder, root)
+    if [f.name for f in files] != ["model.safetensors"]:
+        raise LoadError(f"{folder} is an archplay checkpoint: its weights are model.safetensors")
+    try:
+        with torch.device("meta"):
+            skeleton = family.build(cfg)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+        raise LoadError(f"{folder}/config.json is not a valid {family.name} config: {e}") from None
+    check_fit(skeleton, _read_weights(files, shapes_only=True), folder)
+    del skeleton
+    return load_builtin(folder, device)
+
+
 def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
     """A checkpoint written by ``save_builtin`` -> (model, tokenizer)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     folder = Path(folder)
-    try:
-        meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        family = registry.get(meta["family"])
-        cfg = family.config.from_dict(meta["config"])
-        wrap, fingerprint = meta["tokenizer"], meta["tokenizer"]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise LoadError(f"the built-in checkpoint in {folder} is damaged ({e}); retrain it with "
-                        "python -m archplay.models.training.train") from None  # fmt: skip
-    tok = SPTokenizer.builtin(prefix=tuple(wrap["prefix"]), suffix=tuple(wrap["suffix"]))
-    if tok.fingerprint() != fingerprint:
-        raise LoadError(f"{folder} was trained with another tokenizer than assets/tokenizer/; retrain it")
+    family, cfg, tok = _builtin_meta(folder)
     model = family.build(cfg)
     try:
         load_model(model, str(folder / "model.safetensors"), strict=True)

@@ -247,23 +247,28 @@ def coreference_head(model, tok, stories, *, encoder_only: bool = False) -> dict
 # --------------------------------------------------------------------------- the report
 
 
+def evaluate_model(model, tok, stories) -> dict:
+    """Every measure that applies to ``model`` (its family's objective and views) on ``stories``."""
+    family = registry.of(model)
+    r: dict = {"family": family.name, "trained": bool(getattr(model.config, "trained", True))}
+    if family.objective == "causal":
+        r["lm"] = language_model(model, tok, stories)
+    elif family.objective == "masked":
+        r["mlm"] = masked_lm(model, tok, stories)
+    else:
+        r["translation"] = translation(model, tok, story.translation_pairs(stories))
+    if "routing" in family.views:
+        r["routing"] = routing(model, tok, stories)
+    if "attention" in family.views:  # an encoder-decoder's coreference head is its encoder's
+        r["coreference"] = coreference_head(model, tok, stories, encoder_only=family.objective == "translation")
+    return r
+
+
 def evaluate(names: Sequence[str], stories, log=print) -> dict:
     results: dict[str, dict] = {}
     for name in names:
         model, tok = load(name)
-        family = registry.of(model)
-        r: dict = {"family": family.name, "trained": bool(getattr(model.config, "trained", True))}
-        if family.objective == "causal":
-            r["lm"] = language_model(model, tok, stories)
-        elif family.objective == "masked":
-            r["mlm"] = masked_lm(model, tok, stories)
-        else:
-            r["translation"] = translation(model, tok, story.translation_pairs(stories))
-        if "routing" in family.views:
-            r["routing"] = routing(model, tok, stories)
-        if "attention" in family.views:  # an encoder-decoder's coreference head is its encoder's
-            r["coreference"] = coreference_head(model, tok, stories, encoder_only=family.objective == "translation")
-        results[name] = r
+        results[name] = evaluate_model(model, tok, stories)
         log(f"{name}: done")
     return results
 

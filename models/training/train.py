@@ -18,17 +18,25 @@ Objectives:
   story's tokens are chosen; of those 80% become ``<mask>``, 10% a random token, 10% stay.
 * t5: translation of each story sentence into the invented language (``archplay.models.story.translation``),
   teacher-forced, the decoder starting from ``<pad>``.
+
+One loop (``fit``) trains every model, the built-ins here and a user's recipe through
+``archplay-train`` (``archplay.models.training.cli``): AdamW, linear warm-up then cosine decay,
+gradient clipping at 1. Data-parallel as in nanoGPT: under ``torchrun`` (``RANK`` /
+``WORLD_SIZE`` / ``LOCAL_RANK``) each process draws the same global batch, runs its own slice of
+the rows, and the loss is normalised by the global number of target tokens, so any number of
+processes computes the same loss and gradient; rank 0 logs and saves.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -48,14 +56,16 @@ IGNORE = -100  # label of positions that carry no loss
 CONTEXT = 256  # every built-in reads up to this many tokens
 
 
-# --------------------------------------------------------------------------- recipes
+# --------------------------------------------------------------------------- schedules
 
 
 @dataclass
-class Recipe:
-    """How one built-in is made: its architecture, its tokenizer wrapping and its schedule.
+class Schedule:
+    """How one model is made: its architecture, its tokenizer wrapping and its training schedule.
 
-    The objective is the family's (``registry.of(config).objective``): causal, masked or translation.
+    The built-ins' are in ``RECIPES``; a user's JSON recipe (``archplay.models.training.recipe``)
+    compiles to one (``Recipe.schedule()``). The objective is the family's
+    (``registry.of(config).objective``): causal, masked or translation.
     """
 
     name: str
@@ -64,7 +74,7 @@ class Recipe:
     suffix: tuple[str, ...] = ()
     steps: int = 1200
     batch_size: int = 16
-    seq_len: int = 128  # window length for the causal objective
+    seq_len: int = 128  # window length for the causal objective; the longest row of the others
     lr: float = 3e-3
     warmup: int = 100
     weight_decay: float = 0.1
@@ -118,14 +128,23 @@ def _t5_config(tok: SPTokenizer) -> EncoderDecoderConfig:
     )  # fmt: skip
 
 
-RECIPES: dict[str, Recipe] = {
-    "gpt": Recipe("gpt", _gpt_config, prefix=("<s>",), steps=2000),
-    "bert": Recipe("bert", _bert_config, prefix=("<cls>",), suffix=("<sep>",), steps=4000, lr=2e-3),
-    "t5": Recipe("t5", _t5_config, suffix=("</s>",), steps=1200, batch_size=48),
-    "moe": Recipe("moe", _moe_config, prefix=("<s>",), steps=1800, aux_loss_coef=0.02),
-    "mamba": Recipe("mamba", _mamba_config, prefix=("<s>",), steps=1600, lr=5e-3, warmup=60,
-                    compile_scan=True),
+Recipe = Schedule  # the name this table's entries had before the JSON recipes (recipe.py) arrived
+
+RECIPES: dict[str, Schedule] = {
+    # gpt reads positions from a learned table of CONTEXT rows: it trains on windows of that length
+    # (on 128-token windows its rows 128-255 stayed untrained and a long text's predictions collapsed).
+    "gpt": Schedule("gpt", _gpt_config, prefix=("<s>",), steps=2000, batch_size=8, seq_len=CONTEXT),
+    "bert": Schedule("bert", _bert_config, prefix=("<cls>",), suffix=("<sep>",), steps=4000, lr=2e-3),
+    "t5": Schedule("t5", _t5_config, suffix=("</s>",), steps=1200, batch_size=48),
+    "moe": Schedule("moe", _moe_config, prefix=("<s>",), steps=1800, aux_loss_coef=0.02),
+    "mamba": Schedule("mamba", _mamba_config, prefix=("<s>",), steps=1600, lr=5e-3, warmup=60,
+                      compile_scan=True),
 }
+
+
+def with_steps(schedule: Schedule, steps: int) -> Schedule:
+    """The same schedule, shortened (or lengthened) to ``steps``; the warm-up at most a fifth of it."""
+    return replace(schedule, steps=steps, warmup=min(schedule.warmup, max(1, steps // 5)))
 
 
 # --------------------------------------------------------------------------- data
@@ -181,8 +200,10 @@ def mask_tokens(ids: list[int], tok: SPTokenizer, rng: random.Random, rate: floa
     return inputs, labels
 
 
-def mlm_batches(tok: SPTokenizer, stories, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    rows = [tok.encode(s.text)[:CONTEXT] for s in stories]
+def mlm_batches(tok: SPTokenizer, stories, batch_size: int, seed: int, max_len: int = CONTEXT,
+                ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:  # fmt: skip
+    """Masked rows ``<cls> story <sep>`` (cut at ``max_len``): inputs (B, T), attention mask (B, T), labels (B, T)."""
+    rows = [tok.encode(s.text)[:max_len] for s in stories]
     rng = random.Random(seed)
     while True:
         chosen = [rows[rng.randrange(len(rows))] for _ in range(batch_size)]
@@ -193,10 +214,10 @@ def mlm_batches(tok: SPTokenizer, stories, batch_size: int, seed: int) -> Iterat
         yield inputs, mask, labels
 
 
-def translation_rows(tok: SPTokenizer, pairs) -> list[tuple[list[int], list[int]]]:
-    """(source ids ending in </s>, target ids ending in </s>) per sentence pair."""
+def translation_rows(tok: SPTokenizer, pairs, max_len: int = CONTEXT) -> list[tuple[list[int], list[int]]]:
+    """(source ids ending in </s>, target ids ending in </s>) per sentence pair, each at most ``max_len``."""
     eos, bare = tok.eos_token_id, plain(tok)
-    return [(bare.encode(p.source)[: CONTEXT - 1] + [eos], bare.encode(p.target)[: CONTEXT - 1] + [eos])
+    return [(bare.encode(p.source)[: max_len - 1] + [eos], bare.encode(p.target)[: max_len - 1] + [eos])
             for p in pairs]  # fmt: skip
 
 
@@ -234,34 +255,80 @@ class RouterTap:
         return out
 
 
-def lm_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE)
+def lm_loss(logits: Tensor, labels: Tensor, count: int | None = None) -> Tensor:
+    """Cross-entropy over the labelled positions: their mean, or their sum over ``count``
+    (the global number of labelled positions, when this batch is one process's slice)."""
+    flat, targets = logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1)
+    if count is None:
+        return F.cross_entropy(flat, targets, ignore_index=IGNORE)
+    return F.cross_entropy(flat, targets, ignore_index=IGNORE, reduction="sum") / count
 
 
-def batch_loss(model: nn.Module, recipe: Recipe, batch, tap: RouterTap | None) -> tuple[Tensor, Tensor]:
-    """(the loss to minimise, the language-model part of it) on one batch."""
-    objective = registry.of(model).objective
+def target_count(batch) -> int:
+    """How many positions of ``batch`` carry a loss (the labels are a batch's last tensor, whatever the objective)."""
+    return int((batch[-1] != IGNORE).sum())
+
+
+def token_count(batch, objective: str) -> int:
+    """Real (non-padding) tokens a batch feeds the model: what tokens per second counts."""
+    if objective == "causal":
+        return batch[0].numel()
+    if objective == "masked":
+        return int(batch[1].sum())
+    return int(batch[1].sum()) + target_count(batch)  # source tokens and decoder tokens
+
+
+def lm_forward(model: nn.Module, objective: str, batch, count: int | None = None) -> Tensor:
+    """The language-model loss of one batch of the ``objective`` (see ``lm_loss`` for ``count``)."""
     if objective == "causal":
         inputs, targets = batch
-        loss = lm_loss(model(inputs).logits, targets)
-    elif objective == "masked":
+        return lm_loss(model(inputs).logits, targets, count)
+    if objective == "masked":
         inputs, mask, labels = batch
-        loss = lm_loss(model(inputs, attention_mask=mask).logits, labels)
-    else:
-        src, src_mask, dec, labels = batch
-        loss = lm_loss(model(src, decoder_input_ids=dec, attention_mask=src_mask).logits, labels)
-    total = loss
-    if tap is not None:
-        cfg = model.config
-        total = loss + recipe.aux_loss_coef * load_balancing_loss(tap.take(), cfg.n_experts, cfg.top_k)
-    return total, loss
+        return lm_loss(model(inputs, attention_mask=mask).logits, labels, count)
+    src, src_mask, dec, labels = batch
+    return lm_loss(model(src, decoder_input_ids=dec, attention_mask=src_mask).logits, labels, count)
+
+
+def batch_loss(model: nn.Module, recipe: Schedule, batch, tap: RouterTap | None) -> tuple[Tensor, Tensor]:
+    """(the loss to minimise, the language-model part of it) on one batch."""
+    loss = lm_forward(model, registry.of(model).objective, batch)
+    return loss + aux_loss(model.config, recipe, tap), loss
+
+
+def aux_loss(cfg, schedule: Schedule, tap: RouterTap | None) -> Tensor | float:
+    """The MoE load-balancing term (0 without a tap): Switch's loss over the routers' logits just seen."""
+    if tap is None:
+        return 0.0
+    return schedule.aux_loss_coef * load_balancing_loss(tap.take(), cfg.n_experts, cfg.top_k)
+
+
+def aux_loss_share(cfg, schedule: Schedule, tap: RouterTap | None) -> Tensor | float:
+    """This process's share of the load-balancing loss of the global batch (the shares sum to it).
+
+    Switch's loss E · Σ_e f_e · P_e is not a sum over tokens: f_e (the share of routed slots) and
+    the token count are gathered from every process first (no gradient flows through f, as in
+    ``load_balancing_loss``); P_e's sum over this process's tokens then carries its gradient."""
+    if tap is None:
+        return 0.0
+    E, k = cfg.n_experts, cfg.top_k
+    logits = torch.cat([t.reshape(-1, E) for t in tap.take()]).float()  # (layers · N, E)
+    probs = torch.softmax(logits, dim=-1)
+    chosen = torch.topk(probs, k, dim=-1).indices  # (layers · N, k)
+    stats = torch.zeros(E + 1, device=logits.device)
+    stats[:E].scatter_add_(0, chosen.reshape(-1), torch.ones(chosen.numel(), device=logits.device))
+    stats[E] = logits.shape[0]
+    torch.distributed.all_reduce(stats)  # slots per expert, and rows, over the world
+    f = stats[:E] / stats[E]  # (E,)
+    return schedule.aux_loss_coef * E * (f * probs.sum(0)).sum() / stats[E]
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, recipe: Recipe, batches: list) -> float:
+def validation_loss(model: nn.Module, recipe: Schedule, batches: list, device: torch.device | str = "cpu") -> float:
     """Mean language-model loss over fixed validation batches."""
     model.eval()
-    losses = [float(batch_loss(model, recipe, b, None)[1]) for b in batches]
+    objective = registry.of(model).objective
+    losses = [float(lm_forward(model, objective, [t.to(device) for t in b])) for b in batches]
     model.train()
     return sum(losses) / len(losses)
 
@@ -269,7 +336,7 @@ def validation_loss(model: nn.Module, recipe: Recipe, batches: list) -> float:
 # --------------------------------------------------------------------------- the loop
 
 
-def lr_at(step: int, recipe: Recipe) -> float:
+def lr_at(step: int, recipe: Schedule) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak."""
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
@@ -277,7 +344,7 @@ def lr_at(step: int, recipe: Recipe) -> float:
     return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def optimizer_for(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def optimizer_for(model: nn.Module, recipe: Schedule) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on norms, biases or the A_log / D of the SSM)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -286,26 +353,60 @@ def optimizer_for(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=(0.9, 0.95))
 
 
-def data_for(recipe: Recipe, objective: str, tok: SPTokenizer, splits: dict, seed: int) -> tuple[Iterator, list]:
+def data_for(recipe: Schedule, objective: str, tok: SPTokenizer, splits: dict, seed: int) -> tuple[Iterator, list]:
     """(endless training batches, a fixed list of validation batches) for the family's ``objective``."""
     gen = torch.Generator().manual_seed(seed)
+    B, L = recipe.batch_size, recipe.seq_len
     if objective == "causal":
-        train = causal_batches(causal_stream(tok, splits["train"]), recipe.batch_size, recipe.seq_len, gen)
-        valid_gen = causal_batches(causal_stream(tok, splits["validation"]), recipe.batch_size, recipe.seq_len,
-                                   torch.Generator().manual_seed(seed + 1))  # fmt: skip
+        train = causal_batches(causal_stream(tok, splits["train"]), B, L, gen)
+        valid_gen = causal_batches(causal_stream(tok, splits["validation"]), B, L, torch.Generator().manual_seed(seed + 1))
     elif objective == "masked":
-        train = mlm_batches(tok, splits["train"], recipe.batch_size, seed)
-        valid_gen = mlm_batches(tok, splits["validation"], recipe.batch_size, seed + 1)
+        train = mlm_batches(tok, splits["train"], B, seed, max_len=L)
+        valid_gen = mlm_batches(tok, splits["validation"], B, seed + 1, max_len=L)
     else:
         pad = tok.pad_token_id
-        train = translation_batches(translation_rows(tok, story.translation_pairs(splits["train"])), pad, pad,
-                                    recipe.batch_size, seed)  # fmt: skip
-        valid_gen = translation_batches(translation_rows(tok, story.translation_pairs(splits["validation"])), pad,
-                                        pad, recipe.batch_size, seed + 1)  # fmt: skip
+        rows = {k: translation_rows(tok, story.translation_pairs(splits[k]), max_len=L) for k in ("train", "validation")}
+        train = translation_batches(rows["train"], pad, pad, B, seed)
+        valid_gen = translation_batches(rows["validation"], pad, pad, B, seed + 1)
     return train, [next(valid_gen) for _ in range(8)]
 
 
-def train(recipe: Recipe, *, splits: dict | None = None, steps: int | None = None, seed: int = 0,
+@dataclass(frozen=True)
+class World:
+    """This process's place in a data-parallel run, from torchrun's environment variables.
+
+    ``size`` 1 (no ``WORLD_SIZE``): a plain single-process run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> World:
+        env = os.environ
+        if "WORLD_SIZE" not in env:
+            return cls()
+        return cls(int(env.get("RANK", 0)), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that logs and saves."""
+        return self.rank == 0
+
+    def shard(self, batch) -> list[Tensor]:
+        """This rank's rows of a global batch (contiguous slices; sizes differ by at most one)."""
+        return [torch.tensor_split(t, self.size)[self.rank] for t in batch]
+
+
+def build(schedule: Schedule, seed: int = 0) -> tuple[nn.Module, SPTokenizer]:
+    """A freshly initialised model of ``schedule`` (seeded) and its tokenizer."""
+    tok = SPTokenizer.builtin(prefix=schedule.prefix, suffix=schedule.suffix)
+    torch.manual_seed(seed)
+    cfg = schedule.make_config(tok)
+    return registry.of(cfg).build(cfg).train(), tok
+
+
+def train(recipe: Schedule, *, splits: dict | None = None, steps: int | None = None, seed: int = 0,
           log: Callable[[str], None] | None = None, tty_progress: bool = False, compile_scan: bool | None = None,
           ) -> tuple[nn.Module, SPTokenizer, dict]:  # fmt: skip
     """Train one built-in from scratch; returns (model, tokenizer, training record).
@@ -313,60 +414,115 @@ def train(recipe: Recipe, *, splits: dict | None = None, steps: int | None = Non
     ``log`` gets a progress line at every validation (every step with ``tty_progress``).
     ``compile_scan`` (None: the recipe's choice) trains a Mamba through the compiled scan."""
     if steps is not None:
-        recipe = Recipe(**{**asdict(recipe), "steps": steps, "warmup": min(recipe.warmup, max(1, steps // 5)),
-                           "make_config": recipe.make_config})  # fmt: skip
+        recipe = with_steps(recipe, steps)
     splits = splits if splits is not None else story.make_splits(seed=0)
-    tok = SPTokenizer.builtin(prefix=recipe.prefix, suffix=recipe.suffix)
-    torch.manual_seed(seed)
-    cfg = recipe.make_config(tok)
-    family = registry.of(cfg)
-    model = family.build(cfg).train()
+    model, tok = build(recipe, seed)
     compiled = recipe.compile_scan if compile_scan is None else compile_scan
-    if compiled:
+    last_val: float | None = None
+
+    def on_step(p: dict) -> None:
+        nonlocal last_val
+        last_val = p.get("validation_loss", last_val)
+        if log and (tty_progress or "validation_loss" in p):
+            log(_progress(recipe.name, p["step"], p["steps"], p["loss"], last_val, p["elapsed_s"], p["tokens_per_s"]))
+
+    record = fit(model, tok, recipe, splits, seed=seed, on_step=on_step, compile_scan=compiled)
+    return model.eval(), tok, record
+
+
+def fit(model: nn.Module, tok: SPTokenizer, schedule: Schedule, splits: dict, *, seed: int = 0,
+        world: World = World(), device: torch.device | str = "cpu", compile_scan: bool = False,
+        on_step: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
+    """The training loop: train ``model`` (in place) on ``schedule``; returns the training record.
+
+    Every process of a ``world`` draws the same global batch and runs its slice of the rows
+    (``World.shard``) through ``DistributedDataParallel`` (the process group must be set up);
+    the loss is the sum over the slice's target tokens divided by the global count, times the
+    world size, so that DDP's gradient average is the gradient of the global mean; the MoE
+    load-balancing term too is the global batch's (``aux_loss_share``).
+    ``on_step`` (rank 0 only) gets ``{"step", "steps", "loss", "tokens_per_s", "elapsed_s",
+    "eta_s"}`` after each step, plus ``"validation_loss"`` on the steps that measure it."""
+    objective = registry.of(model).objective
+    model.to(device).train()
+    if compile_scan:
         model.use_scan(compiled_scan())
-    train_batches, valid_batches = data_for(recipe, family.objective, tok, splits, seed)
-    opt = optimizer_for(model, recipe)
-    tap = RouterTap(model) if recipe.aux_loss_coef else None
+    train_batches, valid_batches = data_for(schedule, objective, tok, splits, seed)
+    opt = optimizer_for(model, schedule)
+    tap = RouterTap(model) if schedule.aux_loss_coef else None
+    net = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        routed = tap is not None or any(isinstance(m, Router) for m in model.modules())
+        ids = [torch.device(device).index] if torch.device(device).type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=routed)  # an expert may get no token
 
     curve = {"step": [], "train_loss": [], "validation_step": [], "validation_loss": []}
+    losses: list[float] = []
+    tokens, validating = 0, 0.0  # tokens trained on; seconds spent measuring the validation loss
     started = time.perf_counter()
-    for step in range(recipe.steps):
+    for step in range(schedule.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, recipe)
-        total, loss = batch_loss(model, recipe, next(train_batches), tap)
+            group["lr"] = lr_at(step, schedule)
+        batch = next(train_batches)  # the global batch: the same on every rank
+        tokens += token_count(batch, objective)
+        if world.size == 1:
+            loss = lm_forward(net, objective, [t.to(device) for t in batch])  # the mean over target tokens
+            total = loss + aux_loss(model.config, schedule, tap)
+        else:
+            local = [t.to(device) for t in world.shard(batch)]
+            share = lm_forward(net, objective, local, target_count(batch))  # this slice's part of the global mean
+            total = (share + aux_loss_share(model.config, schedule, tap)) * world.size  # DDP averages over the world
+            loss = share.detach().clone()
+            torch.distributed.all_reduce(loss)  # the global mean, for the record
         opt.zero_grad(set_to_none=True)
         total.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if not world.main:
+            continue
+        losses.append(float(loss.detach()))
         curve["step"].append(step + 1)
-        curve["train_loss"].append(round(float(loss.detach()), 5))
-        last = step + 1 == recipe.steps
-        if (step + 1) % recipe.eval_every == 0 or last:
+        curve["train_loss"].append(round(losses[-1], 5))
+        if (step + 1) % schedule.eval_every == 0 or step + 1 == schedule.steps:
+            t0 = time.perf_counter()
             curve["validation_step"].append(step + 1)
-            curve["validation_loss"].append(round(validation_loss(model, recipe, valid_batches), 5))
-        if log and (tty_progress or (step + 1) % recipe.eval_every == 0 or last):
-            loss_now = curve["train_loss"][-1]
-            log(_progress(recipe.name, step + 1, recipe.steps, loss_now, curve, time.perf_counter() - started))
+            curve["validation_loss"].append(round(validation_loss(model, schedule, valid_batches, device), 5))
+            validating += time.perf_counter() - t0
+        elapsed = time.perf_counter() - started
+        progress = {"step": step + 1, "steps": schedule.steps, "loss": losses[-1],
+                    "tokens_per_s": round(tokens / max(elapsed - validating, 1e-9), 1), "elapsed_s": round(elapsed, 3),
+                    "eta_s": round(elapsed / (step + 1) * (schedule.steps - step - 1), 3)}  # fmt: skip
+        if curve["validation_step"] and curve["validation_step"][-1] == step + 1:
+            progress["validation_loss"] = curve["validation_loss"][-1]
+        if on_step is not None:
+            on_step(progress)
     if tap is not None:
         for h in tap.handles:
             h.remove()
-    if compiled:
+    if compile_scan:
         model.use_scan(None)  # the model leaves training with the plain scan
-    record = {
-        "objective": family.objective, "steps": recipe.steps, "batch_size": recipe.batch_size,
-        "seq_len": recipe.seq_len, "lr": recipe.lr, "seed": seed, "seconds": round(time.perf_counter() - started, 1),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "compiled_scan": bool(compiled),
+    seconds = time.perf_counter() - started
+    return {
+        "objective": objective, "steps": schedule.steps, "batch_size": schedule.batch_size,
+        "seq_len": schedule.seq_len, "lr": schedule.lr, "seed": seed, "seconds": round(seconds, 1),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "compiled_scan": bool(compile_scan),
+        "world_size": world.size, "tokens": tokens, "tokens_per_s": round(tokens / max(seconds - validating, 1e-9), 1),
+        "losses": losses, "validation": {"step": curve["validation_step"], "loss": curve["validation_loss"]},
         "curve": curve,
     }  # fmt: skip
-    return model.eval(), tok, record
 
 
-def _progress(name: str, step: int, steps: int, loss: float, curve: dict, elapsed: float) -> str:
+def _progress(name: str, step: int, steps: int, loss: float, val: float | None, elapsed: float,
+              tokens_per_s: float | None = None) -> str:  # fmt: skip
+    """One progress-bar line: ``gpt [#####.....] 120/2000 loss 3.210 val 3.300  9000 tok/s  12s (~180s left)``."""
     width = 24
     done = int(width * step / steps)
-    val = f" val {curve['validation_loss'][-1]:.3f}" if curve["validation_loss"] else ""
+    val_s = f" val {val:.3f}" if val is not None else ""
+    speed = f"  {tokens_per_s:,.0f} tok/s" if tokens_per_s is not None else ""
     eta = elapsed / step * (steps - step)
-    return f"{name:>5} [{'#' * done}{'.' * (width - done)}] {step}/{steps} loss {loss:.3f}{val}  {elapsed:.0f}s (~{eta:.0f}s left)"
+    return (f"{name:>5} [{'#' * done}{'.' * (width - done)}] {step}/{steps} loss {loss:.3f}{val_s}{speed}"
+            f"  {elapsed:.0f}s (~{eta:.0f}s left)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,428 @@
+"""The Lab tab: design a model from a recipe, train it in the background, see what the choice changed.
+
+A recipe (``archplay.models.training.recipe``) is the model's choices (family, size, positions,
+norm and its place, activation, attention pattern, experts, scan) and its schedule. The page
+shows the parameter count and the cost per token as the options change; **Train** starts
+``archplay-train`` as a separate process (``archplay.models.training.jobs``), so Explore and every
+slider keep working for everyone while it trains. A timer polls the run once a second: the loss
+curve against the story world's entropy floor and the built-in's own curve, tokens per second,
+time left, a progress bar, Stop. When the run ends its evaluation on the world's truth is shown and
+the model joins every model list (Explore, Compare, Logit lens, Architecture).
+
+The server holds the runs (``Lab``: a folder, the jobs by id, how many may run at once); a
+session holds only its run's id, in ``gr.State``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+
+from archplay.models import LoadError
+from archplay.models.training import jobs
+from archplay.models.training import recipe as recipes
+from archplay.viz.lab import loss_curves
+
+from .catalog import Catalog
+from .messages import error, md_escape, warn
+
+HELP = (
+    "Every language model is a set of **choices**: which family, how positions enter, which norm and "
+    "where, which activation, full or local attention, experts, a scan. Start from a built-in's recipe "
+    "or a blank one, change one choice, and **Train** it on the story world. The curve is the training "
+    "loss; the dashed line is the world's **entropy floor**, the loss of a model that knows the story "
+    "grammar exactly (no model can go below it). When the run ends, the model is evaluated on the "
+    "world's truth and joins every model list, so Explore, Compare and the Logit lens show what it learned."
+)
+
+FAMILY_TITLES = {"decoder": "decoder-only (GPT, Llama)", "encoder": "encoder-only (BERT)",
+                 "encoder-decoder": "encoder-decoder (T5)", "moe": "mixture of experts (Mixtral)",
+                 "ssm": "state-space scan (Mamba)"}  # fmt: skip
+
+# (key, label, kind, info). Kinds: "int", "float", "bool", or a tuple of choices.
+OPTIONS = (
+    ("layers", "Layers", "int", "blocks in the stack"),
+    ("width", "Width", "int", "d_model: each token's vector"),
+    ("heads", "Heads", "int", "attention heads per layer"),
+    ("kv_heads", "Key/value heads", "int", "fewer than heads: grouped-query; 1: multi-query"),
+    ("positions", "Positions", recipes.POSITIONS, "how a token's place enters the model"),
+    ("norm", "Norm", recipes.NORMS, "LayerNorm or RMSNorm"),
+    ("norm_position", "Norm placement", recipes.NORM_POSITIONS, "pre: before each sublayer; post: after the residual add"),
+    ("activation", "Activation", recipes.ACTIVATIONS, "of the feed-forward layer (swiglu, geglu: gated)"),
+    ("bias", "Biases", "bool", "on the projections and the feed-forward layer (GPT-2: yes; Llama: no)"),
+    ("attention", "Attention", recipes.ATTENTION, "which keys a query may see"),
+    ("window", "Window", "int", "tokens a query sees under a local pattern, itself included"),
+    ("experts", "Experts", "int", "feed-forward experts per layer"),
+    ("top_k", "Experts per token", "int", "top-k: the experts each token runs"),
+    ("shared_expert", "Shared expert", "bool", "an always-on expert beside the routed ones"),
+    ("load_balancing", "Load-balancing weight", "float", "of the auxiliary loss that keeps every expert used"),
+    ("d_state", "State size", "int", "N: the scan's state per channel"),
+    ("expand", "Expand", "int", "the scan's inner width, times the model width"),
+    ("context", "Context", "int", "tokens per training sequence: the longest text the model then reads"),
+    ("steps", "Steps", "int", "optimizer steps"),
+    ("batch", "Batch", "int", "sequences per step"),
+    ("lr", "Learning rate", "float", "peak, after warm-up; cosine decay"),
+    ("seed", "Seed", "int", "initial weights and batches"),
+)
+KEYS = tuple(o[0] for o in OPTIONS)
+STARTS = tuple((f"built-in {n}", n) for n in recipes.BUILTIN_RECIPES) + tuple(
+    (f"blank {FAMILY_TITLES.get(f, f)}", f"blank:{f}") for f in recipes.families())
+POLL_SECONDS = 1.0
+EVALUATE_STORIES = 100  # test stories a finished run is evaluated on (a few seconds)
+REFERENCE = {"decoder": "gpt", "encoder": "bert", "encoder-decoder": "t5", "moe": "moe", "ssm": "mamba"}
+
+
+def applies(family: str) -> set[str]:
+    """The options a family's recipes have (its blank recipe's keys, and the window of a local pattern)."""
+    keys = set(recipes.blank_recipe(family).to_dict())
+    if "attention" in keys:
+        keys.add("window")
+    return keys & set(KEYS)
+
+
+# --------------------------------------------------------------------------- the server's runs
+
+
+@dataclass
+class Run:
+    job: jobs.Job
+    recipe: recipes.Recipe
+    key: str | None = None  # the catalog key once it joined the model lists
+    evaluation: dict | None = None
+    note: str = ""
+
+
+class Lab:
+    """The server's training runs: where they write, which are running, how many may run at once."""
+
+    def __init__(self, catalog: Catalog, root: str | Path | None = None, *, max_running: int = 1, threads: int = 1,
+                 stories: int | None = None):  # fmt: skip
+        self.catalog = catalog
+        self.stories = stories  # a smaller world to train on (tests); None: all of it
+        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="archplay-lab-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = self.root.resolve()
+        self.max_running = max_running
+        self.threads = threads
+        self._runs: dict[str, Run] = {}
+        self._lock = threading.Lock()
+
+    def running(self) -> int:
+        with self._lock:
+            return sum(r.job.state == "running" for r in self._runs.values())
+
+    def start(self, recipe: recipes.Recipe) -> str:
+        """Start training ``recipe``; its id. ValueError when the server already trains its share."""
+        if self.max_running < 1:
+            raise ValueError("training is turned off on this server (it was started with --lab-jobs 0)")
+        with self._lock:
+            busy = sum(r.job.state == "running" for r in self._runs.values())
+            if busy >= self.max_running:
+                raise ValueError(f"this server already trains {busy} model{'s' * (busy != 1)} (at most "
+                                 f"{self.max_running} at once, so the page stays quick): try again when it ends")  # fmt: skip
+            run_id = uuid.uuid4().hex[:10]
+            name = recipe.name or f"lab-{recipe.family}"
+            out = self.root / f"{_slug(name)}-{run_id}"
+            recipe = recipe.replace(name=f"{_slug(name)}-{run_id[:4]}")
+            job = jobs.start(recipe, out, threads=self.threads, evaluate=EVALUATE_STORIES, stories=self.stories)
+            self._runs[run_id] = Run(job=job, recipe=recipe)
+            return run_id
+
+    def get(self, run_id: str | None) -> Run | None:
+        with self._lock:
+            return self._runs.get(run_id or "")
+
+    def stop(self, run_id: str | None) -> None:
+        run = self.get(run_id)
+        if run is not None:
+            run.job.stop()
+
+    def finish(self, run: Run) -> None:
+        """Once a run is done: its evaluation (from its training record) and its place in the model lists."""
+        if run.key is not None or run.note:
+            return
+        out = run.job.out
+        try:
+            record = json.loads((out / "training.json").read_text(encoding="utf-8"))
+            run.evaluation = record.get("evaluation")
+            entry = self.catalog.add(str(out), root=self.root)
+            run.key = entry.key
+        except (OSError, ValueError, LoadError) as e:
+            run.note = f"the run ended but its model could not be opened: {e}"
+
+
+def _slug(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(name))[:40].strip("-")
+    return keep or "lab"
+
+
+# --------------------------------------------------------------------------- pure handlers
+
+
+def recipe_from(family: str, values: dict) -> recipes.Recipe:
+    """The recipe the page shows: the family's options from ``values`` (the others left out)."""
+    keep = applies(family)
+    d = {"family": family}
+    for key, value in values.items():
+        if key not in keep or value is None or value == "":
+            continue
+        if key == "window" and values.get("attention") == "full":
+            continue
+        d[key] = _number(key, value)
+    return recipes.Recipe.from_dict(d)
+
+
+def _number(key: str, value):
+    kind = next(o[2] for o in OPTIONS if o[0] == key)
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def summary(family: str, values: dict) -> tuple[str, str]:
+    """(the recipe's size and cost as markdown, the recipe as JSON) or (a message, "")."""
+    try:
+        r = recipe_from(family, values)
+        counts = recipes.parameter_count(r)
+        flops = recipes.flops_per_token(r)
+    except ValueError as e:
+        return error(md_escape(str(e))), ""
+    total, active = counts["total"], counts["active"]
+    tokens = r.steps * r.batch * r.context
+    parts = [f"**{total:,} parameters**" + (f", {active:,} active per token" if active != total else "")
+             + f" ({counts['embedding']:,} of them embeddings)",
+             f"**{_si(flops['forward'])}FLOPs per token** forward (attention's share at {flops['context']} tokens: "
+             f"{_si(flops['attention'])}FLOPs), {_si(flops['train'])}FLOPs to train on one",
+             f"{r.steps:,} steps × {r.batch} × {r.context} tokens = {tokens:,} training tokens, "
+             f"{_si(flops['train'] * tokens)}FLOPs in all"]  # fmt: skip
+    return "\n\n".join(parts), json.dumps(r.to_dict(), indent=2)
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} "
+
+
+def values_of(r: recipes.Recipe) -> dict:
+    d = r.to_dict()
+    return {k: d.get(k) for k in KEYS}
+
+
+def start_values(start: str) -> tuple[str, dict]:
+    """(family, option values) of a "start from" choice: a built-in's recipe or a blank one."""
+    if start.startswith("blank:"):
+        r = recipes.blank_recipe(start.removeprefix("blank:"))
+    else:
+        r = recipes.builtin_recipe(start)
+        r = r.replace(name=None, max_len=None, steps=min(r.steps, 600))  # a start, not a 10-minute run
+    return r.family, values_of(r)
+
+
+def progress_html(state: dict | None) -> str:
+    """A progress bar with the step, the loss, tokens per second and the time left."""
+    if not state:
+        return ""
+    step, steps = int(state.get("step") or 0), max(1, int(state.get("steps") or 1))
+    share = min(1.0, step / steps)
+    bits = [f"step {step:,} of {steps:,}"]
+    if state.get("losses"):
+        bits.append(f"loss {state['losses'][-1]:.3f}")
+    if state.get("tokens_per_s"):
+        bits.append(f"{state['tokens_per_s']:,.0f} tokens/s")
+    if state.get("state") == "running" and step >= steps:
+        bits.append("evaluating on the world's truth…")
+    elif state.get("state") == "running" and state.get("eta_s") is not None:
+        bits.append(f"about {_duration(state['eta_s'])} left")
+    elif state.get("elapsed_s"):
+        bits.append(f"{_duration(state['elapsed_s'])}")
+    word = {"running": "Training", "done": "Done", "stopped": "Stopped", "failed": "Failed"}.get(state.get("state"), "")
+    return (f'<div class="ap-progress" role="progressbar" aria-valuenow="{step}" aria-valuemin="0" '
+            f'aria-valuemax="{steps}"><div class="ap-progress-bar" style="width:{100 * share:.1f}%"></div></div>'
+            f'<div class="ap-progress-text"><b>{html.escape(word)}</b> · {html.escape(" · ".join(bits))}</div>')  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(float(seconds)))
+    return f"{s // 60} min {s % 60} s" if s >= 60 else f"{s} s"
+
+
+def evaluation_md(ev: dict | None, name: str) -> str:
+    """The run's evaluation as the evaluate module's table (the world's truth beside the model)."""
+    if not ev:
+        return ""
+    from archplay.models.training.evaluate import table
+
+    return f"#### How {md_escape(name)} does on the world's truth\n\n" + table({md_escape(name): ev})
+
+
+def reference_curve(family: str) -> dict | None:
+    """The built-in of the family's training curve (its train loss per step)."""
+    from archplay.models.checkpoints.loading import BUILTIN_DIR
+
+    name = REFERENCE.get(family)
+    try:
+        record = json.loads((BUILTIN_DIR / name / "training.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None
+    return {"name": f"built-in {name}", "losses": record.get("curve", {}).get("train_loss", [])}
+
+
+def entropy_floor() -> float | None:
+    """The story world's entropy floor (nats per token) from the built-ins' evaluation."""
+    from archplay.models.checkpoints.loading import BUILTIN_DIR
+
+    try:
+        report = json.loads((BUILTIN_DIR / "evaluation.json").read_text(encoding="utf-8"))
+        return float(report["gpt"]["lm"]["entropy_floor"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def curve_figure(family: str, state: dict | None, name: str):
+    runs = [{"name": name, "losses": state.get("losses") or [], "validation": state.get("validation") or []}] if state else []
+    floor = entropy_floor() if family in ("decoder", "moe", "ssm") else None
+    note = "dashed: the entropy floor · dotted: the built-in's own curve" if floor else "dotted: the built-in's own curve"
+    return loss_curves(runs, floor=floor, reference=reference_curve(family), title="Training loss", note=note)
+
+
+# --------------------------------------------------------------------------- layout and wiring
+
+
+CSS = """
+.ap-progress { height: 10px; background: var(--neutral-200); border-radius: 5px; overflow: hidden; margin: 4px 0; }
+.ap-progress-bar { height: 100%; background: var(--color-accent); transition: width 0.3s; }
+.ap-progress-text { font-size: 0.9em; }
+"""
+
+
+def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
+    """The Lab tab; ``model_lists`` are dropdowns refreshed when a trained model joins the catalog."""
+    ui = SimpleNamespace(opts={})
+    gr.Markdown("### Architecture Lab")
+    gr.Markdown(HELP, elem_classes="ap-help")
+    family0, values0 = start_values("gpt")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=2, min_width=320):
+            ui.start = gr.Dropdown([(label, key) for label, key in STARTS], value="gpt", label="Start from",
+                                   elem_id="lab-start")  # fmt: skip
+            ui.family = gr.Dropdown([(FAMILY_TITLES.get(f, f), f) for f in recipes.families()], value=family0,
+                                    label="Family", elem_id="lab-family")  # fmt: skip
+            shown = applies(family0)
+            with gr.Row():
+                for key, label, kind, info in OPTIONS:
+                    visible = key in shown
+                    if isinstance(kind, tuple):
+                        comp = gr.Dropdown(list(kind), value=values0.get(key), label=label, info=info, visible=visible,
+                                           elem_id=f"lab-{key}", min_width=140)  # fmt: skip
+                    elif kind == "bool":
+                        comp = gr.Checkbox(value=bool(values0.get(key)), label=label, info=info, visible=visible,
+                                           elem_id=f"lab-{key}", min_width=140)  # fmt: skip
+                    else:
+                        comp = gr.Number(value=values0.get(key), label=label, info=info, visible=visible,
+                                         precision=0 if kind == "int" else None, elem_id=f"lab-{key}",
+                                         min_width=140)  # fmt: skip
+                    ui.opts[key] = comp
+            ui.name = gr.Textbox(label="Name", placeholder="my-model", max_length=40, elem_id="lab-name")
+        with gr.Column(scale=3, min_width=420):
+            ui.summary = gr.Markdown(summary(family0, values0)[0], elem_id="lab-summary")
+            with gr.Row():
+                ui.train = gr.Button("Train", variant="primary", elem_id="lab-train")
+                ui.stop = gr.Button("Stop", elem_id="lab-stop", interactive=False)
+            ui.progress = gr.HTML("", elem_id="lab-progress")
+            ui.status = gr.Markdown("", elem_id="lab-status")
+            ui.curve = gr.Plot(curve_figure(family0, None, ""), elem_id="lab-curve", show_label=False)
+            ui.evaluation = gr.Markdown("", elem_id="lab-evaluation")
+            with gr.Accordion("The recipe as JSON (for archplay-train --recipe)", open=False):
+                ui.recipe = gr.Code(summary(family0, values0)[1], language="json", interactive=False,
+                                    elem_id="lab-recipe")  # fmt: skip
+    ui.run_id = gr.State(None)
+    ui.timer = gr.Timer(POLL_SECONDS, active=False)
+
+    opts = [ui.opts[k] for k in KEYS]
+
+    def on_start(start):
+        family, values = start_values(start)
+        shown = applies(family)
+        return [family, *[gr.update(value=values.get(k), visible=k in shown) for k in KEYS]]
+
+    def on_family(family):
+        values = values_of(recipes.blank_recipe(family))
+        shown = applies(family)
+        return [*[gr.update(value=values.get(k), visible=k in shown) for k in KEYS]]
+
+    def on_change(family, *vals):
+        md, js = summary(family, dict(zip(KEYS, vals)))
+        return md, js
+
+    ui.start.input(on_start, inputs=ui.start, outputs=[ui.family, *opts], api_name=False, show_progress="hidden")
+    ui.family.input(on_family, inputs=ui.family, outputs=opts, api_name=False, show_progress="hidden")
+    for comp in [ui.family, *opts]:
+        comp.change(on_change, inputs=[ui.family, *opts], outputs=[ui.summary, ui.recipe], api_name=False,
+                    show_progress="hidden", trigger_mode="always_last")  # fmt: skip
+
+    def on_train(family, name, *vals):
+        values = dict(zip(KEYS, vals))
+        try:
+            r = recipe_from(family, values)
+            if name and name.strip():
+                r = r.replace(name=_slug(name.strip()))
+            run_id = lab.start(r)
+        except (ValueError, OSError) as e:
+            return None, error(md_escape(str(e))), gr.update(), gr.Timer(active=False), gr.update(interactive=False), ""
+        return (run_id, "Training started: the curve follows below.", "", gr.Timer(active=True),
+                gr.update(interactive=True), "")  # fmt: skip
+
+    ui.train.click(on_train, inputs=[ui.family, ui.name, *opts],
+                   outputs=[ui.run_id, ui.status, ui.progress, ui.timer, ui.stop, ui.evaluation],
+                   api_name="lab_train", show_progress="hidden")  # fmt: skip
+
+    def on_stop(run_id):
+        lab.stop(run_id)
+        return "Stopping…"
+
+    ui.stop.click(on_stop, inputs=ui.run_id, outputs=ui.status, api_name="lab_stop", show_progress="hidden")
+
+    def on_tick(run_id):
+        run = lab.get(run_id)
+        if run is None:
+            return [gr.Timer(active=False), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(),
+                    *[gr.skip() for _ in model_lists]]  # fmt: skip
+        state = run.job.poll()
+        name = run.recipe.name or "this run"
+        fig = curve_figure(run.recipe.family, state, name)
+        if state["state"] == "running":
+            return [gr.skip(), progress_html(state), fig, gr.skip(), gr.skip(), gr.skip(),
+                    *[gr.skip() for _ in model_lists]]  # fmt: skip
+        lists = [gr.skip() for _ in model_lists]
+        if state["state"] == "done":
+            lab.finish(run)
+            if run.key:
+                status = (f"✓ Trained **{md_escape(name)}**: it is now in every model list "
+                          f"(Explore, Compare, Logit lens, Architecture).")  # fmt: skip
+                lists = [gr.update(choices=catalog.choices()) for _ in model_lists]
+            else:
+                status = warn(md_escape(run.note))
+        elif state["state"] == "stopped":
+            status = "Stopped. Nothing was saved."
+        else:
+            status = error("The run failed: " + md_escape(state.get("message") or "no message"))
+        return [gr.Timer(active=False), progress_html(state), fig, status, evaluation_md(run.evaluation, name),
+                gr.update(interactive=False), *lists]  # fmt: skip
+
+    ui.timer.tick(on_tick, inputs=ui.run_id,
+                  outputs=[ui.timer, ui.progress, ui.curve, ui.status, ui.evaluation, ui.stop, *model_lists],
+                  api_name=False, show_progress="hidden")  # fmt: skip
+    return ui
+
+
+__all__ = ["Lab", "build", "evaluation_md", "progress_html", "recipe_from", "summary"]
