@@ -27,9 +27,9 @@ from types import SimpleNamespace
 import gradio as gr
 
 from archplay.models import LoadError
-from archplay.models.training import jobs
+from archplay.models.training import experiments, jobs
 from archplay.models.training import recipe as recipes
-from archplay.viz.lab import loss_curves
+from archplay.viz.lab import experiment_curves, final_losses, gap_bars, loss_curves, scaling_chart
 
 from .catalog import Catalog
 from .messages import error, md_escape, warn
@@ -57,12 +57,12 @@ OPTIONS = (
     ("norm", "Norm", recipes.NORMS, "LayerNorm or RMSNorm"),
     ("norm_position", "Norm placement", recipes.NORM_POSITIONS, "pre: before each sublayer; post: after the residual add"),
     ("activation", "Activation", recipes.ACTIVATIONS, "of the feed-forward layer (swiglu, geglu: gated)"),
-    ("bias", "Biases", "bool", "on the projections and the feed-forward layer (GPT-2: yes; Llama: no)"),
+    ("bias", "Biases", "bool", "in projections and feed-forward (GPT-2 has them, Llama not)"),
     ("attention", "Attention", recipes.ATTENTION, "which keys a query may see"),
     ("window", "Window", "int", "tokens a query sees under a local pattern, itself included"),
     ("experts", "Experts", "int", "feed-forward experts per layer"),
     ("top_k", "Experts per token", "int", "top-k: the experts each token runs"),
-    ("shared_expert", "Shared expert", "bool", "an always-on expert beside the routed ones"),
+    ("shared_expert", "Shared expert", "bool", "an always-on expert beside the routed ones"),  # fmt: skip
     ("load_balancing", "Load-balancing weight", "float", "of the auxiliary loss that keeps every expert used"),
     ("d_state", "State size", "int", "N: the scan's state per channel"),
     ("expand", "Expand", "int", "the scan's inner width, times the model width"),
@@ -80,10 +80,11 @@ EVALUATE_STORIES = 100  # test stories a finished run is evaluated on (a few sec
 REFERENCE = {"decoder": "gpt", "encoder": "bert", "encoder-decoder": "t5", "moe": "moe", "ssm": "mamba"}
 
 
-def applies(family: str) -> set[str]:
-    """The options a family's recipes have (its blank recipe's keys, and the window of a local pattern)."""
+def applies(family: str, attention: str | None = None) -> set[str]:
+    """The options a family's recipes have (its blank recipe's keys, and the window of a local pattern:
+    with ``attention`` given, only when it is not "full")."""
     keys = set(recipes.blank_recipe(family).to_dict())
-    if "attention" in keys:
+    if "attention" in keys and attention != "full":
         keys.add("window")
     return keys & set(KEYS)
 
@@ -97,6 +98,8 @@ class Run:
     recipe: recipes.Recipe
     key: str | None = None  # the catalog key once it joined the model lists
     evaluation: dict | None = None
+    fine_tune: dict | None = None  # held-out perplexity and continuations before and after (fine-tuning)
+    tuning: bool = False  # trained on a visitor's text, not the story world
     note: str = ""
 
 
@@ -119,8 +122,9 @@ class Lab:
         with self._lock:
             return sum(r.job.state == "running" for r in self._runs.values())
 
-    def start(self, recipe: recipes.Recipe) -> str:
-        """Start training ``recipe``; its id. ValueError when the server already trains its share."""
+    def start(self, recipe: recipes.Recipe, *, from_: str | None = None, text: str | None = None) -> str:
+        """Start training ``recipe`` (fine-tuning ``from_`` on ``text`` when given); its id. ValueError
+        when the server already trains its share."""
         if self.max_running < 1:
             raise ValueError("training is turned off on this server (it was started with --lab-jobs 0)")
         with self._lock:
@@ -132,8 +136,11 @@ class Lab:
             name = recipe.name or f"lab-{recipe.family}"
             out = self.root / f"{_slug(name)}-{run_id}"
             recipe = recipe.replace(name=f"{_slug(name)}-{run_id[:4]}")
-            job = jobs.start(recipe, out, threads=self.threads, evaluate=EVALUATE_STORIES, stories=self.stories)
-            self._runs[run_id] = Run(job=job, recipe=recipe)
+            if text is None:
+                job = jobs.start(recipe, out, threads=self.threads, evaluate=EVALUATE_STORIES, stories=self.stories)
+            else:
+                job = jobs.start(recipe, out, threads=self.threads, from_=from_, text=text)
+            self._runs[run_id] = Run(job=job, recipe=recipe, tuning=text is not None)
             return run_id
 
     def get(self, run_id: str | None) -> Run | None:
@@ -145,6 +152,13 @@ class Lab:
         if run is not None:
             run.job.stop()
 
+    def stop_all(self) -> None:
+        """Stop every run still training (the server is going)."""
+        with self._lock:
+            running = [r for r in self._runs.values() if r.job.state == "running"]
+        for r in running:
+            r.job.stop()
+
     def finish(self, run: Run) -> None:
         """Once a run is done: its evaluation (from its training record) and its place in the model lists."""
         if run.key is not None or run.note:
@@ -153,6 +167,7 @@ class Lab:
         try:
             record = json.loads((out / "training.json").read_text(encoding="utf-8"))
             run.evaluation = record.get("evaluation")
+            run.fine_tune = record.get("fine_tune")
             entry = self.catalog.add(str(out), root=self.root)
             run.key = entry.key
         except (OSError, ValueError, LoadError) as e:
@@ -265,6 +280,36 @@ def evaluation_md(ev: dict | None, name: str) -> str:
     return f"#### How {md_escape(name)} does on the world's truth\n\n" + table({md_escape(name): ev})
 
 
+TUNABLE = ("gpt", "moe", "mamba")  # the built-ins that continue text: a text of one's own can teach them
+TUNE_STEPS, TUNE_LR = 100, 1e-3
+
+
+def finetune_recipe(name: str, steps, lr) -> recipes.Recipe:
+    """The built-in's own recipe with a fine-tuning schedule (ValueError for anything off)."""
+    if name not in TUNABLE:
+        raise ValueError(f"choose one of {', '.join(TUNABLE)} to fine-tune (the models that continue text)")
+    steps = _number("steps", steps)
+    return recipes.builtin_recipe(name).replace(steps=steps, lr=lr, warmup=max(1, int(steps or 1) // 10),
+                                                name=f"{name}-tuned")  # fmt: skip
+
+
+def finetune_md(ft: dict | None, name: str) -> str:
+    """Perplexity on the held-out text and the continuation of its opening, before and after, side by side."""
+    if not ft or not ft.get("before") or not ft.get("after"):
+        return ""
+    b, a = ft["before"], ft["after"]
+
+    def cell(text) -> str:
+        return md_escape(" ".join(str(text).split()))
+
+    rows = [f"#### {md_escape(name)}: your text, before and after", "",
+            f"Trained on {ft['train_tokens']:,} tokens of it; measured on the {ft['held_out_tokens']:,} held out "
+            "(its last part).", "", "| | before | after |", "|---|---|---|",
+            f"| perplexity on the held-out text | {b['perplexity']:,.1f} | {a['perplexity']:,.1f} |",
+            f"| continuing “{cell(a['prompt'])}” (greedy) | {cell(b['continuation'])} | {cell(a['continuation'])} |"]
+    return "\n".join(rows)
+
+
 def reference_curve(family: str) -> dict | None:
     """The built-in of the family's training curve (its train loss per step)."""
     from archplay.models.checkpoints.loading import BUILTIN_DIR
@@ -288,11 +333,141 @@ def entropy_floor() -> float | None:
         return None
 
 
-def curve_figure(family: str, state: dict | None, name: str):
+def curve_figure(family: str, state: dict | None, name: str, world: bool = True):
     runs = [{"name": name, "losses": state.get("losses") or [], "validation": state.get("validation") or []}] if state else []
-    floor = entropy_floor() if family in ("decoder", "moe", "ssm") else None
+    floor = entropy_floor() if world and family in ("decoder", "moe", "ssm") else None  # the story world's
     note = "dashed: the entropy floor · dotted: the built-in's own curve" if floor else "dotted: the built-in's own curve"
-    return loss_curves(runs, floor=floor, reference=reference_curve(family), title="Training loss", note=note)
+    steps = int(state["steps"]) if state and state.get("steps") else None
+    return loss_curves(runs, floor=floor, reference=reference_curve(family), title="Training loss", note=note,
+                       x_max=steps)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- experiments (precomputed)
+
+
+def experiment_choices() -> list[tuple[str, str]]:
+    """(title, key) of every one-click experiment, for the dropdown."""
+    return [(e.title, e.key) for e in experiments.EXPERIMENTS.values()]
+
+
+_EXPERIMENT_CACHE: dict[str, tuple[float, dict | None, str]] = {}
+_EXPERIMENT_LOCK = threading.Lock()
+
+
+def experiment_result(key: str) -> tuple[dict | None, str]:
+    """(the shipped result, "") or (None, why not): read once per file version, then from memory."""
+    path = experiments.RESULT_DIR / f"{key}.json"
+    try:
+        stamp = path.stat().st_mtime if path.is_file() else -1.0
+    except OSError:
+        stamp = -1.0
+    with _EXPERIMENT_LOCK:
+        hit = _EXPERIMENT_CACHE.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1], hit[2]
+    try:
+        result = experiments.load_result(key)
+        why = "" if result is not None else "not precomputed yet: run the command below to make it"
+    except ValueError as e:
+        result, why = None, f"its shipped result could not be read ({e})"
+    with _EXPERIMENT_LOCK:
+        _EXPERIMENT_CACHE[key] = (stamp, result, why)
+    return result, why
+
+
+def _curve_runs(result: dict) -> list[dict]:
+    """The variants as ``loss_curves`` runs (a thinned curve stretched back to one point per step)."""
+    runs = []
+    for v in result["variants"]:
+        k = max(1, int(v.get("loss_stride", 1)))
+        losses = [x for x in v["losses"] for _ in range(k)]
+        lm = (v.get("evaluation") or {}).get("lm") or {}
+        runs.append({"name": v["name"], "losses": losses, "validation": v.get("validation") or [],
+                     "cross_entropy": lm.get("cross_entropy")})  # fmt: skip
+    return runs
+
+
+def experiment_table(result: dict) -> str:
+    """One row per variant: size and cost, where it ended, and its evaluation on the world's truth."""
+    floor = result.get("entropy_floor")
+    routed = any("routing" in (v.get("evaluation") or {}) for v in result["variants"])
+    head = ["run", "parameters (active)", "training FLOPs", "train loss", "held-out loss", "gap to floor",
+            "coreference head", "tokens/s"] + (["expert load (min)", "I(expert; POS)"] if routed else [])  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v in result["variants"]:
+        ev = v.get("evaluation") or {}
+        lm, co, ro = ev.get("lm") or {}, ev.get("coreference"), ev.get("routing")
+        p = v["params"]
+        size = f"{p['total']:,}" + (f" ({p['active']:,})" if p["active"] != p["total"] else "")
+        tail = float(smooth_last(v["losses"]))
+        row = [f"**{md_escape(v['name'])}**", size, f"{_si(v['train_flops'])}FLOPs", f"{tail:.3f}",
+               f"{lm['cross_entropy']:.3f}" if lm else "–", f"{lm['gap']:+.3f}" if lm else "–",
+               f"L{co['layer']} H{co['head']}: {co['rate']:.0%}" if co else "–", f"{v['tokens_per_s']:,.0f}"]  # fmt: skip
+        if routed:
+            row += [f"{ro['min_load']:.0%}" if ro else "–",
+                    " / ".join(f"{x:.2f}" for x in ro["mi_pos_bits"]) + " bits" if ro else "–"]  # fmt: skip
+        lines.append("| " + " | ".join(row) + " |")
+    note = (f"Held-out loss: cross-entropy on 100 test stories the runs never saw; the world's entropy floor "
+            f"there is **{floor:.3f}** nats per token. " if floor is not None else "")
+    note += "Coreference head: how often the best head's strongest attention from a pronoun lands on its antecedent."
+    settings = result.get("settings") or {}
+    if settings.get("parallel", 1) > 1:
+        note += (f" Tokens per second: {settings['parallel']} runs trained at once, "
+                 f"{settings.get('threads', 1)} thread{'s' * (settings.get('threads', 1) != 1)} each.")
+    return "\n".join(lines) + "\n\n" + note
+
+
+def smooth_last(losses: list[float]) -> float:
+    from archplay.viz.lab import smooth
+
+    return float(smooth(losses)[-1]) if losses else float("nan")
+
+
+def experiment_view(key: str) -> dict:
+    """Everything the Experiments section shows for ``key``: {"about", "curves", "finals", "table",
+    "scaling_params", "scaling_compute" (None unless the scaling experiment), "command"}."""
+    exp = experiments.EXPERIMENTS.get(key)
+    if exp is None:
+        return {"about": error(f"no experiment {md_escape(str(key)[:40])}"), "curves": None, "finals": None,
+                "table": "", "scaling_params": None, "scaling_compute": None, "command": ""}  # fmt: skip
+    result, why = experiment_result(key)
+    changes = " · ".join(f"**{md_escape(v.name)}**: " + ", ".join(f"{k} = {md_escape(str(x))}" for k, x in v.changes.items())
+                         for v in exp.variants)  # fmt: skip
+    about = f"**{md_escape(exp.question)}**\n\n{changes}\n\n*What to expect:* {md_escape(exp.expect)}"
+    cmd = (f"Reproduce it (about a minute or two per run on a CPU core):\n\n"
+           f"```\n{experiments.command(key, (result or {}).get('settings', {}).get('steps'))}\n```")
+    if result is None:
+        return {"about": about + "\n\n" + warn(md_escape(why)), "curves": None, "finals": None, "table": "",
+                "scaling_params": None, "scaling_compute": None, "command": cmd}  # fmt: skip
+    base = result.get("settings", {})
+    about += (f"\n\n*Trained:* {base.get('steps') or exp.base['steps']} steps of {exp.base['batch']} × "
+              f"{exp.base['context']} tokens on the world's first {base.get('stories', experiments.STORIES):,} stories, "
+              f"seed {exp.base['seed']}; every run differs from the others only in **{md_escape(exp.option)}**.")  # fmt: skip
+    runs = _curve_runs(result)
+    floor = result.get("entropy_floor")
+    curves = experiment_curves(runs, floor=floor, title=exp.title,
+                               note="faded: each step · solid: average · ◆ validation · dashed: entropy floor")
+    if floor is not None and all(r["cross_entropy"] is not None for r in runs):
+        finals = gap_bars(runs, floor, title="Held-out loss after training")
+    else:
+        finals = final_losses(runs, floor=floor, title="Where each run ended")
+    view = {"about": about, "curves": curves, "finals": finals, "table": experiment_table(result),
+            "scaling_params": None, "scaling_compute": None, "command": cmd}  # fmt: skip
+    if "scaling" in result:
+        s = result["scaling"]
+        view["scaling_params"] = scaling_chart(s["points"], s["fit_params"], x="params",
+                                               title="Held-out loss against non-embedding parameters N")  # fmt: skip
+        view["scaling_compute"] = scaling_chart(s["points"], s["fit_compute"], x="compute",
+                                                title="Held-out loss against training compute C")  # fmt: skip
+        fp, fc = s["fit_params"], s["fit_compute"]
+        view["table"] += (f"\n\n**Power laws** (the floor fixed at the world's entropy): "
+                          f"L = {fp['floor']:.3f} + {fp['a']:.3g} · N^(−{fp['alpha']:.3f}) (R² {fp['r2']:.3f}); "
+                          f"L = {fc['floor']:.3f} + {fc['a']:.3g} · C^(−{fc['alpha']:.3f}) (R² {fc['r2']:.3f}).")  # fmt: skip
+    return view
+
+
+EXPERIMENT_FIELDS = ("about", "curves", "finals", "table", "scaling_params", "scaling_compute", "command")
+
 
 
 # --------------------------------------------------------------------------- layout and wiring
@@ -317,7 +492,7 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
                                    elem_id="lab-start")  # fmt: skip
             ui.family = gr.Dropdown([(FAMILY_TITLES.get(f, f), f) for f in recipes.families()], value=family0,
                                     label="Family", elem_id="lab-family")  # fmt: skip
-            shown = applies(family0)
+            shown = applies(family0, values0.get("attention"))
             with gr.Row():
                 for key, label, kind, info in OPTIONS:
                     visible = key in shown
@@ -326,7 +501,7 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
                                            elem_id=f"lab-{key}", min_width=140)  # fmt: skip
                     elif kind == "bool":
                         comp = gr.Checkbox(value=bool(values0.get(key)), label=label, info=info, visible=visible,
-                                           elem_id=f"lab-{key}", min_width=140)  # fmt: skip
+                                           elem_id=f"lab-{key}", min_width=240)  # fmt: skip
                     else:
                         comp = gr.Number(value=values0.get(key), label=label, info=info, visible=visible,
                                          precision=0 if kind == "int" else None, elem_id=f"lab-{key}",
@@ -345,30 +520,49 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
             with gr.Accordion("The recipe as JSON (for archplay-train --recipe)", open=False):
                 ui.recipe = gr.Code(summary(family0, values0)[1], language="json", interactive=False,
                                     elem_id="lab-recipe")  # fmt: skip
+            with gr.Accordion("Fine-tune a built-in on your own text", open=False, elem_id="lab-tune-section"):
+                gr.Markdown("Paste a text (a few paragraphs, a story, notes): a built-in continues training on it. "
+                            "Its last part is held out; its perplexity and the model's continuation of its first "
+                            "words are shown before and after, side by side.", elem_classes="ap-help")  # fmt: skip
+                with gr.Row():
+                    ui.tune_model = gr.Dropdown(list(TUNABLE), value="gpt", label="Model", elem_id="lab-tune-model",
+                                                min_width=120)  # fmt: skip
+                    ui.tune_steps = gr.Number(TUNE_STEPS, label="Steps", precision=0, elem_id="lab-tune-steps",
+                                              min_width=100)  # fmt: skip
+                    ui.tune_lr = gr.Number(TUNE_LR, label="Learning rate", elem_id="lab-tune-lr", min_width=100)
+                ui.tune_text = gr.Textbox(label="Your text", lines=6, max_length=200_000, elem_id="lab-tune-text",
+                                          placeholder="Paragraphs separated by blank lines…")  # fmt: skip
+                ui.tune = gr.Button("Fine-tune", elem_id="lab-tune")
     ui.run_id = gr.State(None)
     ui.timer = gr.Timer(POLL_SECONDS, active=False)
 
     opts = [ui.opts[k] for k in KEYS]
 
+    # One event per user edit (``input``, not ``change``: a new start sets every option at once, and
+    # a change event each would be twenty requests); the start and family events redo the summary.
+    def filled(family: str, values: dict) -> list:
+        shown = applies(family, values.get("attention"))
+        return [*[gr.update(value=values.get(k), visible=k in shown) for k in KEYS], *summary(family, values)]
+
     def on_start(start):
         family, values = start_values(start)
-        shown = applies(family)
-        return [family, *[gr.update(value=values.get(k), visible=k in shown) for k in KEYS]]
+        return [family, *filled(family, values)]
 
     def on_family(family):
-        values = values_of(recipes.blank_recipe(family))
-        shown = applies(family)
-        return [*[gr.update(value=values.get(k), visible=k in shown) for k in KEYS]]
+        return filled(family, values_of(recipes.blank_recipe(family)))
 
     def on_change(family, *vals):
-        md, js = summary(family, dict(zip(KEYS, vals)))
-        return md, js
+        values = dict(zip(KEYS, vals))
+        window = gr.update(visible="window" in applies(family, values.get("attention")))
+        return [*summary(family, values), window]
 
-    ui.start.input(on_start, inputs=ui.start, outputs=[ui.family, *opts], api_name=False, show_progress="hidden")
-    ui.family.input(on_family, inputs=ui.family, outputs=opts, api_name=False, show_progress="hidden")
-    for comp in [ui.family, *opts]:
-        comp.change(on_change, inputs=[ui.family, *opts], outputs=[ui.summary, ui.recipe], api_name=False,
-                    show_progress="hidden", trigger_mode="always_last")  # fmt: skip
+    shown_outputs = [*opts, ui.summary, ui.recipe]
+    ui.start.input(on_start, inputs=ui.start, outputs=[ui.family, *shown_outputs], api_name=False,
+                   show_progress="hidden")  # fmt: skip
+    ui.family.input(on_family, inputs=ui.family, outputs=shown_outputs, api_name=False, show_progress="hidden")
+    gr.on([comp.input for comp in opts], on_change, inputs=[ui.family, *opts],
+          outputs=[ui.summary, ui.recipe, ui.opts["window"]],
+          api_name=False, show_progress="hidden", trigger_mode="always_last")  # fmt: skip
 
     def on_train(family, name, *vals):
         values = dict(zip(KEYS, vals))
@@ -390,6 +584,21 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
         lab.stop(run_id)
         return "Stopping…"
 
+    def on_tune(model, steps, lr, text):
+        try:
+            from archplay.models.training import finetune
+
+            finetune.split_text(text)  # a message now rather than a failed run
+            run_id = lab.start(finetune_recipe(model, steps, lr), from_=model, text=text)
+        except (ValueError, OSError) as e:
+            return None, error(md_escape(str(e))), gr.update(), gr.Timer(active=False), gr.update(interactive=False), ""
+        return (run_id, f"Fine-tuning {md_escape(model)} on your text: the curve follows below.", "",
+                gr.Timer(active=True), gr.update(interactive=True), "")  # fmt: skip
+
+    ui.tune.click(on_tune, inputs=[ui.tune_model, ui.tune_steps, ui.tune_lr, ui.tune_text],
+                  outputs=[ui.run_id, ui.status, ui.progress, ui.timer, ui.stop, ui.evaluation],
+                  api_name="lab_finetune", show_progress="hidden")  # fmt: skip
+
     ui.stop.click(on_stop, inputs=ui.run_id, outputs=ui.status, api_name="lab_stop", show_progress="hidden")
 
     def on_tick(run_id):
@@ -399,7 +608,7 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
                     *[gr.skip() for _ in model_lists]]  # fmt: skip
         state = run.job.poll()
         name = run.recipe.name or "this run"
-        fig = curve_figure(run.recipe.family, state, name)
+        fig = curve_figure(run.recipe.family, state, name, world=not run.tuning)
         if state["state"] == "running":
             return [gr.skip(), progress_html(state), fig, gr.skip(), gr.skip(), gr.skip(),
                     *[gr.skip() for _ in model_lists]]  # fmt: skip
@@ -416,13 +625,50 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
             status = "Stopped. Nothing was saved."
         else:
             status = error("The run failed: " + md_escape(state.get("message") or "no message"))
-        return [gr.Timer(active=False), progress_html(state), fig, status, evaluation_md(run.evaluation, name),
+        results = finetune_md(run.fine_tune, name) or evaluation_md(run.evaluation, name)
+        return [gr.Timer(active=False), progress_html(state), fig, status, results,
                 gr.update(interactive=False), *lists]  # fmt: skip
 
     ui.timer.tick(on_tick, inputs=ui.run_id,
                   outputs=[ui.timer, ui.progress, ui.curve, ui.status, ui.evaluation, ui.stop, *model_lists],
                   api_name=False, show_progress="hidden")  # fmt: skip
+
+    ui.exp = _build_experiments()
     return ui
 
 
-__all__ = ["Lab", "build", "evaluation_md", "progress_html", "recipe_from", "summary"]
+def _build_experiments() -> SimpleNamespace:
+    """The Experiments section: precomputed runs that differ in one option, shown at once."""
+    ex = SimpleNamespace()
+    first = next(iter(experiments.EXPERIMENTS))
+    view = experiment_view(first)
+    with gr.Accordion("Experiments: change one option, see what it does", open=True, elem_id="lab-experiments"):
+        ex.choice = gr.Dropdown(experiment_choices(), value=first, label="Experiment", elem_id="lab-exp-choice")
+        ex.about = gr.Markdown(view["about"], elem_id="lab-exp-about")
+        with gr.Row(equal_height=False):
+            ex.curves = gr.Plot(view["curves"], elem_id="lab-exp-curves", show_label=False)
+            ex.finals = gr.Plot(view["finals"], elem_id="lab-exp-finals", show_label=False)
+        with gr.Row(equal_height=False, visible=view["scaling_params"] is not None) as ex.scaling_row:
+            ex.scaling_params = gr.Plot(view["scaling_params"], elem_id="lab-exp-scaling-params", show_label=False)
+            ex.scaling_compute = gr.Plot(view["scaling_compute"], elem_id="lab-exp-scaling-compute", show_label=False)
+        ex.table = gr.Markdown(view["table"], elem_id="lab-exp-table")
+        ex.command = gr.Markdown(view["command"], elem_id="lab-exp-command")
+
+    def on_experiment(key):
+        v = experiment_view(key)
+        scaling = v["scaling_params"] is not None
+        return {ex.about: v["about"], ex.curves: v["curves"], ex.finals: v["finals"], ex.table: v["table"],
+                ex.command: v["command"], ex.scaling_row: gr.update(visible=scaling),
+                ex.scaling_params: v["scaling_params"] if scaling else gr.skip(),
+                ex.scaling_compute: v["scaling_compute"] if scaling else gr.skip()}  # fmt: skip
+
+    ex.choice.input(on_experiment, inputs=ex.choice,
+                    outputs=[ex.about, ex.curves, ex.finals, ex.table, ex.command, ex.scaling_row,
+                             ex.scaling_params, ex.scaling_compute],
+                    api_name="lab_experiment", show_progress="hidden")  # fmt: skip
+    ex.handler = on_experiment
+    return ex
+
+
+__all__ = ["Lab", "build", "evaluation_md", "experiment_choices", "experiment_result", "experiment_table",
+           "experiment_view", "progress_html", "recipe_from", "summary"]

@@ -54,7 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lab-jobs", type=int, default=1, metavar="N",
                    help="at most N Lab trainings at once, each in its own process on one thread (default: 1; 0 turns "
                         "training off)")  # fmt: skip
+    p.add_argument("--lab-stories", type=int, default=None, metavar="N",
+                   help="train Lab models on the first N stories of the world (quicker runs; default: all 14,000)")
     args = p.parse_args(argv)
+    if args.lab_stories is not None and not 20 <= args.lab_stories <= 14000:
+        p.error("--lab-stories takes a whole number between 20 and 14000")
     if args.lab_jobs < 0:
         p.error("--lab-jobs takes a whole number of at least 0")
     if args.auth is not None and (":" not in args.auth or not args.auth.split(":", 1)[0]):
@@ -145,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         print(warning, file=sys.stderr, flush=True)
     for key in catalog.keys():
         print(f"archplay: offering {catalog.get(key).label}", flush=True)
-    demo = build_app(catalog, lab.Lab(catalog, args.lab_dir, max_running=args.lab_jobs))
+    lab_runs = lab.Lab(catalog, args.lab_dir, max_running=args.lab_jobs, stories=args.lab_stories)
+    demo = build_app(catalog, lab_runs)
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     guard.cap_queue(demo, total=QUEUE_SIZE, per_address=args.max_queued_per_address)
 
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        lab_runs.stop_all()  # a training run does not outlive the server
         demo.close()
 
 

@@ -534,3 +534,15 @@ def test_card_rows_show_the_choices():
     assert bert["positions"].startswith("learned absolute table") and "post-norm" in bert["norm"]
     assert bert["attention"] == "bidirectional self-attention (every token sees every token)"
     assert rows(_moe(positions="alibi"))["positions"].startswith("ALiBi")
+
+
+def test_sinusoidal_positions_scale_the_token_embeddings_as_the_original_transformer():
+    """Vaswani et al. multiply the embeddings by √d_model before adding the unit-size waves; without it
+    the waves drowned the tokens (std 0.02) and a Lab decoder with sinusoidal positions did not learn."""
+    from archplay.models.architectures.layers import sinusoidal_positions
+
+    dec = Decoder(DecoderConfig.gpt2_tiny(positions="sinusoidal"))
+    ids = torch.tensor([[5, 7, 9]])
+    x0 = dec(ids, trace=True).trace.hidden_states[0][0]
+    expected = dec.embed_tokens(ids)[0] * 32**0.5 + sinusoidal_positions(64, 32)[:3]
+    torch.testing.assert_close(x0, expected)

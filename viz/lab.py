@@ -61,11 +61,13 @@ def loss_curves(
     reference: Mapping | None = None,
     title: str = "Training loss",
     note: str = "",
+    x_max: int | None = None,
 ) -> go.Figure:
     """Loss per step of each run in ``runs`` ({"name", "losses"[, "validation": [[step, loss], …]]}).
 
     ``floor``: the entropy floor in nats per token (a dashed line). ``reference``: {"name", "losses"},
-    drawn dotted and grey (the built-in's own curve). ``note`` goes under the title.
+    drawn dotted and grey (the built-in's own curve). ``note`` goes under the title. ``x_max``: the
+    last step the axis shows (a run's planned steps: a longer reference is cut there).
     """
     traces: list[dict] = []
     top = 0.0
@@ -116,7 +118,7 @@ def loss_curves(
     text = title + (f"<br><sup>{style.safe_label(note)}</sup>" if note else "")
     layout = style.base_layout(
         text, height=380, margin=dict(l=60, r=20, t=70, b=50),
-        xaxis=dict(title_text="step", range=[0, max(longest, 1) * 1.02]),
+        xaxis=dict(title_text="step", range=[0, max(x_max or longest, 1) * 1.02]),
         yaxis=dict(title_text="loss (nats per token)", range=[low, top * 1.05] if top else None),
         legend=dict(orientation="h", y=1.0, yanchor="bottom", x=1, xanchor="right", font=dict(size=11)),
         shapes=shapes, annotations=annotations,
@@ -182,4 +184,48 @@ def scaling_chart(points: Sequence[Mapping], fit: Mapping | None = None, *, x: s
     return style.figure(data=traces, layout=layout)
 
 
-__all__ = ["final_losses", "loss_curves", "scaling_chart", "series_colour", "smooth"]
+def experiment_curves(runs: Sequence[Mapping], *, floor: float | None = None, title: str = "Training loss",
+                      note: str = "") -> go.Figure:  # fmt: skip
+    """``loss_curves`` of an experiment's runs side by side: the legend (one entry per run) under the
+    plot, so it never covers the title, and the y axis zoomed to where the runs end (up to 1 nat above
+    the highest end; double-click shows the whole curve)."""
+    fig = loss_curves(runs, floor=floor, title=title, note=note)
+    for trace in fig.data:
+        if trace.name and trace.name.endswith("(validation)"):
+            trace.showlegend = False  # the markers share their run's colour
+    ends = [float(smooth(r["losses"])[-1]) for r in runs if len(_or_empty(r.get("losses")))]
+    layout: dict = dict(height=420, margin=dict(l=60, r=20, t=70, b=100),
+                        legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.2, yanchor="top"))  # fmt: skip
+    low, high = fig.layout.yaxis.range or (None, None)
+    if ends and low is not None and high is not None:
+        layout["yaxis_range"] = [low, min(high, max(ends) + 1.0)]
+    fig.update_layout(**layout)
+    return fig
+
+
+def gap_bars(runs: Sequence[Mapping], floor: float, *, title: str = "How far above the floor each run ended") -> go.Figure:
+    """One bar per run ({"name", "cross_entropy"}): its held-out loss minus the entropy floor, the part
+    still to learn (the bars start at the floor, so small differences show)."""
+    names, gaps, colours, text = [], [], [], []
+    for i, run in enumerate(runs):
+        value = run.get("cross_entropy")
+        if value is None or not math.isfinite(float(value)):
+            continue
+        names.append(style.safe_label(run.get("name", f"run {i + 1}")))
+        gaps.append(float(value) - floor)
+        colours.append(series_colour(i))
+        text.append(f"{float(value):.3f} (gap {float(value) - floor:+.3f})")
+    traces = [dict(type="bar", x=names, y=gaps, marker=dict(color=colours), text=text, textposition="outside",
+                   cliponaxis=False, customdata=[g + floor for g in gaps], showlegend=False,
+                   hovertemplate="%{x}: %{customdata:.3f} nats, %{y:.3f} above the floor<extra></extra>")]  # fmt: skip
+    top = max(gaps + [0.0])
+    layout = style.base_layout(
+        f"{title}<br><sup>held-out loss minus the entropy floor ({floor:.3f} nats/token)</sup>", height=420,
+        margin=dict(l=60, r=20, t=70, b=60), yaxis=dict(title_text="gap to the floor (nats per token)",
+                                                         range=[min(gaps + [0.0]) * 1.2, top * 1.2 or 1.0]),
+    )  # fmt: skip
+    return style.figure(data=traces, layout=layout)
+
+
+__all__ = ["experiment_curves", "final_losses", "gap_bars", "loss_curves", "scaling_chart", "series_colour",
+           "smooth"]

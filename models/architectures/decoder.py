@@ -240,8 +240,8 @@ class Decoder(nn.Module):
         kind = self.config.positions
         if kind == "learned":
             return x + self.embed_positions(pos), None, None
-        if kind == "sinusoidal":
-            return x + self.sinusoid[pos].to(x.dtype), None, None
+        if kind == "sinusoidal":  # the token embeddings × √d_model first, as Vaswani et al. (unit-size waves)
+            return x * self.config.d_model**0.5 + self.sinusoid[pos].to(x.dtype), None, None
         if kind == "rotary":
             return x, self.rotary(pos), None  # (cos, sin), each (T, rotary_dim)
         if kind == "alibi":

@@ -208,8 +208,8 @@ class Encoder(nn.Module):
         cfg = self.config
         if cfg.positions == "learned":
             return x + self.embed_positions(pos), None, None
-        if cfg.positions == "sinusoidal":
-            return x + self.sinusoid[pos].to(x.dtype), None, None
+        if cfg.positions == "sinusoidal":  # the token embeddings × √d_model first, as Vaswani et al.
+            return x * cfg.d_model**0.5 + self.sinusoid[pos].to(x.dtype), None, None
         if cfg.positions == "rotary":
             return x, self.rotary(pos), None
         if cfg.positions == "alibi":

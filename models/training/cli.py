@@ -33,6 +33,7 @@ below 1) is a one-line message on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import socket
@@ -44,7 +45,7 @@ import torch
 
 from archplay.models import story
 from archplay.models.checkpoints.convert import LoadError
-from archplay.models.training import train
+from archplay.models.training import finetune, train
 from archplay.models.training.recipe import BUILTIN_RECIPES, Recipe, builtin_recipe, config_for
 
 PROG = "archplay-train"
@@ -73,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
                    help="auto: a GPU when there is one (default)")  # fmt: skip
     p.add_argument("--stories", type=int,
                    help="train on the first N stories of the world (default all 14,000): for quick runs")  # fmt: skip
+    p.add_argument("--text", type=Path, metavar="FILE",
+                   help="with --from: fine-tune on this UTF-8 text instead of the story world (its last tenth is "
+                        "held out; perplexity and a continuation before and after go into training.json)")  # fmt: skip
     p.add_argument("--evaluate", type=int, default=0, metavar="N",
                    help="then evaluate on the world's truth (gap to the entropy floor, masked-word accuracy, "
                         "translation, expert load, coreference head) over N test stories, into training.json "
@@ -96,6 +100,7 @@ class Plan:
     threads: int | None
     json_progress: bool
     evaluate: int = 0
+    text: str | None = None  # fine-tuning on a text of one's own (with from_)
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -108,6 +113,15 @@ def plan(args: argparse.Namespace) -> Plan:
         raise UsageError(f"--threads must be between 1 and 1024, got {args.threads}")
     if not 0 <= args.evaluate <= 2000:
         raise UsageError(f"--evaluate must be between 0 and 2000 stories, got {args.evaluate}")
+    text = None
+    if args.text is not None:
+        if args.from_ is None:
+            raise UsageError("--text fine-tunes a model: give --from NAME_OR_DIR too")
+        try:
+            text = args.text.read_text(encoding="utf-8")[: finetune.MAX_CHARS]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"--text {args.text}: could not be read as UTF-8 text ({type(e).__name__})") from None
+        finetune.split_text(text)  # ValueError now, not after the model is built
     if args.stories is not None and not 20 <= args.stories <= 14000:
         raise UsageError(f"--stories must be between 20 and 14000, got {args.stories}")
     if args.out.exists() and not args.out.is_dir():
@@ -129,8 +143,11 @@ def plan(args: argparse.Namespace) -> Plan:
     if recipe.batch < args.nproc:
         raise UsageError(f"the batch ({recipe.batch}) must be at least the number of processes ({args.nproc})")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if text is not None and recipe.objective != "next-token":
+        raise UsageError(f"--text: only a model that continues text (next-token) can be fine-tuned on a text; "
+                         f"{args.from_} is {recipe.objective}")  # fmt: skip
     return Plan(recipe, args.out, steps, args.from_, args.stories, device, args.threads, args.json_progress,
-                args.evaluate)
+                args.evaluate, text)
 
 
 def own_recipe(source: str) -> Recipe:
@@ -226,11 +243,26 @@ def run(p: Plan, world: train.World) -> Path:
             show.note(note)
         show.note(f"training {p.recipe.title}: {p.steps} steps of {p.recipe.batch} "
                   f"on {world.size} process{'es' if world.size > 1 else ''} ({device})")  # fmt: skip
-    record = train.fit(model, tok, p.recipe.schedule(), splits_for(p.stories), seed=p.recipe.seed, world=world, device=device,
-                       on_step=show.step if show else None)  # fmt: skip
+    schedule, splits, tuned = p.recipe.schedule(), None, None
+    if p.text is not None:  # the user's text instead of the story world: held-out measures before and after
+        training, held_out = finetune.split_text(p.text)
+        n_train, n_held = finetune.check_sizes(tok, training, held_out)
+        schedule = dataclasses.replace(schedule, seq_len=min(schedule.seq_len, n_train - 2, n_held - 2))
+        splits = {"train": training, "validation": held_out}
+        tuned = {"train_tokens": n_train, "held_out_tokens": n_held, "passages": [len(training), len(held_out)],
+                 "before": finetune.snapshot(model, tok, held_out, schedule.seq_len) if world.main else None}  # fmt: skip
+        model.train()
+        if show:
+            show.note(f"fine-tuning on {n_train:,} tokens of your text ({n_held:,} held out)")
+    record = train.fit(model, tok, schedule, splits or splits_for(p.stories), seed=p.recipe.seed, world=world,
+                       device=device, on_step=show.step if show else None)  # fmt: skip
     if not world.main:
         return p.out
+    if tuned is not None:
+        tuned["after"] = finetune.snapshot(model, tok, splits["validation"], schedule.seq_len)
     record = {"recipe": p.recipe.to_dict(), "from": p.from_, "notes": notes, **record}
+    if tuned is not None:
+        record["fine_tune"] = tuned
     from archplay.models.checkpoints.loading import save_builtin
 
     save_builtin(model.cpu().eval(), tok, p.out, training=record)

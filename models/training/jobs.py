@@ -152,13 +152,14 @@ class Job:
 
 def start(recipe: Recipe | dict, out: str | Path, *, steps: int | None = None, from_: str | None = None,
           threads: int = 1, nproc: int = 1, stories: int | None = None, device: str = "cpu",
-          evaluate: int = 0) -> Job:  # fmt: skip
+          evaluate: int = 0, text: str | None = None) -> Job:  # fmt: skip
     """Start training ``recipe`` into the folder ``out`` in the background; returns its ``Job``.
 
     The recipe is checked here (ValueError) and written to ``out/recipe.json``, which the run reads.
     ``steps`` overrides the recipe's; ``from_`` fine-tunes a built-in or a folder; ``threads`` torch
     threads per process; ``nproc`` data-parallel processes; ``stories`` a smaller corpus (quick runs);
-    ``evaluate`` N: then the world's measures over N test stories, into training.json."""
+    ``evaluate`` N: then the world's measures over N test stories, into training.json; ``text``:
+    fine-tune ``from_`` on this text (written to ``out/text.txt``) instead of the story world."""
     recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -175,6 +176,10 @@ def start(recipe: Recipe | dict, out: str | Path, *, steps: int | None = None, f
         command += ["--stories", str(int(stories))]
     if evaluate:
         command += ["--evaluate", str(int(evaluate))]
+    if text is not None:
+        text_file = out / "text.txt"
+        text_file.write_text(str(text), encoding="utf-8")
+        command += ["--text", str(text_file)]
     return Job(command, out, int(steps or recipe.steps))
 
 
