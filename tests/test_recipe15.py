@@ -269,3 +269,14 @@ def test_counting_leaves_other_threads_alone():
     finally:
         release.set()
         t.join()
+
+
+def test_a_local_attention_pattern_costs_only_its_window():
+    """The attention term counts the keys a query sees: the window (strided: and every window-th before it)."""
+    from archplay.models.training.recipe import blank_recipe, flops_per_token
+
+    full = blank_recipe("decoder").replace(context=128)
+    f = flops_per_token(full)["attention"]
+    assert flops_per_token(full.replace(attention="sliding", window=16))["attention"] == f * 16 // 128
+    assert flops_per_token(full.replace(attention="strided", window=16))["attention"] == f * (16 + 8) // 128
+    assert flops_per_token(full.replace(attention="block", window=512))["attention"] == f  # a window past the context

@@ -169,9 +169,7 @@ def test_the_builtin_trainer_gives_the_numbers_it_gave_before_the_refactor():
     from archplay.models.training import train
 
     _, _, record = train.train(train.RECIPES["gpt"], steps=3)  # the full world, as `--model gpt --steps 3`
-    # gpt's own schedule changed after the refactor (issue 15: 256-token windows of 8, not 128 of 16; the
-    # refactor's numbers were [7.18606, 6.77408, 6.22954]); these are the new schedule's
-    assert record["losses"] == pytest.approx([7.17692, 6.79929, 6.22908], abs=1e-4)
+    assert record["losses"] == pytest.approx([7.18606, 6.77408, 6.22954], abs=1e-4)  # (gpt's first phase)
     assert record["curve"]["train_loss"] == [round(x, 5) for x in record["losses"]]
     splits = story.make_splits(seed=0, n_train=120, n_valid=20, n_test=20)
     for name, losses in BEFORE.items():

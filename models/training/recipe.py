@@ -529,12 +529,22 @@ def _is_embedding(name: str) -> bool:
     return name.split(".")[0] in ("embed_tokens", "embed_positions", "embed_types", "shared")
 
 
+def _keys_seen(r: Recipe, T: int) -> int:
+    """How many keys a query's scores are computed against: all T under full attention; under a local
+    pattern only its window (strided: and every window-th one before it), as a sparse kernel would."""
+    if r.attention in (None, "full") or not r.window:
+        return T
+    local = min(T, r.window)
+    return min(T, local + T // r.window) if r.attention == "strided" else local
+
+
 def flops_per_token(r: Recipe, context: int | None = None) -> dict:
     """Approximate FLOPs per token at ``context`` (default the recipe's training context).
 
     forward ≈ 2 · active non-embedding parameters (a multiply-add per weight) + the attention
     scores and their weighted sum, 2 · 2 · context · width per attention layer (every self- and
-    cross-attention of an encoder-decoder), + a scan's 9 · d_inner · d_state per ssm layer;
+    cross-attention of an encoder-decoder; a local pattern's window instead of the context), + a
+    scan's 9 · d_inner · d_state per ssm layer;
     training ≈ 3 × forward (the backward pass costs about twice the forward)."""
     n = parameter_count(r)
     T = context or r.context
@@ -543,7 +553,7 @@ def flops_per_token(r: Recipe, context: int | None = None) -> dict:
         attention, scan = 0, 9 * r.layers * r.expand * r.width * r.d_state
     else:
         attention_layers = 3 * r.layers if r.family == "encoder-decoder" else r.layers
-        attention, scan = 4 * attention_layers * T * r.width, 0
+        attention, scan = 4 * attention_layers * _keys_seen(r, T) * r.width, 0
     forward = weights + attention + scan
     return {"forward": forward, "train": 3 * forward, "weights": weights, "attention": attention, "scan": scan,
             "context": T}  # fmt: skip

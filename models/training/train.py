@@ -82,6 +82,7 @@ class Schedule:
     eval_every: int = 100
     compile_scan: bool = False  # Mamba: train through ssm.compiled_scan() (~1.6x faster steps on CPU)
     extra: dict = field(default_factory=dict)
+    then: Schedule | None = None  # a second phase, continuing from the first's weights (gpt: longer windows)
 
 
 def _gpt_config(tok: SPTokenizer) -> DecoderConfig:
@@ -131,9 +132,11 @@ def _t5_config(tok: SPTokenizer) -> EncoderDecoderConfig:
 Recipe = Schedule  # the name this table's entries had before the JSON recipes (recipe.py) arrived
 
 RECIPES: dict[str, Schedule] = {
-    # gpt reads positions from a learned table of CONTEXT rows: it trains on windows of that length
-    # (on 128-token windows its rows 128-255 stayed untrained and a long text's predictions collapsed).
-    "gpt": Schedule("gpt", _gpt_config, prefix=("<s>",), steps=2000, batch_size=8, seq_len=CONTEXT),
+    # gpt reads positions from a learned table of CONTEXT rows: after 128-token windows (rows 128-255
+    # untrained: a long text's predictions collapsed), 400 steps on windows of the whole table.
+    "gpt": Schedule("gpt", _gpt_config, prefix=("<s>",), steps=2000,
+                    then=Schedule("gpt", _gpt_config, prefix=("<s>",), steps=400, batch_size=8, seq_len=CONTEXT,
+                                  lr=1e-3, warmup=40)),
     "bert": Schedule("bert", _bert_config, prefix=("<cls>",), suffix=("<sep>",), steps=4000, lr=2e-3),
     "t5": Schedule("t5", _t5_config, suffix=("</s>",), steps=1200, batch_size=48),
     "moe": Schedule("moe", _moe_config, prefix=("<s>",), steps=1800, aux_loss_coef=0.02),
@@ -427,6 +430,9 @@ def train(recipe: Schedule, *, splits: dict | None = None, steps: int | None = N
             log(_progress(recipe.name, p["step"], p["steps"], p["loss"], last_val, p["elapsed_s"], p["tokens_per_s"]))
 
     record = fit(model, tok, recipe, splits, seed=seed, on_step=on_step, compile_scan=compiled)
+    if recipe.then is not None and steps is None:  # a short run (``steps``) is the first phase only
+        later = fit(model, tok, recipe.then, splits, seed=seed, on_step=on_step, compile_scan=compiled)
+        record = {**record, "then": later}
     return model.eval(), tok, record
 
 
