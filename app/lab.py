@@ -26,7 +26,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from archplay.models import LoadError
+from archplay.models import LoadError, registry
 from archplay.models.training import experiments, jobs
 from archplay.models.training import recipe as recipes
 from archplay.viz.lab import experiment_curves, final_losses, gap_bars, loss_curves, scaling_chart
@@ -43,9 +43,11 @@ HELP = (
     "world's truth and joins every model list, so Explore, Compare and the Logit lens show what it learned."
 )
 
-FAMILY_TITLES = {"decoder": "decoder-only (GPT, Llama)", "encoder": "encoder-only (BERT)",
-                 "encoder-decoder": "encoder-decoder (T5)", "moe": "mixture of experts (Mixtral)",
-                 "ssm": "state-space scan (Mamba)"}  # fmt: skip
+
+def family_title(family: str) -> str:
+    """The registry's title of a family (e.g. "decoder-only transformer")."""
+    return registry.get(family).title
+
 
 # (key, label, kind, info). Kinds: "int", "float", "bool", or a tuple of choices.
 OPTIONS = (
@@ -66,7 +68,8 @@ OPTIONS = (
     ("load_balancing", "Load-balancing weight", "float", "of the auxiliary loss that keeps every expert used"),
     ("d_state", "State size", "int", "N: the scan's state per channel"),
     ("expand", "Expand", "int", "the scan's inner width, times the model width"),
-    ("context", "Context", "int", "tokens per training sequence: the longest text the model then reads"),
+    ("context", "Context", "int", "tokens per training sequence"),
+    ("max_len", "Longest text", "int", "tokens the model reads at most (empty: the context)"),
     ("steps", "Steps", "int", "optimizer steps"),
     ("batch", "Batch", "int", "sequences per step"),
     ("lr", "Learning rate", "float", "peak, after warm-up; cosine decay"),
@@ -74,16 +77,15 @@ OPTIONS = (
 )
 KEYS = tuple(o[0] for o in OPTIONS)
 STARTS = tuple((f"built-in {n}", n) for n in recipes.BUILTIN_RECIPES) + tuple(
-    (f"blank {FAMILY_TITLES.get(f, f)}", f"blank:{f}") for f in recipes.families())
+    (f"blank {family_title(f)}", f"blank:{f}") for f in recipes.families())
 POLL_SECONDS = 1.0
 EVALUATE_STORIES = 100  # test stories a finished run is evaluated on (a few seconds)
-REFERENCE = {"decoder": "gpt", "encoder": "bert", "encoder-decoder": "t5", "moe": "moe", "ssm": "mamba"}
 
 
 def applies(family: str, attention: str | None = None) -> set[str]:
     """The options a family's recipes have (its blank recipe's keys, and the window of a local pattern:
     with ``attention`` given, only when it is not "full")."""
-    keys = set(recipes.blank_recipe(family).to_dict())
+    keys = set(recipes.blank_recipe(family).to_dict()) | {"max_len"}
     if "attention" in keys and attention != "full":
         keys.add("window")
     return keys & set(KEYS)
@@ -239,7 +241,7 @@ def start_values(start: str) -> tuple[str, dict]:
         r = recipes.blank_recipe(start.removeprefix("blank:"))
     else:
         r = recipes.builtin_recipe(start)
-        r = r.replace(name=None, max_len=None, steps=min(r.steps, 600))  # a start, not a 10-minute run
+        r = r.replace(name=None, steps=min(r.steps, 600))  # a start, not a 10-minute run
     return r.family, values_of(r)
 
 
@@ -314,7 +316,8 @@ def reference_curve(family: str) -> dict | None:
     """The built-in of the family's training curve (its train loss per step)."""
     from archplay.models.checkpoints.loading import BUILTIN_DIR
 
-    name = REFERENCE.get(family)
+    first_of = {recipes.builtin_recipe(n).family: n for n in reversed(recipes.BUILTIN_RECIPES)}  # the family's built-in
+    name = first_of.get(family)
     try:
         record = json.loads((BUILTIN_DIR / name / "training.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
@@ -335,7 +338,8 @@ def entropy_floor() -> float | None:
 
 def curve_figure(family: str, state: dict | None, name: str, world: bool = True):
     runs = [{"name": name, "losses": state.get("losses") or [], "validation": state.get("validation") or []}] if state else []
-    floor = entropy_floor() if world and family in ("decoder", "moe", "ssm") else None  # the story world's
+    causal = registry.get(family).objective == "causal"
+    floor = entropy_floor() if world and causal else None  # the story world's, for models that continue text
     note = "dashed: the entropy floor · dotted: the built-in's own curve" if floor else "dotted: the built-in's own curve"
     steps = int(state["steps"]) if state and state.get("steps") else None
     return loss_curves(runs, floor=floor, reference=reference_curve(family), title="Training loss", note=note,
@@ -490,7 +494,7 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
         with gr.Column(scale=2, min_width=320):
             ui.start = gr.Dropdown([(label, key) for label, key in STARTS], value="gpt", label="Start from",
                                    elem_id="lab-start")  # fmt: skip
-            ui.family = gr.Dropdown([(FAMILY_TITLES.get(f, f), f) for f in recipes.families()], value=family0,
+            ui.family = gr.Dropdown([(family_title(f), f) for f in recipes.families()], value=family0,
                                     label="Family", elem_id="lab-family")  # fmt: skip
             shown = applies(family0, values0.get("attention"))
             with gr.Row():

@@ -291,7 +291,9 @@ def test_generate_reports_problems(catalog, model, text, message):
 def test_generate_leaves_room_in_the_context(catalog):
     limit = catalog.get("gpt").config.max_seq_len
     steps = list(generation.generate(catalog, "gpt", "a" * limit, max_new_tokens=5, temperature=0.0))
-    assert "Generated 5 tokens" in steps[-1].status and f"last {limit - 5} tokens" in steps[-1].status
+    made = re.search(r"Generated (\d+) tokens?", steps[-1].status)
+    # room for all 5 is left (the model may end its story sooner, at its end-of-text token)
+    assert made and 1 <= int(made.group(1)) <= 5 and f"last {limit - 5} tokens" in steps[-1].status
     settings = list(generation.generate(catalog, "gpt", TEXT, 4, temperature=0.5, top_p=0.0))
     assert len(settings) == 1 and "top_p" in settings[0].status
 
