@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -323,11 +324,20 @@ def run_texts(n: int) -> tuple[list[str], list[str]]:
 def measure_runs(url: str, n: int) -> tuple[list[float], list[float]]:
     """Page Runs timed in Chromium: Run clicked → the distribution plot's title at the new text's last position;
     and, per Run, the page's long tasks (main-thread work over 50 ms) in that time, in ms."""
+    texts, wants = run_texts(n + 1)
+    with explore_page(url) as page:
+        page.wait_for_timeout(2000)  # the first Run's follow-ups
+        times, busy = page.evaluate(_RUNS, [texts, wants])
+        return times[1:], busy[1:]  # the first Run of this page: a warm-up
+
+
+@contextmanager
+def explore_page(url: str):
+    """Headless Chromium (Debian's) at 1280 × 800 on ``url``, once the first Run has drawn its distribution."""
     from playwright.sync_api import sync_playwright
 
     from bench.page import CHROMIUM
 
-    texts, wants = run_texts(n + 1)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
@@ -335,36 +345,22 @@ def measure_runs(url: str, n: int) -> tuple[list[float], list[float]]:
             page.set_default_timeout(120_000)
             page.goto(url)
             page.wait_for_function("() => document.querySelector('#distribution-plot .gtitle')")
-            page.wait_for_timeout(2000)  # the first Run's follow-ups
-            times, busy = page.evaluate(_RUNS, [texts, wants])
-            return times[1:], busy[1:]  # the first Run of this page: a warm-up
+            yield page
         finally:
             browser.close()
 
 
 def press_train(url: str, steps: int) -> str:
     """A person on the Lab tab: raise Steps, press Train, wait until the progress shows a trained step."""
-    from playwright.sync_api import sync_playwright
-
-    from bench.page import CHROMIUM
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.set_default_timeout(120_000)
-            page.goto(url)
-            page.wait_for_function("() => document.querySelector('#distribution-plot .gtitle')")
-            page.get_by_role("tab", name="Lab").click()
-            page.locator("#lab-steps input").fill(str(steps))
-            page.locator("#lab-steps input").press("Tab")
-            page.wait_for_timeout(500)
-            page.locator("#lab-train").click()
-            page.wait_for_function("() => /step [1-9]/.test((document.querySelector('#lab-progress') || {}).textContent"
-                                   " || '')", timeout=240_000)  # fmt: skip
-            return page.locator("#lab-progress").inner_text().replace("\n", " ")
-        finally:
-            browser.close()
+    with explore_page(url) as page:
+        page.get_by_role("tab", name="Lab").click()
+        page.locator("#lab-steps input").fill(str(steps))
+        page.locator("#lab-steps input").press("Tab")
+        page.wait_for_timeout(500)
+        page.locator("#lab-train").click()
+        page.wait_for_function("() => /step [1-9]/.test((document.querySelector('#lab-progress') || {}).textContent"
+                               " || '')", timeout=240_000)  # fmt: skip
+        return page.locator("#lab-progress").inner_text().replace("\n", " ")
 
 
 def _job_pids(server_pid: int) -> list[int]:
