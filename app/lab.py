@@ -27,6 +27,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from archplay.models import LoadError, registry
+from archplay.models.story import variant
 from archplay.models.training import experiments, jobs
 from archplay.models.training import recipe as recipes
 from archplay.viz.lab import experiment_curves, final_losses, gap_bars, loss_curves, scaling_chart
@@ -119,10 +120,6 @@ class Lab:
         self.threads = threads
         self._runs: dict[str, Run] = {}
         self._lock = threading.Lock()
-
-    def running(self) -> int:
-        with self._lock:
-            return sum(r.job.state == "running" for r in self._runs.values())
 
     def start(self, recipe: recipes.Recipe, *, from_: str | None = None, text: str | None = None) -> str:
         """Start training ``recipe`` (fine-tuning ``from_`` on ``text`` when given); its id. ValueError
@@ -293,6 +290,13 @@ def finetune_recipe(name: str, steps, lr) -> recipes.Recipe:
     steps = _number("steps", steps)
     return recipes.builtin_recipe(name).replace(steps=steps, lr=lr, warmup=max(1, int(steps or 1) // 10),
                                                 name=f"{name}-tuned")  # fmt: skip
+
+
+def variant_note() -> str:
+    """What the variant text changes, for the line under the text box."""
+    return (f"{variant.STORIES} stories of the world's grammar, drawn apart from the training stories, with "
+            f"{md_escape(variant.describe())}. The built-in has never seen these words: watch the held-out "
+            "perplexity and whether the continuation uses the new names.")
 
 
 def finetune_md(ft: dict | None, name: str) -> str:
@@ -536,7 +540,11 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
                     ui.tune_lr = gr.Number(TUNE_LR, label="Learning rate", elem_id="lab-tune-lr", min_width=100)
                 ui.tune_text = gr.Textbox(label="Your text", lines=6, max_length=200_000, elem_id="lab-tune-text",
                                           placeholder="Paragraphs separated by blank lines…")  # fmt: skip
-                ui.tune = gr.Button("Fine-tune", elem_id="lab-tune")
+                with gr.Row():
+                    ui.tune_variant = gr.Button("Or: a variant of the world (new names, a new object)", size="sm",
+                                                elem_id="lab-tune-variant")  # fmt: skip
+                    ui.tune = gr.Button("Fine-tune", elem_id="lab-tune")
+                ui.tune_note = gr.Markdown("", elem_id="lab-tune-note")
     ui.run_id = gr.State(None)
     ui.timer = gr.Timer(POLL_SECONDS, active=False)
 
@@ -598,6 +606,12 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
             return None, error(md_escape(str(e))), gr.update(), gr.Timer(active=False), gr.update(interactive=False), ""
         return (run_id, f"Fine-tuning {md_escape(model)} on your text: the curve follows below.", "",
                 gr.Timer(active=True), gr.update(interactive=True), "")  # fmt: skip
+
+    def on_variant():
+        return variant.variant_text(), variant_note()
+
+    ui.tune_variant.click(on_variant, outputs=[ui.tune_text, ui.tune_note], api_name="lab_variant",
+                          show_progress="hidden")  # fmt: skip
 
     ui.tune.click(on_tune, inputs=[ui.tune_model, ui.tune_steps, ui.tune_lr, ui.tune_text],
                   outputs=[ui.run_id, ui.status, ui.progress, ui.timer, ui.stop, ui.evaluation],

@@ -18,6 +18,7 @@ at GPT-2's (50,257, a random-weight decoder saved to a folder); then again while
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -147,17 +148,17 @@ def measure(url: str, model: str, steps: int) -> dict:
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.set_default_timeout(120_000)
-            joins = []
-            page.on("request", lambda r: "/queue/join" in r.url and joins.append(r.url))
+            joins = []  # the fn_index of each event the page sends to the server
+            page.on("request", lambda r: "/queue/join" in r.url and joins.append(_fn_index(r.post_data)))
             page.goto(f"{url}?model={model}" if model != "gpt" else url)
             if model != "gpt":  # the code before had no state in the address: choose the model as a user does
                 page.locator("#model input").click()
                 page.get_by_role("option").filter(has_text=model).first.click()
             page.wait_for_function("() => { const t = document.querySelector('#distribution-plot .gtitle');"
                                    f" return t && document.querySelector('#model input').value.includes('{model}'); }}")
-            quiet_since = time.monotonic()  # the Run's follow-ups (other tabs' views) done: 2 s without a request
+            quiet_since = time.monotonic()  # the Run's follow-ups (other tabs' views) done: 5 s without a request
             count = len(joins)
-            while time.monotonic() - quiet_since < 2:
+            while time.monotonic() - quiet_since < 5:
                 page.wait_for_timeout(250)
                 if len(joins) != count:
                     count, quiet_since = len(joins), time.monotonic()
@@ -165,16 +166,38 @@ def measure(url: str, model: str, steps: int) -> dict:
             before = len(joins)
             dist = page.evaluate(_STEPS, ["temperature", "distribution-plot", [f"{t:.2f}" for t in temps], "T={}"])
             dist_requests = (len(joins) - before) / steps
+            sent = {"temperature": _names(page, joins[before:])}
             heads = [i % 4 for i in range(1, steps + 1)]
             before = len(joins)
             head = page.evaluate(_STEPS, ["head", "attention-plot", [str(h) for h in heads], "head {}"])
             head_requests = (len(joins) - before) / steps
+            sent["head"] = _names(page, joins[before:])
             drag_values = [f"{0.3 + 0.05 * i:.2f}" for i in range(20)]
             drag = page.evaluate(_DRAG, ["temperature", "distribution-plot", drag_values, "T={}"])
         finally:
             browser.close()
     return {"temperature": dist, "head": head, "requests_per_move": {"temperature": dist_requests, "head": head_requests},
-            "drag": drag}  # fmt: skip
+            "requests_sent": sent, "drag": drag}  # fmt: skip
+
+
+def _sent(m: dict) -> str:
+    """What was sent during the moves, when anything was: " (temperature: run_page ×1)"."""
+    parts = [f"{k}: " + ", ".join(f"{n} ×{v.count(n)}" for n in sorted(set(v)))
+             for k, v in m.get("requests_sent", {}).items() if v]  # fmt: skip
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _fn_index(body: str | None) -> int | None:
+    try:
+        return json.loads(body or "").get("fn_index")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _names(page, fns: list) -> list[str]:
+    """The api names of the events behind ``fns`` (fn indices), so a stray request says what it was."""
+    names = page.evaluate("() => Object.fromEntries(window.gradio_config.dependencies.map(d => [d.id, d.api_name]))")
+    return [str(names.get(str(f), f)) for f in fns]
 
 
 @contextmanager
@@ -213,7 +236,7 @@ def rows_for(name: str, case: str, m: dict, target: bool) -> list[dict]:
              value=f"{h50:.0f} / {h95:.0f} ms", target="p95 ≤ 50 ms" if target else "", met=met(h95 <= 50)),
         dict(section="slider → plot (Chromium)", case=f"{case}: {name}",
              measure="requests to the server per move (temperature, head)",
-             value=f"{req['temperature']:.1f}, {req['head']:.1f}", target="0" if target else "",
+             value=f"{req['temperature']:.1f}, {req['head']:.1f}" + _sent(m), target="0" if target else "",
              met=met(req["temperature"] == 0 and req["head"] == 0)),
         dict(section="slider → plot (Chromium)", case=f"{case}: {name}",
              measure="20-step drag (a move a frame): long tasks over 50 ms during the moves (their total); after "

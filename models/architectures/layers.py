@@ -10,6 +10,7 @@ Hkv key/value heads, Dh head width.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 from dataclasses import dataclass, fields
 
 import torch
@@ -444,6 +445,27 @@ class KVCache:
         return self.k, self.v
 
 
+@dataclass
+class AttentionTap:
+    """One attention call's intermediates, as ``Attention.forward`` computed them (batch first)."""
+
+    x: Tensor  # (B, T, D) the module's input (after any norm)
+    q: Tensor  # (B, H, T, Dh) after any rotation
+    k: Tensor  # (B, Hkv, S, Dh) after any rotation
+    v: Tensor  # (B, Hkv, S, Dh)
+    q_before: Tensor | None  # (B, H, T, Dh) before the rotation (rotary positions only)
+    k_before: Tensor | None  # (B, Hkv, T, Dh)
+    mask: Tensor | None  # bool, True = may attend, broadcastable to (B, H, T, S)
+    bias: Tensor | None  # added to the scaled scores, broadcastable to (B, H, T, S)
+    heads: Tensor  # (B, T, H*Dh) the heads' outputs, concatenated, before the output projection
+    output: Tensor  # (B, T, D) after the output projection
+
+
+# Which attention modules report their intermediates, and to whom: {module: callback(AttentionTap)}.
+# A context variable, so one request's analysis never touches another thread's forward pass.
+ATTENTION_TAPS: ContextVar[dict | None] = ContextVar("archplay_attention_taps", default=None)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped-query support.
 
@@ -502,11 +524,13 @@ class Attention(nn.Module):
         come from ``x`` (after ``rope``), appended to ``cache`` when one is given.
         """
         q = self._heads(self.q_proj(x), self.n_head)  # (B, H, T, Dh)
+        q_before = k_before = None
         if memory is not None:
             k, v = memory  # (B, Hkv, S, Dh) each, the encoder's
         else:
             k, v = self.keys_values(x)  # (B, Hkv, T, Dh) each
             if rope is not None:  # (cos, sin) for the new positions
+                q_before, k_before = q, k
                 q = apply_rotary(q, *rope)
                 k = apply_rotary(k, *rope)
             if cache is not None:
@@ -514,7 +538,13 @@ class Attention(nn.Module):
         out, probs = attend(q, k, v, scale=self.scale, mask=mask, bias=bias, need_weights=need_weights)
         B, _, T, _ = out.shape
         out = out.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*Dh)
-        return self.o_proj(out), probs
+        y = self.o_proj(out)  # (B, T, D)
+        taps = ATTENTION_TAPS.get()
+        if taps is not None and self in taps:  # analysis.steps asked for this module's intermediates
+            taps[self](AttentionTap(x=x, q=q, k=k, v=v, q_before=q_before, k_before=k_before, mask=mask,
+                                    bias=bias, heads=out, output=y))  # fmt: skip
+        return y, probs
+
 
 
 # --------------------------------------------------------------------------- utilities

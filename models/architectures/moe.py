@@ -72,11 +72,18 @@ class Router(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (N, D) -> logits (N, E), weights (N, k), expert indices (N, k)."""
         logits = F.linear(x, self.weight)  # (N, E)
+        return (logits, *self.choose(logits))
+
+    def choose(self, logits: Tensor, off: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """logits (N, E) -> the k experts' weights (N, k) and indices (N, k). ``off`` (E,) bool: experts
+        switched off (an ablation): the choice is among the rest, from the same full softmax."""
         probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
+        if off is not None:
+            probs = probs.masked_fill(off, 0.0)
         weights, indices = torch.topk(probs, self.top_k, dim=-1)  # (N, k), largest first
         if self.normalize:
-            weights = weights / weights.sum(-1, keepdim=True)
-        return logits, weights, indices
+            weights = weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+        return weights, indices
 
 
 class SparseMoE(nn.Module):
