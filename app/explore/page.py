@@ -544,6 +544,7 @@ def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamesp
     tried = ui.example.input(None, inputs=[ui.example, ui.text], outputs=[ui.text], js="(e, t) => e || t",
                              show_progress="hidden").then(**page_run)  # fmt: skip
     tried.then(**draw_run)
+    ui.runs = (ui.analysed, ran, tried)  # every Run (page load, Run, an example): what other tabs follow
     # A new model: the old one's generated text goes (only in the page, no request).
     ui.model.input(None, outputs=[ui.generated, ui.generated_html, ui.generate_status],
                    js="() => ['', '', '']", show_progress="hidden")  # fmt: skip
