@@ -489,7 +489,16 @@ def make_splits(seed: int = 0, n_train: int = 14000, n_valid: int = 400, n_test:
     ``n_train``). A validation or test story whose text already occurred in an earlier split
     (or earlier in its own) is drawn again, so the held-out texts are never seen in training;
     with ~60 nats per story this almost never happens.
+
+    Splits of 1,000 stories or more are kept on disk once drawn (``story.cache``).
     """
+    from archplay.models.story import cache
+
+    counts = {"train": n_train, "validation": n_valid, "test": n_test}
+    big = sum(counts.values()) >= cache.MIN_STORIES
+    name = cache.key(seed=seed, **counts) if big else ""
+    if big and (cached := cache.load(name, counts)) is not None:
+        return cached
     seen: set[str] = set()
     out: dict[str, list[Story]] = {}
     for split, n in (("train", n_train), ("validation", n_valid), ("test", n_test)):
@@ -505,6 +514,8 @@ def make_splits(seed: int = 0, n_train: int = 14000, n_valid: int = 400, n_test:
         if split == "train":
             seen.update(s.text for s in stories)
         out[split] = stories
+    if big:
+        cache.save(name, out)
     return out
 
 
