@@ -88,3 +88,73 @@ def derivations(words: Sequence[str], *, complete: bool = True, limit: int | Non
         except _Branch as b:
             stack += [(forced + [i], lp + math.log(p)) for i, p in reversed(b.options)]
     return found
+
+
+# --------------------------------------------------------------------------- the next word
+
+
+class _Next(Exception):
+    def __init__(self, word: str):
+        self.word = word
+
+
+END = "</s>"  # the story ends here
+
+
+def _replay_next(forced: list[int], target: list[str]) -> str | None:
+    """Run the grammar with the choices in ``forced``; raise _Branch at the first free choice, _Next
+    once the path has printed one word past ``target``. Returns END when the story ends exactly at the
+    target's last word, the next word when it printed one (no choice after it), None when it left the target."""
+    at, L = 0, len(target)
+
+    def check(w: _Writer) -> None:
+        got = [x.text for x in w.words]
+        if got[:L] != target[: len(got)]:
+            raise _Stop(False)
+        if len(got) > L:
+            raise _Next(got[L])
+
+    def decide(w: _Writer, options: list[Option], probs: list[float]) -> int:
+        nonlocal at
+        check(w)
+        if at < len(forced):
+            at += 1
+            return forced[at - 1]
+        n = len(w.words)
+        texts = [tuple(x.text for x in o.words) for o in options]
+        ok = [(i, p) for i, (p, t) in enumerate(zip(probs, texts)) if list(t[: max(0, L - n)]) == target[n : n + len(t)]]
+        raise _Branch(ok)
+
+    w = _Writer(decide)
+    try:
+        _tell(w)
+    except _Stop:
+        return None
+    got = [x.text for x in w.words]
+    if got == target:
+        return END
+    return got[L] if len(got) > L and got[:L] == target else None
+
+
+def next_words(prefix: Sequence[str]) -> dict[str, float]:
+    """The story world's exact distribution of the word after ``prefix`` (``END``: the story stops).
+
+    Sums every choice sequence that begins with ``prefix`` by the word it prints next (a depth-first
+    search as in ``derivations``, stopped one word past the prefix), then normalises. Empty when no
+    story of the world begins with ``prefix`` (the text has left the world)."""
+    target = list(prefix)
+    mass: dict[str, float] = {}
+    stack: list[tuple[list[int], float]] = [([], 0.0)]
+    while stack:
+        forced, lp = stack.pop()
+        try:
+            word = _replay_next(forced, target)
+        except _Branch as b:
+            stack += [(forced + [i], lp + math.log(p)) for i, p in reversed(b.options)]
+            continue
+        except _Next as nxt:
+            word = nxt.word
+        if word is not None:
+            mass[word] = mass.get(word, 0.0) + math.exp(lp)
+    total = math.fsum(mass.values())
+    return {w: p / total for w, p in sorted(mass.items(), key=lambda kv: -kv[1])} if total > 0 else {}
