@@ -27,3 +27,25 @@ def test_the_next_word_distribution_is_the_worlds_exact_conditional(seed):
 def test_a_text_outside_the_world_has_no_next_word():
     assert next_words(["The", "cat", "sat"]) == {}
     assert next_words(["Mia", "has", "a", "mat"]) == {}
+
+
+def test_the_world_beside_a_model():
+    from archplay.models import load
+    from archplay.models.analysis.truth import beside
+
+    model, tok = load("gpt")
+    b = beside(model, tok, "Mia finds a big red ball. She throws the")
+    assert b.in_world and b.words[-1] == "the"
+    assert math.fsum(b.world.values()) == pytest.approx(1.0)
+    assert set(b.model) == set(b.world) and all(0 <= p <= 1 for p in b.model.values())
+    assert b.world["ball"] == pytest.approx(1.0) and b.model["ball"] > 0.5  # "the" can only be the ball
+    assert b.kl == pytest.approx(-math.log(b.model["ball"]), rel=1e-6) and 0 <= b.outside < 0.5
+    b = beside(model, tok, "Jack wants three small purple kites. Jack looks for the kites. Next Rosa has a puzzle.")
+    # after a third sentence the story may end
+    assert "</s>" in b.world and b.kl >= 0
+    for text, left in [("The cat sat on the mat because it was comfortable.", 0), ("Mia has a mat.", 3)]:
+        out = beside(model, tok, text)
+        assert not out.in_world and out.left_at == left and out.words[left] in out.reason
+    for odd in ("<b>Mia</b> has", "Mia  has 2 balls!", ""):
+        out = beside(model, tok, odd)
+        assert not out.in_world and "story world's words" in out.reason

@@ -1,0 +1,109 @@
+"""The truth beside the model: the story world's exact next word against what a model predicts.
+
+For a text written in the story world's words, ``derivation.next_words`` gives the exact
+distribution of the next word (the grammar's own probabilities). ``beside`` puts a causal model's
+probability of each of those words next to it (a word of several tokens: the product of its
+tokens' conditionals) and measures the gap: the KL divergence KL(world ‖ model) in nats over the
+words the world allows, and the model's probability spent on words the world never says next.
+
+A text that leaves the world (a word it never uses, or words in an order it never writes) gets
+``in_world=False`` and the first word where it left, so the page can say so plainly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from archplay.models.story.derivation import END, next_words
+from archplay.models.story.world import detokenize
+
+_WORD = re.compile(r"[A-Za-z]+|[.,]")
+MAX_WORDS = 200  # longer texts: the search grows with the length; say so instead
+
+
+@dataclass
+class Beside:
+    """The world's next-word distribution and a model's, for one text."""
+
+    in_world: bool
+    words: list[str]  # the text as the world's words
+    left_at: int | None = None  # the first word the world never writes there (None: all are the world's)
+    reason: str = ""  # why the text is not in the world
+    world: dict[str, float] = field(default_factory=dict)  # next word -> exact probability (END: the story stops)
+    model: dict[str, float] = field(default_factory=dict)  # the same words -> the model's probability
+    kl: float | None = None  # KL(world ‖ model), nats
+    outside: float | None = None  # the model's probability of anything the world never says next
+
+
+def world_words(text: str) -> list[str] | None:
+    """The text as the world's words, or None when it is not written the world's way (spacing, symbols)."""
+    text = " ".join(str(text).split())
+    words = _WORD.findall(text)
+    return words if words and detokenize(words)[0] == text else None
+
+
+def _left_at(words: list[str]) -> int:
+    """The first word the world never writes after the words before it."""
+    for i in range(len(words)):
+        if words[i] not in next_words(words[:i]):
+            return i
+    return len(words)
+
+
+def _candidate_ids(tok, text: str, word: str) -> list[int]:
+    """The token ids ``word`` adds after ``text`` (the end token for END)."""
+    if word == END:
+        return [tok.eos_token_id]
+    base = tok.encode(text)
+    longer = tok.encode(text + ("" if word in ".," else " ") + word)
+    if longer[: len(base)] != base:  # the tokenizer merged across the boundary: score the whole word anew
+        return []
+    return longer[len(base) :]
+
+
+@torch.inference_mode()
+def _model_probs(model: nn.Module, tok, text: str, words: list[str]) -> dict[str, float]:
+    """P_model(word next | text) for each word: its tokens' conditionals multiplied."""
+    device = next(model.parameters()).device
+    base = tok.encode(text)
+    logits = model(torch.tensor([base], device=device)).logits[0, -1].float()
+    first = torch.log_softmax(logits, -1)
+    out = {}
+    for w in words:
+        ids = _candidate_ids(tok, text, w)
+        if not ids:
+            out[w] = 0.0
+            continue
+        lp = float(first[ids[0]])
+        if len(ids) > 1:  # the word's later tokens, each given the ones before
+            full = torch.tensor([base + ids[:-1]], device=device)
+            rest = torch.log_softmax(model(full).logits[0, len(base) :].float(), -1)  # (len(ids) - 1, V)
+            lp += float(sum(rest[j, ids[j + 1]] for j in range(len(ids) - 1)))
+        out[w] = math.exp(lp)
+    return out
+
+
+def beside(model: nn.Module, tok, text: str) -> Beside:
+    """The world's exact next word after ``text`` beside ``model``'s prediction (a causal model)."""
+    words = world_words(text)
+    if words is None:
+        return Beside(False, _WORD.findall(str(text)), reason="it is not written in the story world's words "
+                      "(letters, spaces, '.' and ',' only)")  # fmt: skip
+    if len(words) > MAX_WORDS:
+        return Beside(False, words, reason=f"it is longer than {MAX_WORDS} words (the exact search is not run)")
+    world = next_words(words)
+    if not world:
+        i = _left_at(words)
+        return Beside(False, words, left_at=i, reason=f"the story world never writes ‘{words[i]}’ there")
+    text = detokenize(words)[0]
+    model_p = _model_probs(model, tok, text, list(world))
+    kl = math.fsum(p * (math.log(p) - math.log(max(model_p[w], 1e-30))) for w, p in world.items())
+    return Beside(True, words, world=world, model=model_p, kl=kl, outside=max(0.0, 1.0 - math.fsum(model_p.values())))
+
+
+__all__ = ["END", "Beside", "beside", "world_words"]
