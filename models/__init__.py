@@ -13,10 +13,11 @@ family is, ``families`` lists them. ``archplay.models`` imports neither gradio n
 
 from archplay.models import families, registry  # noqa: F401  (families registers the built-in families)
 from archplay.models.analysis.interventions import ablate, attribution
+from archplay.models.analysis.mixers import gate_steps, scan_steps
 from archplay.models.analysis.steps import attention_steps
 from archplay.models.architectures.layers import ModelOutput, Trace
 from archplay.models.checkpoints.convert import LoadError
 from archplay.models.checkpoints.loading import BUILTIN_NAMES, load
 
 __all__ = ["load", "LoadError", "BUILTIN_NAMES", "Trace", "ModelOutput", "registry", "attention_steps", "ablate",
-           "attribution"]
+           "attribution", "gate_steps", "scan_steps"]

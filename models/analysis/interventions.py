@@ -175,6 +175,25 @@ def ablate(model: nn.Module, ids: Tensor, heads=(), experts=(), tokens=(), *, mi
         _ACTIVE.reset(token)
 
 
+def capture_input(model: nn.Module, module: nn.Module, ids: Tensor, **model_kwargs) -> Tensor:
+    """The first input ``module`` received in one forward pass of ``model`` on ``ids`` (nothing changed)."""
+    got: list[Tensor] = []
+
+    def record(args):
+        if not got:
+            got.append(args[0].detach())
+
+    _hook(module)
+    token = _ACTIVE.set({module: ("pre", record)})
+    try:
+        model(ids, **model_kwargs)
+    finally:
+        _ACTIVE.reset(token)
+    if not got:
+        raise RuntimeError("the module did not run in this forward pass")
+    return got[0]
+
+
 def attribution(model: nn.Module, ids: Tensor, position: int, target: int, **model_kwargs) -> dict:
     """How much each input token matters to the log-probability of ``target`` at ``position``.
 
@@ -213,4 +232,4 @@ def attribution(model: nn.Module, ids: Tensor, position: int, target: int, **mod
     return {"logprob": base, "grad_x_input": gxi, "knock_out": torch.tensor(knock)}
 
 
-__all__ = ["ablate", "attribution", "plan"]
+__all__ = ["ablate", "attribution", "capture_input", "plan"]
