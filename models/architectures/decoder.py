@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from archplay.models.architectures import generation
 from archplay.models.architectures.layers import (
+    POSITIONS_OFF,
     Attention,
     ConfigDict,
     KVCache,
@@ -238,6 +239,8 @@ class Decoder(nn.Module):
         bias on the scores (alibi, relative), for queries at ``pos`` against keys at ``k_pos``.
         Returns (x (B, T, D), rope (cos, sin) or None, bias (1, H, T, S) or None)."""
         kind = self.config.positions
+        if POSITIONS_OFF.get():  # analysis: the same model without its position term
+            return (x * self.config.d_model**0.5 if kind == "sinusoidal" else x), None, None
         if kind == "learned":
             return x + self.embed_positions(pos), None, None
         if kind == "sinusoidal":  # the token embeddings × √d_model first, as Vaswani et al. (unit-size waves)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from archplay.models.architectures.layers import (
+    POSITIONS_OFF,
     Attention,
     ConfigDict,
     ModelOutput,
@@ -206,6 +207,8 @@ class Encoder(nn.Module):
     def _positions(self, x: Tensor, pos: Tensor):
         """(x with any position embedding added, rope (cos, sin) or None, score bias (1, H, T, T) or None)."""
         cfg = self.config
+        if POSITIONS_OFF.get():  # analysis: the same model without its position term
+            return (x * cfg.d_model**0.5 if cfg.positions == "sinusoidal" else x), None, None
         if cfg.positions == "learned":
             return x + self.embed_positions(pos), None, None
         if cfg.positions == "sinusoidal":  # the token embeddings × √d_model first, as Vaswani et al.

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 from archplay.models.architectures import generation
 from archplay.models.architectures.layers import (
     MLP,
+    POSITIONS_OFF,
     Attention,
     ConfigDict,
     GatedMLP,
@@ -137,7 +138,10 @@ class EncoderDecoderConfig(ConfigDict):
 def position_bias(
     table: nn.Embedding, q_pos: Tensor, k_pos: Tensor, *, bidirectional: bool, cfg: EncoderDecoderConfig
 ) -> Tensor:
-    """The additive score bias of one stack: a learned scalar per (head, bucket) -> (1, H, T, S)."""
+    """The additive score bias of one stack: a learned scalar per (head, bucket) -> (1, H, T, S)
+    (None when analysis switched positions off)."""
+    if POSITIONS_OFF.get():
+        return None
     return relative_position_bias(table, q_pos, k_pos, bidirectional=bidirectional,
                                   max_distance=cfg.relative_attention_max_distance)  # fmt: skip
 

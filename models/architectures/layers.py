@@ -461,6 +461,10 @@ class AttentionTap:
     output: Tensor  # (B, T, D) after the output projection
 
 
+# Analysis only: True runs the model with its position term switched off (no position embedding
+# added, no rotation, no position bias), per thread; ``analysis.positions`` compares the two.
+POSITIONS_OFF: ContextVar[bool] = ContextVar("archplay_positions_off", default=False)
+
 # Which attention modules report their intermediates, and to whom: {module: callback(AttentionTap)}.
 # A context variable, so one request's analysis never touches another thread's forward pass.
 ATTENTION_TAPS: ContextVar[dict | None] = ContextVar("archplay_attention_taps", default=None)
