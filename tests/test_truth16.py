@@ -49,3 +49,14 @@ def test_the_world_beside_a_model():
     for odd in ("<b>Mia</b> has", "Mia  has 2 balls!", ""):
         out = beside(model, tok, odd)
         assert not out.in_world and "story world's words" in out.reason
+
+
+def test_the_world_fills_a_blank_from_both_sides():
+    from archplay.models.analysis.truth import blank
+
+    d = blank("Mia finds a big red ball. She throws the", ". Tom sees the ball.")
+    assert d == {"ball": pytest.approx(1.0)}  # only one object: "the" must be the ball
+    d = blank("Mia has a", "ball.")
+    assert math.fsum(d.values()) == pytest.approx(1.0) and set(d) >= {"red", "big"}
+    assert "kite" not in d  # "a kite ball" is not the world's
+    assert blank("<b>x</b>", "") is None and blank("The cat", "sat.") == {}

@@ -53,7 +53,7 @@ from ..messages import md_escape, warn
 from ..session import Analysis
 from ..sliders import check
 from ..tokens import DEFAULT_TEXT, mask_token, tokens_html
-from . import attention, generation, payload, routing, run, sampling, scan, translation
+from . import attention, generation, payload, routing, run, sampling, scan, translation, truth
 from .run import AnalyseResult
 
 INTRO = """
@@ -250,6 +250,7 @@ def layout(catalog: Catalog) -> SimpleNamespace:
                 ui.top_p = gr.Slider(0.01, 1, value=1.0, step=0.01, label="Top-p", info="1 = off",
                                      elem_id="top-p", min_width=150)  # fmt: skip
             ui.distribution_note = gr.Markdown("", label="Distribution summary", elem_id="distribution-note")
+            ui.truth = gr.Markdown("", elem_id="truth-note")  # the story world's exact answer beside the model's
             gr.Markdown(SAMPLING_HELP, elem_classes="ap-help")
             with gr.Row():
                 ui.sample_once = gr.Button("Sample once", elem_id="sample-once", size="sm")
@@ -575,8 +576,13 @@ def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamesp
     draw_row = dict(fn=None, inputs=[ui.row, ui.temperature, ui.top_k, ui.top_p],
                     outputs=[ui.distribution_plot, ui.distribution_note], js=_js("row", "r", "t", "k", "p"),
                     show_progress="hidden")  # fmt: skip
-    gr.on(triggers=[ui.position.input, ui.step.input], fn=row_page, inputs=[ui.state, ui.position, ui.step],
-          outputs=[ui.state, ui.row], **server).then(**draw_row)  # fmt: skip
+    moved = gr.on(triggers=[ui.position.input, ui.step.input], fn=row_page, inputs=[ui.state, ui.position, ui.step],
+                  outputs=[ui.state, ui.row], **server)  # fmt: skip
+    moved.then(**draw_row)
+    # The story world's exact answer under the prediction: after every Run and a new position.
+    for event in (*ui.runs, moved):
+        event.then(lambda a: truth.truth_md(catalog, a), inputs=[ui.state], outputs=[ui.truth], api_name=False,
+                   show_progress="hidden")  # fmt: skip
 
     gr.on(triggers=[ui.moe_layer.change], fn=routing_view, inputs=[ui.state, ui.moe_layer],
           outputs=[ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note],

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from archplay.models.story.derivation import END, next_words
+from archplay.models.story.derivation import END, derivations, next_words
 from archplay.models.story.world import detokenize
 
 _WORD = re.compile(r"[A-Za-z]+|[.,]")
@@ -106,4 +106,23 @@ def beside(model: nn.Module, tok, text: str) -> Beside:
     return Beside(True, words, world=world, model=model_p, kl=kl, outside=max(0.0, 1.0 - math.fsum(model_p.values())))
 
 
-__all__ = ["END", "Beside", "beside", "world_words"]
+def blank(left: str, right: str) -> dict[str, float] | None:
+    """The world's exact distribution of one missing word between ``left`` and ``right`` (texts of the
+    world's words; either may be empty): P(w | left, right) ∝ P(left w right begins a story). None when
+    either side is not written in the world's words; {} when no word of the world fits there."""
+    lw = world_words(left) if left.strip() else []
+    rw = world_words(right) if right.strip() else []
+    if lw is None or rw is None or len(lw) + len(rw) > MAX_WORDS:
+        return None
+    mass = {}
+    for w, p in next_words(lw).items():
+        if w == END:
+            continue
+        paths = derivations([*lw, w, *rw], complete=False)
+        if paths:
+            mass[w] = math.fsum(math.exp(x) for x in paths)
+    total = math.fsum(mass.values())
+    return {w: p / total for w, p in sorted(mass.items(), key=lambda kv: -kv[1])} if total > 0 else {}
+
+
+__all__ = ["END", "Beside", "beside", "blank", "world_words"]

@@ -1,0 +1,99 @@
+"""The truth beside the model, under the Explore tab's prediction.
+
+For a model of the story world (its tokenizer is the world's), the world's exact answer is known:
+for a model that continues text, the distribution of the next word after the shown position
+(``analysis.truth.beside``); for a masked model, the word the blank hides given both sides
+(``analysis.truth.blank``). When the text leaves the world, the note says where, and that the
+prediction there is a guess (a real checkpoint is the tool for general English). Other models get
+no note: the world's truth says nothing about them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from archplay.models.analysis.truth import END, beside, blank
+from archplay.models.story.tokenizer import SPTokenizer
+
+from ..catalog import Catalog, UnknownModelError
+from ..messages import md_escape
+from ..session import Analysis
+
+TOP = 5
+LEAVES = ("The story world never writes this: {why}. {model} has only read the world's stories, so its "
+          "prediction here is a guess. For general English, load a real checkpoint (Explore → Load a checkpoint).")  # fmt: skip
+
+
+def _word(w: str) -> str:
+    return "end of the story" if w == END else f"‘{md_escape(w)}’"
+
+
+def _table(world: dict[str, float], model: dict[str, float | None]) -> str:
+    rows = ["| the world's next word | world (exact) | model |", "|---|---:|---:|"]
+    for w, p in list(world.items())[:TOP]:
+        q = model.get(w)
+        rows.append(f"| {_word(w)} | {p:.1%} | {'—' if q is None else f'{q:.1%}'} |")
+    if len(world) > TOP:
+        rows.append(f"| … {len(world) - TOP} more | {sum(list(world.values())[TOP:]):.1%} | |")
+    return "\n".join(rows)
+
+
+def _prefix(tok, analysis: Analysis) -> str | None:
+    """The text up to and including the shown position, when that position ends a word; else None."""
+    ids = analysis.ids
+    at = analysis.predict_at if analysis.predict_at is not None else len(ids) - 1
+    if at + 1 < len(ids):
+        nxt = tok.tokens([ids[at + 1]])[0]
+        if not (nxt.startswith(("▁", "␣", " ")) or nxt in (".", ",")):
+            return None  # the next token continues the same word
+    return tok.decode(ids[: at + 1])
+
+
+def _causal(entry, analysis: Analysis) -> str:
+    prefix = _prefix(entry.tokenizer, analysis)
+    if prefix is None:
+        return "*The story world's answer is given for whole words: this position is inside a word.*"
+    b = beside(entry.model, entry.tokenizer, prefix)
+    if not b.in_world:
+        return "⚠️ " + LEAVES.format(why=md_escape(b.reason), model=md_escape(entry.label))
+    return (f"**The story world's answer** after “…{md_escape(' '.join(b.words[-4:]))}” (exact, from its grammar): "
+            f"KL(world ‖ model) = **{b.kl:.3f} nats**; the model puts {b.outside:.1%} on words the world never "
+            f"writes here.\n\n" + _table(b.world, b.model))  # fmt: skip
+
+
+def _masked(entry, analysis: Analysis) -> str:
+    mask = analysis.mask_token
+    text = analysis.text or ""
+    if not mask or text.count(mask) != 1:
+        return ""  # no blank (or several): nothing to compare
+    left, right = text.split(mask)
+    world = blank(left, right)
+    if world is None or not world:
+        why = "it is not written in the world's words" if world is None else "no word of the world fits the blank"
+        return "⚠️ " + LEAVES.format(why=why, model=md_escape(entry.label))
+    tok = entry.tokenizer
+    at = analysis.predict_at
+    probs = torch.softmax(analysis.logits[at].float(), -1) if analysis.logits is not None and at is not None else None
+    model = {}
+    for w in world:
+        ids = tok.encode(("" if w in ".," else " ") + w)
+        ids = [i for i, label in zip(ids, tok.tokens(ids)) if not (label.startswith("<") and label.endswith(">"))]
+        model[w] = float(probs[ids[0]]) if probs is not None and len(ids) == 1 else None  # one token per blank
+    return ("**The story world's answer** for the blank (exact, from its grammar, given both sides):\n\n"
+            + _table(world, model))  # fmt: skip
+
+
+def truth_md(catalog: Catalog, analysis: Analysis | None) -> str:
+    """The world's answer beside the model's, as markdown; "" when it does not apply."""
+    if analysis is None:
+        return ""
+    try:
+        entry = catalog.get(analysis.model_key)
+    except UnknownModelError:
+        return ""
+    if not isinstance(entry.tokenizer, SPTokenizer) or analysis.translation is not None:
+        return ""  # not a model of the world (or a translation: its truth is the alignment)
+    try:
+        return _masked(entry, analysis) if not analysis.spec.causal else _causal(entry, analysis)
+    except (ValueError, RuntimeError, IndexError) as e:  # never break the Run over its footnote
+        return f"*The world's answer could not be computed: {md_escape(str(e))}*"

@@ -1,0 +1,45 @@
+"""Issue 16, item 6: the Explore tab says the story world's exact answer beside the model's, and says
+plainly when a text leaves the world."""
+
+from __future__ import annotations
+
+import pytest
+
+from archplay.app.catalog import Catalog
+from archplay.app.explore import run
+from archplay.app.explore.truth import truth_md
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return Catalog.from_names([], builtins=("gpt", "bert", "t5"))
+
+
+def _analysis(catalog, model, text):
+    return run.analyse(catalog, model, text, 0, 0, 1.0, 0, 1.0).analysis
+
+
+def test_a_causal_model_is_shown_beside_the_worlds_next_word(catalog):
+    md = truth_md(catalog, _analysis(catalog, "gpt", "Mia finds a big red ball. She throws the"))
+    assert "The story world's answer" in md and "| ‘ball’ | 100.0% |" in md and "KL(world ‖ model)" in md
+
+
+def test_a_text_outside_the_world_is_said_plainly(catalog):
+    md = truth_md(catalog, _analysis(catalog, "gpt", "The cat sat on the mat because it was comfortable."))
+    assert "never writes" in md and "‘The’" in md and "guess" in md and "real checkpoint" in md
+    md = truth_md(catalog, _analysis(catalog, "gpt", "Mia has a <b>red</b> ball"))
+    assert "<b>" not in md and "guess" in md
+
+
+def test_a_masked_model_is_shown_beside_the_worlds_blank(catalog):
+    md = truth_md(catalog, _analysis(catalog, "bert", "Mia finds a big red ball. She throws the <mask>."))
+    assert "for the blank" in md and "| ‘ball’ | 100.0% |" in md
+    model_share = float(md.split("| ‘ball’ | 100.0% | ")[1].split("%")[0])
+    assert 0 <= model_share <= 100
+
+
+def test_no_note_where_the_world_says_nothing(catalog):
+    assert truth_md(catalog, None) == ""
+    assert truth_md(catalog, _analysis(catalog, "t5", "Mia has a red ball.")) == ""  # a translation
+    a = _analysis(catalog, "gpt", "Mia has a glider.")  # the shown position is the last: "." ends a word
+    assert "The story world" in truth_md(catalog, a) or "never writes" in truth_md(catalog, a)
