@@ -43,3 +43,19 @@ def test_no_note_where_the_world_says_nothing(catalog):
     assert truth_md(catalog, _analysis(catalog, "t5", "Mia has a red ball.")) == ""  # a translation
     a = _analysis(catalog, "gpt", "Mia has a glider.")  # the shown position is the last: "." ends a word
     assert "The story world" in truth_md(catalog, a) or "never writes" in truth_md(catalog, a)
+
+
+def test_pronouns_are_shown_with_their_gold_antecedent_and_the_head_most_on_it(catalog):
+    import torch
+
+    text = ("One day, Ben finds a big ball. Soon he finds four brown socks. Then Leo makes a small pink cake. "
+            "Ben goes home.")  # fmt: skip
+    a = _analysis(catalog, "gpt", text)
+    md = truth_md(catalog, a)
+    row = next(line for line in md.splitlines() if line.startswith("| ‘he’"))
+    he, ben = a.labels.index("␣he"), a.labels.index("␣Ben")
+    assert f"({he}) → ‘Ben’ ({ben})" in row
+    w = torch.stack([layer[:, he, ben] for layer in a.attentions])  # (L, H)
+    layer, head = divmod(int(w.argmax()), w.shape[1])
+    assert f"L{layer}.H{head} | {float(w[layer, head]):.0%}" in row
+    assert ("✓" in row) == (int(a.attentions[layer][head, he].argmax()) == ben)

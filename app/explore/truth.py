@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from archplay.models.analysis.truth import END, beside, blank
+from archplay.models.analysis.truth import END, antecedents, beside, blank, world_words
 from archplay.models.story.tokenizer import SPTokenizer
+from archplay.models.story.world import detokenize
 
 from ..catalog import Catalog, UnknownModelError
 from ..messages import md_escape
@@ -56,7 +57,7 @@ def _causal(entry, analysis: Analysis) -> str:
     b = beside(entry.model, entry.tokenizer, prefix)
     if not b.in_world:
         return "⚠️ " + LEAVES.format(why=md_escape(b.reason), model=md_escape(entry.label))
-    return (f"**The story world's answer** after “…{md_escape(' '.join(b.words[-4:]))}” (exact, from its grammar): "
+    return (f"**The story world's answer** after “…{md_escape(detokenize(b.words[-4:])[0])}” (exact, from its grammar): "
             f"KL(world ‖ model) = **{b.kl:.3f} nats**; the model puts {b.outside:.1%} on words the world never "
             f"writes here.\n\n" + _table(b.world, b.model))  # fmt: skip
 
@@ -83,6 +84,46 @@ def _masked(entry, analysis: Analysis) -> str:
             + _table(world, model))  # fmt: skip
 
 
+MAX_PRONOUNS = 4
+
+
+def _first_tokens(tok, text: str, spans: list[tuple[int, int]]) -> list[int | None]:
+    """Each word's first token position in ``tok.encode(text)`` (None where a word starts inside a token)."""
+    _, token_spans = tok.encode_with_offsets(text)
+    starts = {}
+    for t, span in enumerate(token_spans):
+        if span is not None:
+            a = span[0] + (text[span[0] : span[1]].startswith(" "))
+            starts.setdefault(a, t)
+    return [starts.get(a) for a, _ in spans]
+
+
+def _pronouns(entry, analysis: Analysis) -> str:
+    """Each pronoun's gold antecedent and the head that attends to it most (is it that head's top key?)."""
+    text = analysis.text or ""
+    pairs = antecedents(text)
+    if not pairs or not analysis.attentions or " ".join(text.split()) != text:
+        return ""
+    words = world_words(text)
+    first = _first_tokens(entry.tokenizer, text, detokenize(words)[1])
+    att = analysis.attentions  # per layer (H, T, T)
+    rows = ["| pronoun → gold antecedent (first mention) | the head most on it | its weight | its top key? |",
+            "|---|---|---:|:---:|"]
+    for p, a in pairs[:MAX_PRONOUNS]:
+        tp, ta = first[p], first[a]
+        if tp is None or ta is None or tp >= att[0].shape[-2] or ta >= att[0].shape[-1]:
+            continue
+        w = torch.stack([layer[:, tp, ta] for layer in att])  # (L, H)
+        layer, head = divmod(int(w.argmax()), w.shape[1])
+        top = int(att[layer][head, tp].argmax()) == ta
+        rows.append(f"| ‘{md_escape(words[p])}’ ({tp}) → ‘{md_escape(words[a])}’ ({ta}) | L{layer}.H{head} | "
+                    f"{float(w[layer, head]):.0%} | {'✓' if top else '✗'} |")  # fmt: skip
+    if len(rows) == 2:
+        return ""
+    return ("**Who the pronouns mean** (the world's gold antecedents; token positions in brackets):\n\n"
+            + "\n".join(rows))  # fmt: skip
+
+
 def truth_md(catalog: Catalog, analysis: Analysis | None) -> str:
     """The world's answer beside the model's, as markdown; "" when it does not apply."""
     if analysis is None:
@@ -94,6 +135,7 @@ def truth_md(catalog: Catalog, analysis: Analysis | None) -> str:
     if not isinstance(entry.tokenizer, SPTokenizer) or analysis.translation is not None:
         return ""  # not a model of the world (or a translation: its truth is the alignment)
     try:
-        return _masked(entry, analysis) if not analysis.spec.causal else _causal(entry, analysis)
+        answer = _masked(entry, analysis) if not analysis.spec.causal else _causal(entry, analysis)
+        return "\n\n".join(x for x in (answer, _pronouns(entry, analysis)) if x)
     except (ValueError, RuntimeError, IndexError) as e:  # never break the Run over its footnote
         return f"*The world's answer could not be computed: {md_escape(str(e))}*"

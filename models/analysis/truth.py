@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from archplay.models.story.derivation import END, derivations, next_words
+from archplay.models.story.derivation import END, annotate, derivations, next_words
 from archplay.models.story.world import detokenize
 
 _WORD = re.compile(r"[A-Za-z]+|[.,]")
@@ -125,4 +125,16 @@ def blank(left: str, right: str) -> dict[str, float] | None:
     return {w: p / total for w, p in sorted(mass.items(), key=lambda kv: -kv[1])} if total > 0 else {}
 
 
-__all__ = ["END", "Beside", "beside", "blank", "world_words"]
+def antecedents(text: str) -> list[tuple[int, int]] | None:
+    """(pronoun or possessive, the word that introduced whom it denotes) pairs, as word indices of
+    ``world_words(text)``, from the world's gold annotations; None when the text is not the world's."""
+    words = world_words(text)
+    if words is None or len(words) > MAX_WORDS:
+        return None
+    gold = annotate(words)
+    if gold is None:
+        return None
+    return [(i, w.antecedent) for i, w in enumerate(gold) if w.pos in ("PRON", "POSS") and w.antecedent is not None]
+
+
+__all__ = ["END", "Beside", "antecedents", "beside", "blank", "world_words"]

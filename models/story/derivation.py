@@ -28,7 +28,7 @@ class _Stop(Exception):
         self.reached = reached
 
 
-def _replay(forced: list[int], target: list[str], complete: bool) -> bool:
+def _replay(forced: list[int], target: list[str], complete: bool, words: list | None = None) -> bool:
     """Run the grammar with the choices in ``forced``; raise _Branch at the first free choice.
 
     Returns whether the path yields ``target`` (complete) or starts with it (prefix mode;
@@ -61,10 +61,15 @@ def _replay(forced: list[int], target: list[str], complete: bool) -> bool:
     try:
         _tell(w)
     except _Stop as stop:
+        if stop.reached and words is not None:
+            words.extend(w.words[: len(target)])
         return stop.reached
     # _tell returned: the story ended (the last stop choice may have had no alternative)
     got = [x.text for x in w.words]
-    return got == target if complete else got[: len(target)] == target
+    ok = got == target if complete else got[: len(target)] == target
+    if ok and words is not None:
+        words.extend(w.words[: len(target)])
+    return ok
 
 
 def derivations(words: Sequence[str], *, complete: bool = True, limit: int | None = None) -> list[float]:
@@ -158,3 +163,20 @@ def next_words(prefix: Sequence[str]) -> dict[str, float]:
             mass[word] = mass.get(word, 0.0) + math.exp(lp)
     total = math.fsum(mass.values())
     return {w: p / total for w, p in sorted(mass.items(), key=lambda kv: -kv[1])} if total > 0 else {}
+
+
+def annotate(words: Sequence[str]) -> list | None:
+    """The world's gold annotations of a text (or the start of one): its ``Word``s (part of speech,
+    entity, antecedent) from the first derivation found, None when no story begins with ``words``.
+    (The grammar's unique reading makes that derivation the only one for a whole story.)"""
+    target = list(words)
+    stack: list[list[int]] = [[]]
+    while stack:
+        forced = stack.pop()
+        got: list = []
+        try:
+            if _replay(forced, target, False, got):
+                return got
+        except _Branch as b:
+            stack += [forced + [i] for i, _ in reversed(b.options)]
+    return None
