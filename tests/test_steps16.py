@@ -245,3 +245,14 @@ def test_q_k_v_and_head_ablation_equal_transformers(hf_folder, kind):
     with torch.inference_mode():
         got = ablate(ours, ids, heads=[(layer, head)]).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["mamba-style", "t5-style", "mixtral-style"])
+def test_the_batched_knock_outs_equal_one_ablation_each(name):
+    model = _tiny(name)
+    ids, kw = _inputs(model, T=7)
+    a = attribution(model, ids, 2, 5, **kw)
+    for i in (0, 3, 6):
+        with torch.inference_mode():
+            got = torch.log_softmax(ablate(model, ids, tokens=[i], **kw).logits[0, 2].float(), -1)[5]
+        assert float(a["knock_out"][i]) == pytest.approx(float(got) - a["logprob"], abs=1e-4)
