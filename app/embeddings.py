@@ -219,8 +219,9 @@ def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
         return {ui.similarity: v.similarity, ui.sent_scatter: v.scatter, ui.sent_note: v.note}
 
     outputs = [ui.scatter, ui.path, ui.note]
-    explore_ui.analysed.then(fresh, inputs=[explore_ui.state, ui.dims, ui.method],
-                             outputs=[ui.layer, ui.token, *outputs], show_progress="hidden")  # fmt: skip
+    for i, ran in enumerate(explore_ui.runs):  # every Explore Run: the page's first, Run, an example
+        ran.then(fresh, inputs=[explore_ui.state, ui.dims, ui.method], outputs=[ui.layer, ui.token, *outputs],
+                 api_name="fresh" if i == 0 else False, show_progress="hidden")  # fmt: skip
     gr.on(triggers=[ui.layer.input, ui.token.input, ui.dims.input, ui.method.input], fn=redraw,
           inputs=[explore_ui.state, ui.layer, ui.token, ui.dims, ui.method], outputs=outputs,
           api_name="embeddings", trigger_mode="always_last", show_progress="hidden")  # fmt: skip

@@ -71,6 +71,7 @@ def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
     gr.Markdown(HELP, elem_classes="ap-help")
     ui.note = gr.Markdown("", elem_id="lens-note")
     ui.plot = gr.Plot(show_label=False, elem_id="lens-plot")
-    explore_ui.analysed.then(lambda a: lens_view(catalog, a), inputs=[explore_ui.state],
-                             outputs=[ui.plot, ui.note], api_name="lens", show_progress="hidden")  # fmt: skip
+    for i, ran in enumerate(explore_ui.runs):  # every Explore Run: the page's first, Run, an example
+        ran.then(lambda a: lens_view(catalog, a), inputs=[explore_ui.state], outputs=[ui.plot, ui.note],
+                 api_name="lens" if i == 0 else False, show_progress="hidden")  # fmt: skip
     return ui
