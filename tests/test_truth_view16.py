@@ -40,7 +40,6 @@ def test_a_masked_model_is_shown_beside_the_worlds_blank(catalog):
 
 def test_no_note_where_the_world_says_nothing(catalog):
     assert truth_md(catalog, None) == ""
-    assert truth_md(catalog, _analysis(catalog, "t5", "Mia has a red ball.")) == ""  # a translation
     a = _analysis(catalog, "gpt", "Mia has a glider.")  # the shown position is the last: "." ends a word
     assert "The story world" in truth_md(catalog, a) or "never writes" in truth_md(catalog, a)
 
@@ -59,3 +58,21 @@ def test_pronouns_are_shown_with_their_gold_antecedent_and_the_head_most_on_it(c
     layer, head = divmod(int(w.argmax()), w.shape[1])
     assert f"L{layer}.H{head} | {float(w[layer, head]):.0%}" in row
     assert ("✓" in row) == (int(a.attentions[layer][head, he].argmax()) == ben)
+
+
+def test_a_translation_is_shown_beside_the_worlds_and_its_gold_alignment(catalog):
+    from archplay.models.analysis.truth import alignment_hits, translation
+
+    a = _analysis(catalog, "t5", "Mia has a red ball.")
+    world = translation(a.text)
+    assert world[0] == "Mia ga suri vani wo fava." and world[3] == [0, None, 4, 3, None, 1, 5]
+    md = truth_md(catalog, a)
+    if a.translation.text == world[0]:
+        hits = alignment_hits(catalog.get("t5").tokenizer, a.text, a.translation.text, a.translation.cross_attentions)
+        layer = max(range(len(hits["layers"])), key=hits["layers"].__getitem__)
+        assert "world's exact one" in md and f"for {hits['layers'][layer]} of {hits['words']} words" in md
+        assert hits["words"] == 5  # the particles ga and wo have no source word
+    else:
+        assert "they differ" in md
+    assert "one sentence at a time" in truth_md(catalog, _analysis(catalog, "t5", "Mia has a ball. Tom has a kite."))
+    assert "never writes" in truth_md(catalog, _analysis(catalog, "t5", "The cat sat."))

@@ -4,15 +4,17 @@ For a model of the story world (its tokenizer is the world's), the world's exact
 for a model that continues text, the distribution of the next word after the shown position
 (``analysis.truth.beside``); for a masked model, the word the blank hides given both sides
 (``analysis.truth.blank``). When the text leaves the world, the note says where, and that the
-prediction there is a guess (a real checkpoint is the tool for general English). Other models get
-no note: the world's truth says nothing about them.
+prediction there is a guess (a real checkpoint is the tool for general English). For a translation
+model, the world's exact translation and how often cross-attention finds the gold word alignment.
+Other models get no note: the world's truth says nothing about them.
 """
 
 from __future__ import annotations
 
 import torch
 
-from archplay.models.analysis.truth import END, antecedents, beside, blank, world_words
+from archplay.models.analysis.truth import END, alignment_hits, antecedents, beside, blank, translation, world_words
+from archplay.models.story.derivation import annotate
 from archplay.models.story.tokenizer import SPTokenizer
 from archplay.models.story.world import detokenize
 
@@ -23,6 +25,11 @@ from ..session import Analysis
 TOP = 5
 LEAVES = ("The story world never writes this: {why}. {model} has only read the world's stories, so its "
           "prediction here is a guess. For general English, load a real checkpoint (Explore → Load a checkpoint).")  # fmt: skip
+
+
+def _name(entry) -> str:
+    """The model's short name ("gpt"), not its whole label."""
+    return str(entry.label).split(" — ")[0]
 
 
 def _word(w: str) -> str:
@@ -56,7 +63,7 @@ def _causal(entry, analysis: Analysis) -> str:
         return "*The story world's answer is given for whole words: this position is inside a word.*"
     b = beside(entry.model, entry.tokenizer, prefix)
     if not b.in_world:
-        return "⚠️ " + LEAVES.format(why=md_escape(b.reason), model=md_escape(entry.label))
+        return "⚠️ " + LEAVES.format(why=md_escape(b.reason), model=md_escape(_name(entry)))
     return (f"**The story world's answer** after “…{md_escape(detokenize(b.words[-4:])[0])}” (exact, from its grammar): "
             f"KL(world ‖ model) = **{b.kl:.3f} nats**; the model puts {b.outside:.1%} on words the world never "
             f"writes here.\n\n" + _table(b.world, b.model))  # fmt: skip
@@ -71,7 +78,7 @@ def _masked(entry, analysis: Analysis) -> str:
     world = blank(left, right)
     if world is None or not world:
         why = "it is not written in the world's words" if world is None else "no word of the world fits the blank"
-        return "⚠️ " + LEAVES.format(why=why, model=md_escape(entry.label))
+        return "⚠️ " + LEAVES.format(why=why, model=md_escape(_name(entry)))
     tok = entry.tokenizer
     at = analysis.predict_at
     probs = torch.softmax(analysis.logits[at].float(), -1) if analysis.logits is not None and at is not None else None
@@ -124,6 +131,31 @@ def _pronouns(entry, analysis: Analysis) -> str:
             + "\n".join(rows))  # fmt: skip
 
 
+def _translation(entry, analysis: Analysis) -> str:
+    """The world's exact translation beside the model's, and how well cross-attention finds the gold alignment."""
+    text, tr = analysis.text or "", analysis.translation
+    world = translation(text)
+    if world is None:
+        words = world_words(text)
+        if words is None or annotate(words) is None:
+            return "⚠️ " + LEAVES.format(why="it is not written in the world's words and grammar",
+                                         model=md_escape(_name(entry)))  # fmt: skip
+        return "*The world's exact translation is shown for one sentence at a time.*"
+    if tr.text != world[0]:
+        return (f"**The story world's translation**: “{md_escape(world[0])}”; the model wrote “{md_escape(tr.text)}”: "
+                "they differ, so the gold alignment is not laid over this run.")  # fmt: skip
+    hits = alignment_hits(entry.tokenizer, text, tr.text, tr.cross_attentions)
+    line = "✓ **The model's translation is the world's exact one.**"
+    if hits:
+        n, (layer, head, best) = hits["words"], hits["best"]
+        top = max(range(len(hits["layers"])), key=hits["layers"].__getitem__)
+        pairs = ", ".join(f"{md_escape(t)} ← {md_escape(s)}" for t, s in hits["pairs"][:6])
+        line += (f" Gold alignment ({pairs}{', …' if len(hits['pairs']) > 6 else ''}): the cross-attention of decoder "
+                 f"layer {top} (heads averaged) puts its largest weight on the gold source word for "
+                 f"{hits['layers'][top]} of {n} words; the best head, L{layer}.H{head}, for {best} of {n}.")  # fmt: skip
+    return line
+
+
 def truth_md(catalog: Catalog, analysis: Analysis | None) -> str:
     """The world's answer beside the model's, as markdown; "" when it does not apply."""
     if analysis is None:
@@ -132,9 +164,11 @@ def truth_md(catalog: Catalog, analysis: Analysis | None) -> str:
         entry = catalog.get(analysis.model_key)
     except UnknownModelError:
         return ""
-    if not isinstance(entry.tokenizer, SPTokenizer) or analysis.translation is not None:
-        return ""  # not a model of the world (or a translation: its truth is the alignment)
+    if not isinstance(entry.tokenizer, SPTokenizer):
+        return ""  # not a model of the world
     try:
+        if analysis.translation is not None:
+            return _translation(entry, analysis)
         answer = _masked(entry, analysis) if not analysis.spec.causal else _causal(entry, analysis)
         return "\n\n".join(x for x in (answer, _pronouns(entry, analysis)) if x)
     except (ValueError, RuntimeError, IndexError) as e:  # never break the Run over its footnote

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from archplay.models.story.derivation import END, annotate, derivations, next_words
 from archplay.models.story.world import detokenize
@@ -137,4 +137,57 @@ def antecedents(text: str) -> list[tuple[int, int]] | None:
     return [(i, w.antecedent) for i, w in enumerate(gold) if w.pos in ("PRON", "POSS") and w.antecedent is not None]
 
 
-__all__ = ["END", "Beside", "antecedents", "beside", "blank", "world_words"]
+def translation(text: str) -> tuple[str, list[str], list[str], list[int | None]] | None:
+    """The world's exact translation of one sentence of its words: (target text, source words, target
+    words, gold alignment: target word -> source word index or None); None for anything else."""
+    from archplay.models.story.translation import translate
+
+    words = world_words(text)
+    if words is None or words[-1] != "." or words.count(".") != 1 or len(words) > MAX_WORDS:
+        return None
+    gold = annotate(words)
+    if gold is None:
+        return None
+    pair = translate(words, [w.pos for w in gold])
+    return pair.target, pair.source_words, pair.target_words, pair.alignment
+
+
+def alignment_hits(tok, source: str, target: str, cross: list[Tensor]) -> dict | None:
+    """How often cross-attention puts its largest weight on the gold source word, for the world's
+    translation of ``source`` teacher-forced as ``target`` (the model's own when it equals the world's).
+
+    ``cross``: per decoder layer (H, Td, S), the query at step i writing target token i. Returns
+    {"words": aligned target words, "layers": hits per layer (heads averaged), "best": (layer, head, hits),
+    "pairs": [(target word, source word)]}; None when the world has no translation of ``source``."""
+    from archplay.models.story.world import detokenize as spans_of
+    from archplay.models.training.evaluate import word_of_tokens
+    from archplay.models.training.metrics import head_hits
+
+    world = translation(source)
+    if world is None or world[0] != target:
+        return None
+    _, src_words, tgt_words, gold = world
+    src_ids, src_spans = tok.encode_with_offsets(source)
+    tgt_ids, tgt_spans = tok.encode_with_offsets(target)
+    src_owner = word_of_tokens(source, spans_of(src_words)[1], src_spans)
+    tgt_owner = word_of_tokens(target, spans_of(tgt_words)[1], tgt_spans)
+    queries, targets, pairs = [], [], []
+    for j, a in enumerate(gold):
+        if a is None or j not in tgt_owner:
+            continue
+        q = tgt_owner.index(j)  # the step that writes word j's first token
+        if q >= cross[0].shape[1]:
+            continue
+        queries.append(q)
+        targets.append({k for k, o in enumerate(src_owner) if o == a and k < cross[0].shape[2]})
+        pairs.append((tgt_words[j], src_words[a]))
+    if not queries:
+        return None
+    per_head = head_hits([c.float() for c in cross], queries, targets)  # (L, H)
+    per_layer = head_hits([c.float().mean(0, keepdim=True) for c in cross], queries, targets)[:, 0]  # (L,)
+    layer, head = divmod(int(per_head.argmax()), per_head.shape[1])
+    return {"words": len(queries), "layers": per_layer.tolist(), "best": (layer, head, int(per_head[layer, head])),
+            "pairs": pairs}  # fmt: skip
+
+
+__all__ = ["END", "Beside", "alignment_hits", "antecedents", "beside", "blank", "translation", "world_words"]
