@@ -1,12 +1,15 @@
 """The models the app offers: loaded once at start-up and shared, read-only, by every session.
 
-Sessions only ever hold a catalog *key* (a built-in name or the folder given on the command
-line); the model objects live here, never in ``gr.State``. Keys come from the server's own
-command line, so a visitor cannot make the server read an arbitrary path.
+Sessions only ever hold a catalog *key* (a built-in name, a folder or a Hugging Face id given on
+the command line); the model objects live here, never in ``gr.State``. Keys come from the server's
+own command line, or from a page's load box, which reaches only folders inside ``--models-dir`` and
+repositories in the Hugging Face cache (downloaded only with ``--allow-downloads``), so a visitor
+cannot make the server read an arbitrary path.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -15,6 +18,8 @@ from pathlib import Path
 import torch
 
 from archplay.models import BUILTIN_NAMES, LoadError, load, registry
+from archplay.models.checkpoints import hub
+from archplay.models.checkpoints.loading import fast_cpu_layout, load_repo
 from archplay.models.registry import Family
 
 
@@ -74,9 +79,11 @@ def describe(model) -> str:
 class Catalog:
     """Loaded models by key, in the order they were added (the first is the default)."""
 
-    def __init__(self, device: str | torch.device = "cpu", models_dir: str | Path | None = None):
+    def __init__(self, device: str | torch.device = "cpu", models_dir: str | Path | None = None, *,
+                 allow_downloads: bool = False):  # fmt: skip
         self.device = torch.device(device)
         self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
+        self.allow_downloads = allow_downloads  # may a page's load box download a repository not in the cache
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self.errors: list[str] = []  # start-up load failures, shown on the page
@@ -85,13 +92,17 @@ class Catalog:
     # ------------------------------------------------------------------ building
 
     def add(self, name_or_folder: str, *, root: Path | None = None) -> Entry:
-        """Load a built-in name or a checkpoint folder (every file inside ``root``, when given);
+        """Load a built-in name, a checkpoint folder (every file inside ``root``, when given) or a
+        Hugging Face id (downloaded if need be: the server's own command line asked for it);
         raises ``LoadError`` with the reason."""
         key = _key(name_or_folder)
         if key in self._entries:
             return self._entries[key]
+        return self._load(key, lambda: load(key, device=self.device, root=root))
+
+    def _load(self, key: str, loader: Callable[[], tuple]) -> Entry:
         try:
-            model, tokenizer = load(key, device=self.device, root=root)
+            model, tokenizer = loader()
         except LoadError:
             raise
         except (ValueError, TypeError, KeyError, IndexError, OSError, RuntimeError, MemoryError) as e:
@@ -117,12 +128,52 @@ class Catalog:
         with self._lock:
             return self.add(str(folder), root=self.models_dir)
 
+    def add_by_name(self, name: str) -> Entry:
+        """What a page's load box asks for: a checkpoint folder inside the models directory, else a
+        Hugging Face id (``ORG/NAME``, optionally ``@REVISION``) read from the server's cache, or
+        downloaded when the server allows downloads. ``name`` is untrusted: it never names a path
+        outside the models directory or the repository's folder in the cache. Raises ``LoadError``
+        with a message fit for the page (no server paths)."""
+        name = str(name or "").strip()
+        ref = hub.parse(name) if "\x00" not in name and len(name) <= MAX_FOLDER_NAME else None
+        folder_error = None
+        if self.models_dir is not None:
+            if ref is None or os.path.lexists(self.models_dir / name):
+                return self.add_from_models_dir(name)
+            folder_error = f"no folder {name!r} in the models directory"
+        if ref is None:
+            what = f"{name[:80]!r} is not a Hugging Face id" if name else "give a Hugging Face id"
+            raise LoadError(f"{what}: ORG/NAME, optionally @REVISION (e.g. EleutherAI/pythia-70m)")
+        key = str(ref)
+        with self._lock:
+            if key in self._entries:
+                return self._entries[key]
+            try:
+                return self._load(key, lambda: self._repo(ref))
+            except LoadError as e:
+                if folder_error and "/" not in ref.repo_id:  # a bare name: a folder was perhaps meant
+                    raise LoadError(f"{folder_error}, and {e}") from None
+                raise
+
+    def _repo(self, ref: hub.RepoRef):
+        model, tokenizer = load_repo(ref, self.device, allow_download=self.allow_downloads, server=True)
+        if self.device.type == "cpu":
+            fast_cpu_layout(model)
+        return model, tokenizer
+
     def folders(self) -> list[str]:
-        """The checkpoint folders the models directory offers (names relative to it)."""
-        if self.models_dir is None or not self.models_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()
-                      and p.resolve().is_relative_to(self.models_dir))  # fmt: skip
+        """What the load box offers: the checkpoint folders of the models directory (names relative to
+        it), then the repositories the Hugging Face cache holds complete, of a supported type."""
+        found = []
+        if self.models_dir is not None and self.models_dir.is_dir():
+            found = sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()
+                           and p.resolve().is_relative_to(self.models_dir))  # fmt: skip
+        return found + [r for r in hub.cached_repos() if r not in found]
+
+    @property
+    def loads_by_name(self) -> bool:
+        """Whether the page shows its load box: a models directory, downloads allowed, or a cache to read."""
+        return self.models_dir is not None or self.allow_downloads or bool(hub.cached_repos(limit=1))
 
     @classmethod
     def from_names(
@@ -133,12 +184,15 @@ class Catalog:
         builtins: tuple[str, ...] = BUILTIN_NAMES,
         log: Callable[[str], None] = print,
         models_dir: str | Path | None = None,
+        allow_downloads: bool = False,
     ) -> Catalog:
         """The built-ins, then each of ``names``. A name that fails is logged and skipped.
 
-        The first of ``names`` that loads becomes the default choice (the user asked for it).
+        The first of ``names`` that loads becomes the default choice (the user asked for it). A
+        Hugging Face id among ``names`` is downloaded when not cached (unless ``HF_HUB_OFFLINE``);
+        ``allow_downloads`` is for the page's load box.
         """
-        reg = cls(device, models_dir)
+        reg = cls(device, models_dir, allow_downloads=allow_downloads)
         builtins = tuple(builtins)
         for i, name in enumerate([*builtins, *names]):
             try:

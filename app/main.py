@@ -32,14 +32,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--model",
         action="append",
         default=[],
-        metavar="NAME_OR_FOLDER",
-        help="a built-in name or a local Hugging Face checkpoint folder to offer; repeatable. "
+        metavar="NAME_OR_FOLDER_OR_HUB_ID",
+        help="a built-in name, a local Hugging Face checkpoint folder or a Hugging Face id ORG/NAME[@REVISION] "
+        "(read from the Hugging Face cache, downloaded if missing unless HF_HUB_OFFLINE=1) to offer; repeatable. "
         "Built-ins are always offered.",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where models run; auto = cuda when available (default: auto)")  # fmt: skip
     p.add_argument("--models-dir", default=None, metavar="DIR",
                    help="a folder of checkpoint folders the page may load by name (nothing outside it)")  # fmt: skip
+    p.add_argument("--allow-downloads", action="store_true",
+                   help="let the page's load box download Hugging Face repositories the cache lacks (off by default: "
+                        "it loads only cached ones)")  # fmt: skip
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="ask for this user name and password before showing the page")  # fmt: skip
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     print(f"archplay: loading models on {device}…", flush=True)
     catalog = Catalog.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True),
-                                   models_dir=args.models_dir)  # fmt: skip
+                                   models_dir=args.models_dir, allow_downloads=args.allow_downloads)  # fmt: skip
     warning = host_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ import torch
 
 from bench.report import markdown
 
-MODULES = ("interactive", "page", "generation", "scaling", "startup", "load", "sessions", "starvation", "train")
+MODULES = ("interactive", "page", "generation", "scaling", "startup", "load", "sessions", "starvation", "train", "estimate")
 
 
 def machine() -> dict:

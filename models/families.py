@@ -13,7 +13,7 @@ from archplay.models.architectures.encoder import Encoder, EncoderConfig
 from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from archplay.models.architectures.moe import MoEConfig, MoEDecoder
 from archplay.models.architectures.ssm import Mamba, MambaConfig
-from archplay.models.checkpoints import bert, gpt2, llama, mamba, t5
+from archplay.models.checkpoints import bert, gpt2, gpt_neox, llama, mamba, t5
 from archplay.models.registry import Family, register
 
 ATTENTION_TRACE = ("hidden_states", "attentions")
@@ -21,12 +21,16 @@ ATTENTION_TRACE = ("hidden_states", "attentions")
 DECODER = Family(
     name="decoder", title="decoder-only transformer", config=DecoderConfig, model=Decoder, objective="causal",
     card_rows=card.decoder_rows, parameter_rules=card.DECODER_RULES, trace_fields=ATTENTION_TRACE,
-    views=("attention",), checkpoints={"gpt2": gpt2.CONVERTER, "llama": llama.LLAMA, "qwen2": llama.QWEN2},
+    views=("attention",),
+    checkpoints={"gpt2": gpt2.CONVERTER, "llama": llama.LLAMA, "mistral": llama.MISTRAL, "qwen2": llama.QWEN2,
+                 "qwen3": llama.QWEN3, "phi3": llama.PHI3, "gpt_neox": gpt_neox.CONVERTER},
 )  # fmt: skip
 ENCODER = Family(
     name="encoder", title="encoder-only transformer (BERT-style)", config=EncoderConfig, model=Encoder,
     objective="masked", card_rows=card.encoder_rows, parameter_rules=card.ENCODER_RULES,
-    trace_fields=ATTENTION_TRACE, views=("attention",), checkpoints={"bert": bert.CONVERTER},
+    trace_fields=ATTENTION_TRACE, views=("attention",),
+    checkpoints={"bert": bert.CONVERTER, "roberta": bert.ROBERTA, "xlm-roberta": bert.ROBERTA,
+                 "distilbert": bert.DISTILBERT},
 )  # fmt: skip
 ENCODER_DECODER = Family(
     name="encoder-decoder", title="encoder-decoder transformer (T5-style)", config=EncoderDecoderConfig,
@@ -39,7 +43,8 @@ MOE = Family(
     name="moe", title="decoder-only mixture of experts (Mixtral-style)", config=MoEConfig, model=MoEDecoder,
     objective="causal", card_rows=card.moe_rows, parameter_rules=card.DECODER_RULES,
     trace_fields=(*ATTENTION_TRACE, "router_logits", "expert_indices"), views=("attention", "routing"),
-    checkpoints={"mixtral": llama.MIXTRAL, "qwen2_moe": llama.QWEN2_MOE},
+    checkpoints={"mixtral": llama.MIXTRAL, "qwen2_moe": llama.QWEN2_MOE, "qwen3_moe": llama.QWEN3_MOE,
+                 "olmoe": llama.OLMOE},
 )  # fmt: skip
 SSM = Family(
     name="ssm", title="selective state-space model (Mamba)", config=MambaConfig, model=Mamba, objective="causal",

@@ -71,6 +71,37 @@ def hf_config(kind: str, **overrides):
     elif kind == "bert":
         cfg = T.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                            max_position_embeddings=128, vocab_size=99, pad_token_id=0)  # fmt: skip
+    elif kind == "mistral":  # a window on every layer, narrower than the prompt
+        cfg = T.MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, head_dim=16, sliding_window=4, max_position_embeddings=256,
+                              **common)  # fmt: skip
+    elif kind == "phi3":  # fused qkv_proj and gate_up_proj, partial RoPE
+        cfg = T.Phi3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=256,
+                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+                           **common)  # fmt: skip
+    elif kind == "qwen3":  # q/k norms, head_dim explicit (not hidden_size / heads)
+        cfg = T.Qwen3Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "gpt_neox":  # Pythia: parallel residual, RoPE on a quarter of each head, fused per-head qkv
+        cfg = T.GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "qwen3_moe":  # q/k norms per head, a dense layer, no shared expert
+        cfg = T.Qwen3MoeConfig(hidden_size=32, intermediate_size=48, moe_intermediate_size=24, num_hidden_layers=3,
+                               num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4,
+                               num_experts_per_tok=2, norm_topk_prob=True, mlp_only_layers=[1],
+                               max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "olmoe":  # q/k norms over the whole projections
+        cfg = T.OlmoeConfig(hidden_size=32, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+                            max_position_embeddings=256, **common)  # fmt: skip
+    elif kind in ("roberta", "xlm-roberta"):  # positions after padding_idx 1
+        cls = T.RobertaConfig if kind == "roberta" else T.XLMRobertaConfig
+        cfg = cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                  max_position_embeddings=66, type_vocab_size=1, vocab_size=99, pad_token_id=1)  # fmt: skip
+    elif kind == "distilbert":
+        cfg = T.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=128,
+                                 vocab_size=99, pad_token_id=0)  # fmt: skip
     else:
         raise ValueError(kind)
     for k, v in overrides.items():
@@ -94,6 +125,16 @@ def make_hf_model(kind: str, folder: Path, *, head: bool = True, seed: int = 0, 
     model.save_pretrained(folder)
     word_tokenizer("bert" if kind == "bert" else "decoder").save_pretrained(folder)
     return model
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_hub(tmp_path_factory):
+    """Every test (and every server it starts) sees an empty Hugging Face cache, offline: nothing is
+    downloaded, and what a developer's own cache holds changes no result."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("hf_cache")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        yield
 
 
 @pytest.fixture

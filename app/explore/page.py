@@ -22,7 +22,8 @@ the first ones are optional and default to the page's initial values):
 * ``routing``        (moe_layer) → a mixture of experts' routing chips, heatmap, load figure, note
 * ``corpus_routing`` (moe_layer) → that MoE layer over the validation stories
 * ``delta``          (layer) → a state-space model's step size Δ per token
-* ``load_model``     (folder) → a checkpoint from the server's models directory joins the list
+* ``load_model``     (folder) → a checkpoint from the server's models directory, or a Hugging Face
+                     id from its cache (downloaded only with ``--allow-downloads``), joins the list
 * ``generate``       (model, text, max_new_tokens, temperature, top_k, top_p, seed) → streamed
                      text (an encoder-decoder: a sampled translation)
 
@@ -153,6 +154,13 @@ def example_choices(examples: list[str]) -> list[tuple[str, str]]:
     return [("Try an example…", ""), *((e, e) for e in examples)]
 
 
+def load_info(catalog: Catalog) -> str:
+    """The load box's hint: what a typed name may be on this server."""
+    where = ["a folder inside the server's --models-dir"] if catalog.models_dir is not None else []
+    where.append("a Hugging Face id ORG/NAME[@REVISION]" + ("" if catalog.allow_downloads else " the server has cached"))
+    return " or ".join(where)
+
+
 def build(catalog: Catalog, demo: gr.Blocks) -> SimpleNamespace:
     """Render the page inside the current Blocks context, wire its events, return the components."""
     ui = layout(catalog)
@@ -201,10 +209,11 @@ def layout(catalog: Catalog) -> SimpleNamespace:
         with gr.Column(scale=2, min_width=240):
             with gr.Accordion("What am I looking at?", open=False, elem_id="intro"):
                 gr.Markdown(INTRO, elem_classes="ap-intro")
-            with gr.Accordion("Load a checkpoint from the models directory", open=False,
-                              visible=catalog.models_dir is not None, elem_id="load-section"):  # fmt: skip
-                ui.folder = gr.Dropdown(catalog.folders(), value=None, allow_custom_value=True, label="Folder",
-                                        info="a checkpoint folder inside the server's --models-dir", elem_id="folder")  # fmt: skip
+            with gr.Accordion("Load a checkpoint", open=False, visible=catalog.loads_by_name,
+                              elem_id="load-section"):  # fmt: skip
+                ui.folder = gr.Dropdown(catalog.folders(), value=None, allow_custom_value=True,
+                                        label="Folder or Hugging Face id", info=load_info(catalog),
+                                        elem_id="folder")  # fmt: skip
                 ui.load = gr.Button("Load", elem_id="load")
     ui.status = gr.Markdown(startup, label="Status", elem_id="status", elem_classes="ap-status")
     ui.tokens = gr.HTML(tokens_html([], []), label="Tokens", show_label=False, container=False, padding=False,

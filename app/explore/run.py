@@ -186,12 +186,14 @@ def _status(entry: Entry, analysis: Analysis, elapsed: float) -> tuple[str, str]
 
 
 def load_model(catalog: Catalog, name: str | None) -> tuple[str, str | None]:
-    """Load the folder ``name`` from the server's models directory -> (status markdown, its key or None).
+    """Load ``name``, a folder of the server's models directory or a Hugging Face id -> (status
+    markdown, its key or None).
 
-    Only folders inside that directory resolve (``Catalog.add_from_models_dir``); every problem,
-    a missing, broken or unsupported checkpoint included, comes back as a message."""
+    Only folders inside that directory and repositories in the server's Hugging Face cache resolve
+    (downloaded only when the server allows it: ``Catalog.add_by_name``); every problem, a missing,
+    broken or unsupported checkpoint included, comes back as a message."""
     try:
-        entry = catalog.add_from_models_dir(str(name or ""))
+        entry = catalog.add_by_name(str(name or ""))
     except LoadError as e:
         return error(md_escape(str(e))), None
     return ok(f"Loaded **{md_escape(entry.label)}**; it is now in the model list."), entry.key

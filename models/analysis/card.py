@@ -63,6 +63,7 @@ def _decoder_stack_rows(cfg, feed_forward: list[tuple[str, str]]) -> list[tuple[
         ("width (d_model)", str(cfg.d_model)),
         *_attention_rows(cfg.n_head, cfg.n_kv_head, cfg.head_dim),
         ("attention", _attention(cfg, causal=True)),
+        *_block_rows(cfg),
         *feed_forward,
         ("positions", _positions(cfg, causal=True)),
         ("norm", _norm_placement(cfg, causal=True)),
@@ -71,6 +72,21 @@ def _decoder_stack_rows(cfg, feed_forward: list[tuple[str, str]]) -> list[tuple[
         ("context length", _context(cfg, f"{cfg.max_seq_len:,} tokens")),
         ("tied embeddings", _tied(cfg.tie_embeddings)),
     ]
+
+
+def _block_rows(cfg) -> list[tuple[str, str]]:
+    """Rows for what only some checkpoints' blocks do (none for the others)."""
+    rows = []
+    if getattr(cfg, "qk_norm", None) == "head":
+        rows.append(("q/k norm", f"RMSNorm over each head's q and k ({cfg.head_dim} channels, a scale per channel "
+                                 "shared by the heads), before RoPE (Qwen3)"))  # fmt: skip
+    elif getattr(cfg, "qk_norm", None) == "all":
+        rows.append(("q/k norm", f"RMSNorm over the whole q and k projections ({cfg.n_head * cfg.head_dim} and "
+                                 f"{cfg.n_kv_head * cfg.head_dim} channels), before RoPE (OLMoE)"))  # fmt: skip
+    if getattr(cfg, "parallel_residual", False):
+        rows.append(("residual", "parallel: x + Attn(Norm₁(x)) + MLP(Norm₂(x)), the MLP reads the block's input, "
+                                 "not the attention's output (GPT-NeoX)"))  # fmt: skip
+    return rows
 
 
 def _expert_rows(cfg) -> list[tuple[str, str]]:
@@ -97,7 +113,7 @@ def encoder_rows(cfg) -> list[tuple[str, str]]:
         *_attention_rows(cfg.n_head, cfg.n_head, cfg.d_model // cfg.n_head),
         ("attention", _attention(cfg, causal=False)),
         ("feed-forward", _ffn(cfg.d_ff, cfg.activation, cfg.mlp == "gated")),
-        ("positions", f"{_positions(cfg, causal=False)} + token-type embeddings"),
+        ("positions", _positions(cfg, causal=False) + _encoder_position_notes(cfg)),
         ("norm", _norm_placement(cfg, causal=False)),
         ("biases", "everywhere"),
         ("vocabulary", f"{cfg.vocab_size:,}"),
@@ -105,6 +121,15 @@ def encoder_rows(cfg) -> list[tuple[str, str]]:
         ("tied embeddings", "yes: the masked-LM head's output matrix is the token embedding matrix"
                             if cfg.has_mlm_head else "no masked-LM head in this checkpoint"),
     ]  # fmt: skip
+
+
+def _encoder_position_notes(cfg) -> str:
+    """RoBERTa's positions after padding_idx; DistilBERT's lack of token types."""
+    text = ""
+    if getattr(cfg, "position_offset", 0):
+        text += (f", starting at {cfg.position_offset} (padding_idx + 1) and counting only non-padding tokens; "
+                 f"padding sits at {cfg.position_offset - 1} (RoBERTa)")  # fmt: skip
+    return text + (" + token-type embeddings" if getattr(cfg, "type_vocab_size", 1) else ", no token-type embeddings")
 
 
 def encoder_decoder_rows(cfg) -> list[tuple[str, str]]:

@@ -27,6 +27,10 @@ The Architecture Lab adds the choices of the papers these came from, as config f
   ``model.norm`` then ``model.lm_head``).
 * ``layer_types``: per layer "full", "sliding", "strided" (Sparse Transformer) or "block"
   (block-local), each local pattern over ``sliding_window`` positions (``layers.attention_mask``).
+
+Two more choices come from checkpoints: ``qk_norm`` (an RMSNorm on q and k before RoPE: "head",
+per head, Qwen3; "all", over the whole projection, OLMoE) and ``parallel_residual`` (GPT-NeoX / Pythia, GPT-J: attention and MLP both read
+the block's input, x + Attn(Norm₁(x)) + MLP(Norm₂(x)), instead of one after the other).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from torch import Tensor, nn
 from archplay.models.architectures import generation
 from archplay.models.architectures.layers import (
     POSITIONS_OFF,
+    QK_NORMS,
     Attention,
     ConfigDict,
     KVCache,
@@ -91,6 +96,8 @@ class DecoderConfig(ConfigDict):
     sliding_window: int | None = None  # W: the keys a local pattern lets a query see, itself included
     layer_types: list[str] | None = None  # per layer "full" | "sliding" | "strided" | "block"; None = all full
     attn_scale_by_layer: bool = False  # GPT-2's scale_attn_by_inverse_layer_idx
+    qk_norm: str | None = None  # RMSNorm on q and k before the rotation: "head" (Qwen3) | "all" (OLMoE); None = off
+    parallel_residual: bool = False  # GPT-NeoX: x + Attn(Norm1(x)) + MLP(Norm2(x)), both from the same x
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     name: str = "decoder"
@@ -110,9 +117,13 @@ class DecoderConfig(ConfigDict):
         self.require(self.n_head % self.n_kv_head == 0, "n_head must be a multiple of n_kv_head")
         self.require(self.positions in POSITIONS, f"positions must be one of {', '.join(POSITIONS)}, got {self.positions!r}")
         check_choices(self)
+        self.require(self.qk_norm in (None, *QK_NORMS), f"qk_norm must be None or one of {', '.join(QK_NORMS)}, "
+                                                         f"got {self.qk_norm!r}")  # fmt: skip
         self.require(0 < self.rotary_fraction <= 1, f"rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
         if self.positions == "relative":
             check_relative(self, bidirectional=False)
+        self.require(not (self.parallel_residual and self.norm_position == "post"),
+                     "parallel_residual needs norm_position 'pre' (both branches read the un-normalised x)")  # fmt: skip
 
     @property
     def post_norm(self) -> bool:
@@ -147,17 +158,19 @@ class LayerTrace:
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm block: x + Attn(Norm(x)), then x + MLP(Norm(x)); post-norm: Norm(x + Attn(x)), ..."""
+    """Pre-norm block: x + Attn(Norm(x)), then x + MLP(Norm(x)); post-norm: Norm(x + Attn(x)), ...
+    Parallel (GPT-NeoX): x + Attn(Norm₁(x)) + MLP(Norm₂(x)), the MLP not seeing the attention's output."""
 
     def __init__(self, cfg: DecoderConfig, layer_idx: int):
         super().__init__()
         scale = cfg.head_dim**-0.5 / (layer_idx + 1 if cfg.attn_scale_by_layer else 1)
         self.pattern = cfg.layer_types[layer_idx]  # which mask of the model's masks this layer uses
         self.post_norm = cfg.post_norm
+        self.parallel = cfg.parallel_residual
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = Attention(
             cfg.d_model, cfg.n_head, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
-            qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, scale=scale,
+            qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, scale=scale, qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps,
         )  # fmt: skip
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.mlp = self.make_ffn(cfg)
@@ -173,6 +186,9 @@ class DecoderBlock(nn.Module):
         return residual(x, self.attn_norm, attn, post=self.post_norm)  # (B, T, D), (B, H, T, S) or None
 
     def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
+        if self.parallel:  # both branches from the block's input x
+            attn_x, probs = self.attention(x, **kw)  # x + Attn(Norm1(x))
+            return attn_x + self.mlp(self.mlp_norm(x)), LayerTrace(attention=probs)
         x, probs = self.attention(x, **kw)
         (x,) = residual(x, self.mlp_norm, lambda h: (self.mlp(h),), post=self.post_norm)
         return x, LayerTrace(attention=probs)

@@ -18,6 +18,11 @@ bidirectional):
   embedding norm stays in both (as ModernBERT keeps it with pre-norm).
 * ``mlp`` ("mlp" | "gated") with ``activation``; ``layer_types`` / ``sliding_window``: the
   bidirectional patterns of ``layers.attention_mask`` (sliding, strided, block).
+
+What the BERT descendants change, also as config fields: ``position_offset`` (RoBERTa, XLM-R:
+positions count the non-padding tokens from padding_idx + 1, padding sits at padding_idx, as
+fairseq's ``make_positions``), ``type_vocab_size`` 0 (DistilBERT: no token-type embeddings) and
+``head_activation`` (RoBERTa's masked-LM head always uses GELU, whatever the blocks use).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from archplay.models.architectures.layers import (
+    ACTIVATIONS,
     POSITIONS_OFF,
     Attention,
     ConfigDict,
@@ -64,8 +70,9 @@ class EncoderConfig(ConfigDict):
     n_layer: int
     n_head: int
     d_ff: int | None = None  # None = 4 * d_model
-    max_seq_len: int = 512
-    type_vocab_size: int = 2
+    max_seq_len: int = 512  # tokens a sequence may have (the position table has position_offset more rows)
+    type_vocab_size: int = 2  # 0: no token-type embeddings (DistilBERT)
+    position_offset: int = 0  # RoBERTa: padding_idx + 1, the first real token's position (needs pad_token_id)
     norm_eps: float = 1e-12
     activation: str = "gelu"
     positions: str = "learned"  # learned | sinusoidal | rotary | alibi | relative | none
@@ -78,6 +85,7 @@ class EncoderConfig(ConfigDict):
     sliding_window: int | None = None  # W for the local patterns
     layer_types: list[str] | None = None  # per layer "full" | "sliding" | "strided" | "block"; None = all full
     has_mlm_head: bool = True
+    head_activation: str | None = None  # the masked-LM head's; None = activation (RoBERTa: always "gelu")
     pad_token_id: int | None = 0
     name: str = "encoder"
     trained: bool = True
@@ -96,6 +104,16 @@ class EncoderConfig(ConfigDict):
         check_choices(self)
         if self.positions == "relative":
             check_relative(self, bidirectional=True)
+        self.require(isinstance(self.type_vocab_size, int) and self.type_vocab_size >= 0,
+                     f"type_vocab_size must be a whole number (0 = none), got {self.type_vocab_size!r}")  # fmt: skip
+        self.require(isinstance(self.position_offset, int) and self.position_offset >= 0,
+                     f"position_offset must be a whole number, got {self.position_offset!r}")  # fmt: skip
+        if self.position_offset:
+            self.require(self.positions == "learned" and self.pad_token_id is not None,
+                         "position_offset (RoBERTa's positions after padding_idx) needs learned positions "
+                         "and a pad_token_id")  # fmt: skip
+        self.require(self.head_activation is None or self.head_activation in ACTIVATIONS,
+                     f"head_activation must be None or one of {', '.join(sorted(ACTIVATIONS))}")  # fmt: skip
 
     @property
     def n_kv_head(self) -> int:
@@ -140,7 +158,7 @@ class MLMHead(nn.Module):
     def __init__(self, cfg: EncoderConfig, embedding: nn.Embedding):
         super().__init__()
         self.dense = nn.Linear(cfg.d_model, cfg.d_model)
-        self.act = activation(cfg.activation)
+        self.act = activation(cfg.head_activation or cfg.activation)
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.decoder.weight = embedding.weight  # tied
@@ -155,7 +173,7 @@ class Encoder(nn.Module):
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         if cfg.positions == "learned":
-            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+            self.embed_positions = nn.Embedding(cfg.max_seq_len + cfg.position_offset, cfg.d_model)
         elif cfg.positions == "sinusoidal":
             self.register_buffer("sinusoid", sinusoidal_positions(cfg.max_seq_len, cfg.d_model), persistent=False)
         elif cfg.positions == "rotary":
@@ -163,7 +181,7 @@ class Encoder(nn.Module):
         elif cfg.positions == "relative":
             # One table for the whole stack, as T5's encoder: computed once, added in every layer.
             self.relative_attention_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)  # (buckets, H)
-        self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model)
+        self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
         self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.layers = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layer))
         # Pre-norm leaves the residual stream unnormalised: a final norm, as pre-LN transformers have.
@@ -185,9 +203,10 @@ class Encoder(nn.Module):
         if T > cfg.max_seq_len and cfg.positions in TABLE_POSITIONS:
             raise ValueError(f"{T} tokens exceed this model's context of {cfg.max_seq_len}")
         pos = torch.arange(T, device=ids.device)
-        types = torch.zeros_like(ids) if token_type_ids is None else token_type_ids
-        x, rope, bias = self._positions(self.embed_tokens(ids), pos)
-        x = self.embed_norm(x + self.embed_types(types))  # (B, T, D)
+        x, rope, bias = self._positions(self.embed_tokens(ids), pos, ids)
+        if self.embed_types is not None:
+            x = x + self.embed_types(torch.zeros_like(ids) if token_type_ids is None else token_type_ids)
+        x = self.embed_norm(x)  # (B, T, D)
         pad = padding_mask(attention_mask) if attention_mask is not None else None  # (B, 1, 1, T)
         masks = {  # per pattern some layer has: bidirectional, None for "full" without padding
             p: combine_masks(pattern_mask(pos, pos, causal=False, window=cfg.sliding_window, pattern=p), pad)
@@ -204,11 +223,15 @@ class Encoder(nn.Module):
         tr = Trace(hidden_states=hidden, attentions=attns) if trace else None
         return ModelOutput(logits=logits, trace=tr, last_hidden_state=h)
 
-    def _positions(self, x: Tensor, pos: Tensor):
+    def _positions(self, x: Tensor, pos: Tensor, ids: Tensor):
         """(x with any position embedding added, rope (cos, sin) or None, score bias (1, H, T, T) or None)."""
         cfg = self.config
         if POSITIONS_OFF.get():  # analysis: the same model without its position term
             return (x * cfg.d_model**0.5 if cfg.positions == "sinusoidal" else x), None, None
+        if cfg.positions == "learned" and cfg.position_offset:  # RoBERTa: count the real tokens only
+            real = (ids != cfg.pad_token_id).long()  # (B, T)
+            pos = torch.cumsum(real, dim=1) * real + cfg.position_offset - 1  # real: offset, offset + 1, ...; pads: offset - 1
+            return x + self.embed_positions(pos), None, None  # (B, T, D)
         if cfg.positions == "learned":
             return x + self.embed_positions(pos), None, None
         if cfg.positions == "sinusoidal":  # the token embeddings × √d_model first, as Vaswani et al.

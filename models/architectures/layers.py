@@ -470,12 +470,18 @@ POSITIONS_OFF: ContextVar[bool] = ContextVar("archplay_positions_off", default=F
 ATTENTION_TAPS: ContextVar[dict | None] = ContextVar("archplay_attention_taps", default=None)
 
 
+QK_NORMS = ("head", "all")  # Attention's qk_norm: per head (Qwen3) or over the whole projection (OLMoE)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped-query support.
 
     Self-attention by default. Cross-attention reads its keys and values from the encoder: pass
     them as ``memory``, projected once per input with ``keys_values(encoder_output)``.
     n_kv_head < n_head is grouped-query attention (n_kv_head = 1 is multi-query).
+    ``qk_norm`` normalises queries and keys (RMSNorm) before the rotation, so q·k stays bounded:
+    "head" (Qwen3) over each head's Dh channels, one scale per channel shared by the heads; "all"
+    (OLMoE, OLMo 2) over the whole projection, H·Dh channels (Hkv·Dh for k), each with its own scale.
     """
 
     def __init__(
@@ -489,6 +495,8 @@ class Attention(nn.Module):
         o_bias: bool = False,
         scale: float | None = None,
         kv_dim: int | None = None,
+        qk_norm: str | None = None,
+        norm_eps: float = 1e-6,
     ):
         super().__init__()
         self.n_head = n_head
@@ -502,6 +510,15 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(kv_dim, self.n_kv_head * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(kv_dim, self.n_kv_head * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(n_head * self.head_dim, d_model, bias=o_bias)
+        if qk_norm not in (None, *QK_NORMS):
+            raise ValueError(f"unknown qk_norm {qk_norm!r}; expected None or one of {', '.join(QK_NORMS)}")
+        self.qk_norm = qk_norm
+        self.q_norm = self.k_norm = None  # registered only when on: no parameters and no work otherwise
+        if qk_norm == "head":
+            self.q_norm, self.k_norm = RMSNorm(self.head_dim, norm_eps), RMSNorm(self.head_dim, norm_eps)
+        elif qk_norm == "all":
+            self.q_norm = RMSNorm(n_head * self.head_dim, norm_eps)
+            self.k_norm = RMSNorm(self.n_kv_head * self.head_dim, norm_eps)
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         B, T, _ = x.shape
@@ -509,7 +526,18 @@ class Attention(nn.Module):
 
     def keys_values(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of ``src`` (B, S, D): each (B, Hkv, S, Dh)."""
-        return self._heads(self.k_proj(src), self.n_kv_head), self._heads(self.v_proj(src), self.n_kv_head)
+        k = self._project(self.k_proj, self.k_norm, src, self.n_kv_head)  # (B, Hkv, S, Dh)
+        return k, self._heads(self.v_proj(src), self.n_kv_head)
+
+    def _project(self, proj: nn.Linear, norm: nn.Module | None, x: Tensor, n: int) -> Tensor:
+        """The n heads (B, n, T, Dh) of proj(x), through the q/k norm when there is one."""
+        y = proj(x)  # (B, T, n·Dh)
+        if norm is not None and self.qk_norm == "all":
+            y = norm(y)  # over all n·Dh channels
+        y = self._heads(y, n)
+        if norm is not None and self.qk_norm == "head":
+            y = norm(y)  # over each head's Dh channels
+        return y
 
     def forward(
         self,
@@ -527,7 +555,7 @@ class Attention(nn.Module):
         ``memory``: cross-attention's (keys, values) from ``keys_values``; otherwise keys and values
         come from ``x`` (after ``rope``), appended to ``cache`` when one is given.
         """
-        q = self._heads(self.q_proj(x), self.n_head)  # (B, H, T, Dh)
+        q = self._project(self.q_proj, self.q_norm, x, self.n_head)  # (B, H, T, Dh)
         q_before = k_before = None
         if memory is not None:
             k, v = memory  # (B, Hkv, S, Dh) each, the encoder's

@@ -45,6 +45,8 @@ class MoEConfig(DecoderConfig):
         self.require(any(self.moe_layers), "at least one layer must be a MoE layer")
         self.require(self.top_k <= self.n_experts, f"top_k ({self.top_k}) must not exceed n_experts ({self.n_experts})")
         self.require(self.mlp == "gated", "experts are gated MLPs (SwiGLU): mlp must be 'gated'")
+        self.require(not self.parallel_residual, "a mixture of experts runs its MoE layer after attention "
+                                                 "(parallel_residual is not supported)")  # fmt: skip
 
     @classmethod
     def mixtral_tiny(cls, **kw) -> "MoEConfig":

@@ -4,8 +4,9 @@ A ``Converter`` turns one Hugging Face ``model_type`` into ours: ``make_config(h
 the checkpoint's ``config.json`` (a dict) into our typed config (raising ``LoadError`` or
 ``ValueError`` for what we cannot run), ``rename(key, tensor)`` maps one stored tensor to our
 module names (``{}`` = not a weight we use; it may split or transpose), and ``finish(config,
-state)`` settles what only the converted weights can say (an optional head, an untied output
-matrix); it is called twice, first with ``meta`` tensors (shapes only, before anything is
+state)`` settles what only the converted weights and the config together can say (an optional
+head, an untied output matrix; a fused q/k/v split by the config's head counts, replacing entries
+of ``state`` in place); it is called twice, first with ``meta`` tensors (shapes only, before anything is
 allocated), then with the real ones. Each family's registry entry lists the converters it reads.
 """
 

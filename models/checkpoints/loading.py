@@ -1,4 +1,5 @@
-"""``load(name | folder)``: the built-in models, or a local Hugging Face checkpoint folder.
+"""``load(name | folder | hub id)``: the built-in models, a local Hugging Face checkpoint folder, or a
+repository id read through the Hugging Face cache (``hub``).
 
 A folder needs ``config.json``, weights (``model.safetensors``, sharded safetensors with
 their index, or ``pytorch_model.bin`` read with ``torch.load(weights_only=True)``: never a
@@ -344,26 +345,64 @@ def load_builtin(folder: str | Path, device: str | torch.device = "cpu"):
     return model.eval().to(device), tok
 
 
-def load(name: str | Path, device: str | torch.device = "cpu", *, root: str | Path | None = None):
-    """A built-in model by name, or a local Hugging Face checkpoint folder -> (model, tokenizer).
+def load(name: str | Path, device: str | torch.device = "cpu", *, root: str | Path | None = None,
+         allow_download: bool = True):
+    """A built-in model by name, a local Hugging Face checkpoint folder, or a Hugging Face repository
+    id (``ORG/NAME``, optionally ``@REVISION``) -> (model, tokenizer).
+
+    A name that is an existing folder is that folder. A repository id is read from the Hugging Face
+    cache; one not there is downloaded (config, tokenizer, safetensors weights) when
+    ``allow_download`` and ``HF_HUB_OFFLINE`` is not set, as ``from_pretrained`` would; otherwise the
+    LoadError says how to get it (see ``archplay.models.checkpoints.hub``). A bare ``NAME`` that is no
+    built-in is looked up in the cache only.
 
     ``root``: a folder's files must all resolve inside it (see ``load_folder``). On the CPU the
     model's widening projections are laid out for fast inference (``fast_cpu_layout``).
     """
+    from archplay.models.checkpoints import hub
+
+    ref = hub.parse(name) if isinstance(name, str) and not Path(name).expanduser().exists() else None
     if isinstance(name, str) and name in BUILTIN_NAMES:
         if not (BUILTIN_DIR / name / "config.json").is_file():
             raise LoadError(f"the built-in {name!r} is missing from {BUILTIN_DIR}; "
                             f"train it with: python -m archplay.models.training.train --model {name}")  # fmt: skip
         model, tokenizer = load_builtin(BUILTIN_DIR / name, device)
+    elif ref is not None and ("/" in ref.repo_id or hub.cached(ref) is not None):
+        try:
+            model, tokenizer = load_repo(ref, device, allow_download=allow_download)
+        except LoadError as e:
+            if str(e).startswith("no Hugging Face repository"):  # perhaps a folder was meant
+                raise LoadError(f"no such folder: {name}; and {e}") from None
+            raise
     elif isinstance(name, str) and not any(c in name for c in "/\\.") and not Path(name).exists():
         raise LoadError(
             f"unknown model {name!r}: built-ins are {', '.join(BUILTIN_NAMES)}; "
-            "or give the path of a Hugging Face checkpoint folder"
+            "or give the path of a Hugging Face checkpoint folder, or a Hugging Face id ORG/NAME"
         )
     else:
         model, tokenizer = load_folder(name, device, root=root)
     if torch.device(device).type == "cpu":
         fast_cpu_layout(model)
+    return model, tokenizer
+
+
+def load_repo(ref, device: str | torch.device = "cpu", *, allow_download: bool, server: bool = False):
+    """The Hugging Face repository ``ref`` (an id or a ``hub.RepoRef``) -> (model, tokenizer), read
+    from its snapshot in the cache (fetched first when allowed: ``hub.resolve``) with the checks of
+    ``load_folder``; every file must resolve inside the repository's own folder of the cache, and
+    messages name the repository rather than the snapshot's path."""
+    from archplay.models.checkpoints import hub
+
+    ref = hub.parse(str(ref))
+    folder = hub.resolve(str(ref), allow_download=allow_download, server=server)
+    try:
+        model, tokenizer = _load_folder(folder, device, hub.repo_root(ref))
+    except LoadError as e:
+        message = str(e)
+        for prefix in sorted({str(folder.resolve()), str(folder)}, key=len, reverse=True):
+            message = message.replace(prefix, str(ref))
+        raise LoadError(message) from None
+    model.config.name = str(ref)  # not the snapshot's folder name (a commit hash)
     return model, tokenizer
 
 
