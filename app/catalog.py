@@ -84,6 +84,7 @@ class Catalog:
         self.device = torch.device(device)
         self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
         self.allow_downloads = allow_downloads  # may a page's load box download a repository not in the cache
+        self.hub_ids = True  # may a page's load box load Hugging Face ids at all (a shared server: only if allowed)
         self._lock = threading.Lock()
         self._entries: dict[str, Entry] = {}
         self.errors: list[str] = []  # start-up load failures, shown on the page
@@ -144,6 +145,9 @@ class Catalog:
         if ref is None:
             what = f"{name[:80]!r} is not a Hugging Face id" if name else "give a Hugging Face id"
             raise LoadError(f"{what}: ORG/NAME, optionally @REVISION (e.g. EleutherAI/pythia-70m)")
+        if not self.hub_ids:
+            raise LoadError((f"{folder_error}; " if folder_error else "") + "this shared server loads Hugging Face "
+                            "ids only when it was started with --allow-downloads")  # fmt: skip
         key = str(ref)
         with self._lock:
             if key in self._entries:
@@ -168,12 +172,12 @@ class Catalog:
         if self.models_dir is not None and self.models_dir.is_dir():
             found = sorted(p.name for p in self.models_dir.iterdir() if p.is_dir() and (p / "config.json").is_file()
                            and p.resolve().is_relative_to(self.models_dir))  # fmt: skip
-        return found + [r for r in hub.cached_repos() if r not in found]
+        return found + ([r for r in hub.cached_repos() if r not in found] if self.hub_ids else [])
 
     @property
     def loads_by_name(self) -> bool:
         """Whether the page shows its load box: a models directory, downloads allowed, or a cache to read."""
-        return self.models_dir is not None or self.allow_downloads or bool(hub.cached_repos(limit=1))
+        return self.models_dir is not None or self.allow_downloads or (self.hub_ids and bool(hub.cached_repos(limit=1)))
 
     @classmethod
     def from_names(

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a folder of checkpoint folders the page may load by name (nothing outside it)")  # fmt: skip
     p.add_argument("--allow-downloads", action="store_true",
                    help="let the page's load box download Hugging Face repositories the cache lacks (off by default: "
-                        "it loads only cached ones)")  # fmt: skip
+                        "on 127.0.0.1 it loads only cached ones; a server on another address loads no ids at all)")  # fmt: skip
     p.add_argument("--auth", default=None, metavar="USER:PASSWORD",
                    help="ask for this user name and password before showing the page")  # fmt: skip
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"archplay: loading models on {device}…", flush=True)
     catalog = Catalog.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True),
                                    models_dir=args.models_dir, allow_downloads=args.allow_downloads)  # fmt: skip
+    # A shared server (beyond loopback) loads Hugging Face ids on the page only when told to: each is memory.
+    catalog.hub_ids = args.allow_downloads or args.host in LOOPBACK
     warning = host_warning(args.host)
     if warning:
         print(warning, file=sys.stderr, flush=True)

@@ -335,3 +335,28 @@ def test_a_models_directory_folder_wins_and_a_missing_one_falls_back_to_the_cach
     same_logits(page.get(key).model, page.get(key).tokenizer, hf_a)
     status, key = run.load_model(page, "missing")
     assert key is None and "no folder 'missing' in the models directory" in status and "Hugging Face cache" in status
+
+
+def test_a_shared_server_loads_no_id_unless_started_with_allow_downloads(cache, tiny, monkeypatch):
+    from archplay.app import main
+
+    (a, _), _ = tiny
+    put(cache, "org/tiny", REV_A, a)
+    built = {}
+
+    def fake_from_names(names, **kw):
+        built["catalog"] = page = Catalog(device="cpu", allow_downloads=kw.get("allow_downloads", False))
+        return page
+
+    monkeypatch.setattr(main.Catalog, "from_names", staticmethod(fake_from_names))
+    monkeypatch.setattr(main.lab, "Lab", lambda *a, **k: (_ for _ in ()).throw(SystemExit("stop after the catalog")))
+    for host, flag, ids in [("127.0.0.1", [], True), ("0.0.0.0", [], False), ("0.0.0.0", ["--allow-downloads"], True)]:
+        with pytest.raises(SystemExit, match="stop after the catalog"):
+            main.main(["--host", host, *flag])
+        page = built["catalog"]
+        assert page.hub_ids is ids
+        assert ("org/tiny" in page.folders()) is ids and page.loads_by_name is ids
+        status, key = run.load_model(page, "org/tiny")
+        assert (key == "org/tiny") is ids
+        if not ids:
+            assert "only when it was started with --allow-downloads" in status
