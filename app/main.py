@@ -12,7 +12,7 @@ import torch
 from gradio.route_utils import FnIndexInferError
 from starlette.middleware import Middleware
 
-from . import card, compare, embeddings, guard, interventions, lab, lens, memory, steps
+from . import anatomy, card, compare, embeddings, guard, interventions, lab, lens, memory, steps
 from .catalog import Catalog
 from .explore import page as explore
 
@@ -121,6 +121,8 @@ def build_app(catalog: Catalog, lab_runs: lab.Lab | None = None) -> gr.Blocks:
                 steps.build(catalog, explore_ui)
             with gr.Tab("Interventions", id="ablate"):
                 interventions.build(catalog, explore_ui)
+            with gr.Tab("Anatomy", id="anatomy"):
+                anatomy.build(catalog, explore_ui)
             with gr.Tab("Embeddings", id="embeddings") as embeddings_tab:
                 embeddings_ui = embeddings.build(catalog, explore_ui)
             with gr.Tab("Compare", id="compare") as compare_tab:

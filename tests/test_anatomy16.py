@@ -47,3 +47,10 @@ def test_the_residual_stream_is_each_layers_contribution():
     assert stack.contribution.shape == (L, T) and stack.stream.shape == (L + 1, T)
     torch.testing.assert_close(stack.contribution[2, 3], (hs[3][0, 3] - hs[2][0, 3]).norm(), atol=1e-5, rtol=0)
     torch.testing.assert_close(stack.stream[0], hs[0][0].norm(dim=-1), atol=1e-5, rtol=0)
+
+
+def test_each_t5_stack_describes_its_own_position_bias():
+    enc, dec = anatomy(_tiny("t5-style"), IDS, decoder_input_ids=IDS[:, :3])
+    (e,) = [p for p in enc.embed if p.kind == "positions"]
+    (d,) = [p for p in dec.embed if p.kind == "positions"]
+    assert e.shape_out == (4, 7, 7) and d.shape_out == (4, 3, 3) and "causal" in d.name

@@ -1,12 +1,14 @@
 """The "Inside a step" tab (issue 16, item 1): the figures carry attention_steps' own numbers, the tab's
 handler serves every built-in family (three kinds for T5) and answers bad input with a sentence, and in
-a real browser the tab follows an Explore Run and a change of head."""
+a real browser the tab follows an Explore Run and a change of head; and (item 2) the gate of the moe
+and the scan of the mamba follow their controls in the page (tests/test_mixer_steps16.py has the rest)."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from test_browser import (
     CHROMIUM,
     _array,
     assert_no_console_errors,
+    choose_model,
     chromium_page,
     open_tab,
+    plot_trace,
     set_slider,
     wait_for_plot,
     wait_until,
@@ -31,6 +35,7 @@ from archplay.viz.steps import attention_step_figure, residual_figure
 
 TEXT = "Mia has a red ball. She throws the ball to Tom. Then Tom"
 SHOTS = Path(os.environ.get("ARCHPLAY_STEPS_SHOTS", "/tmp/steps-shots"))
+MIXER_SHOTS = Path(os.environ.get("ARCHPLAY_MIXER_SHOTS", "/tmp/mixer-shots"))
 
 
 def trace(fig, name: str):
@@ -252,18 +257,25 @@ def test_html_in_the_text_is_escaped(catalog):
 # --------------------------------------------------------------------------- in the browser
 
 
-@pytest.mark.browser
-def test_the_tab_in_the_page(tmp_path_factory):
-    """The real app: an Explore Run, then the tab; a change of head redraws it with attention_steps' numbers."""
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The real app, shared by this module's browser tests."""
     from conftest import app_server
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed")
+    with app_server(tmp_path_factory.mktemp("steps-server")) as url:
+        yield url
+
+
+@pytest.mark.browser
+def test_the_tab_in_the_page(server):
+    """The real app: an Explore Run, then the tab; a change of head redraws it with attention_steps' numbers."""
     from archplay.models import load
 
     net, tok = load("gpt", device="cpu")
     ids = tok.encode(TEXT)
-    with app_server(tmp_path_factory.mktemp("steps-server")) as url, chromium_page(url) as page:
+    with chromium_page(server) as page:
         status = page.locator("#status")
         wait_until(page, lambda: " tokens" in status.inner_text(), "the Run of the page's own text")  # then ours
         page.locator("#text textarea").fill(TEXT)
@@ -305,3 +317,72 @@ def _weights(plot) -> np.ndarray:
     """The "weights" column as the page holds it, (S,)."""
     (found,) = [t for t in plot["data"] if t["name"] == "weights"]
     return _array(found["z"]).reshape(-1)
+
+
+@pytest.mark.browser
+def test_the_gate_and_the_scan_in_the_page(server):
+    """The mamba shows the scan instead of the attention and follows its layer and token controls; then the
+    moe brings the attention back, with its gate, which follows the query token and its MoE layer menu.
+    Every number is scan_steps' or gate_steps'."""
+    from archplay.models import gate_steps, load, scan_steps
+
+    with chromium_page(f"{server}?{urlencode(dict(model='mamba', text=TEXT))}") as page:  # the page's first Run
+        status = page.locator("#status")
+        net, tok = load("mamba", device="cpu")
+        ids = tok.encode(TEXT)
+        last = len(ids) - 1
+        wait_until(page, lambda: "mamba" in (t := status.inner_text()) and f"on {len(ids)} tokens" in t,
+                   "the mamba run", show=status.inner_text)  # fmt: skip
+        open_tab(page, "Inside a step")
+        wait_for_plot(page, "steps-scan-plot", f"Layer 0, token {last} ")  # the slider's place: layer 0 at first
+        assert not page.locator("#steps-attention").is_visible() and not page.locator("#steps-gate").is_visible()
+        set_slider(page, "steps-scan-layer", 2)
+        wait_for_plot(page, "steps-scan-plot", f"Layer 2, token {last} ")
+        page.locator("#steps-scan-token input").click()
+        page.get_by_role("option", name=f"7 ‘{tok.tokens(ids)[7]}’", exact=True).click()
+        plot = wait_for_plot(page, "steps-scan-plot", "Layer 2, token 7 ")
+        s = scan_steps(net, torch.tensor([ids]), 2, 7)
+        np.testing.assert_allclose(_array(plot_trace(plot, "hidden attention")["y"]), s.hidden_attention[:8], atol=1e-6)
+        delta = _array(plot_trace(plot, "delta")["z"]).reshape(-1)
+        assert len(delta) == 64 and np.isclose(delta.max(), float(s.delta.max()), atol=1e-6)  # the widest Δ is shown
+        assert page.locator("#steps-scan-note").inner_text().startswith("✓ Token 7")
+        _shots(page, "mamba", "#steps-scan")
+
+        open_tab(page, "Explore")
+        choose_model(page, "moe")
+        net, tok = load("moe", device="cpu")
+        ids = tok.encode(TEXT)
+        last = len(ids) - 1
+        wait_until(page, lambda: "moe" in (t := status.inner_text()) and f"on {len(ids)} tokens" in t, "the moe run",
+                   show=status.inner_text)  # fmt: skip
+        open_tab(page, "Inside a step")
+        plot = wait_for_plot(page, "steps-gate-plot", f"Layer 3, token {last} ")  # the menu's place: the last layer
+        g = gate_steps(net, torch.tensor([ids]), 3, last)
+        np.testing.assert_allclose(_array(plot_trace(plot, "probs")["x"]), g.probs.numpy(), atol=1e-6)
+        wait_until(page, lambda: page.locator("#steps-attention").is_visible(), "the attention, back above the gate")
+        assert page.locator("#steps-flow .js-plotly-plot").count() == 1 and not page.locator("#steps-scan").is_visible()
+        page.locator("#steps-query input").click()  # the query token is the gate's token
+        page.get_by_role("option", name=f"5 ‘{tok.tokens(ids)[5]}’", exact=True).click()
+        wait_for_plot(page, "steps-gate-plot", "Layer 3, token 5 ")
+        page.locator("#steps-gate-layer input").click()
+        page.get_by_role("option", name="layer 1", exact=True).click()
+        plot = wait_for_plot(page, "steps-gate-plot", "Layer 1, token 5 ")
+        g = gate_steps(net, torch.tensor([ids]), 1, 5)
+        np.testing.assert_allclose(_array(plot_trace(plot, "weights")["x"]), g.weights.numpy(), atol=1e-6)
+        assert page.locator("#steps-gate-note").inner_text().startswith("✓ Token 5")
+        _shots(page, "moe", "#steps-gate")
+        assert_no_console_errors(page)
+
+
+def _shots(page, name: str, section: str) -> None:
+    """With ARCHPLAY_SCREENSHOTS: the section in the viewport at 1024×768 and 1280×800, and the whole section."""
+    if not os.environ.get("ARCHPLAY_SCREENSHOTS"):
+        return
+    MIXER_SHOTS.mkdir(parents=True, exist_ok=True)
+    for w, h in ((1024, 768), (1280, 800)):
+        page.set_viewport_size({"width": w, "height": h})
+        page.wait_for_timeout(800)
+        page.locator(section).scroll_into_view_if_needed()
+        page.screenshot(path=str(MIXER_SHOTS / f"{name}-{w}.png"))
+        page.locator(section).screenshot(path=str(MIXER_SHOTS / f"{name}-section-{w}.png"))
+    page.set_viewport_size({"width": 1440, "height": 1000})

@@ -118,9 +118,12 @@ def anatomy(model: nn.Module, ids: Tensor, **model_kwargs) -> list[Stack]:
                     [Part("token embedding (shared)", "embed", (1, Td), (1, Td, D))], dec_block,
                     [Part(norm, "norm", (1, Td, D), (1, Td, D), "final"), Part("LM head", "head", (1, Td, D), (1, Td, V))])  # fmt: skip
         dec.contribution, dec.stream = _residual(trace.decoder_hidden_states)
-        for stack in (enc, dec):
-            stack.embed.append(Part("relative position bias", "positions", (T, T), (cfg.n_head, T, T),
-                                    "added to every layer's scores", view="positions"))  # fmt: skip
+        enc.embed.append(Part("relative position bias (bidirectional buckets)", "positions", (T, T),
+                              (cfg.n_head, T, T), "its own table, added to every encoder layer's scores",
+                              view="positions"))  # fmt: skip
+        dec.embed.append(Part("relative position bias (causal buckets)", "positions", (Td, Td),
+                              (cfg.n_head, Td, Td), "its own table, added to every decoder self-attention's scores",
+                              view="positions"))  # fmt: skip
         return [enc, dec]
     positions = getattr(cfg, "positions", "none")
     if positions in ("learned", "sinusoidal"):
