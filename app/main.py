@@ -12,13 +12,13 @@ import torch
 from gradio.route_utils import FnIndexInferError
 from starlette.middleware import Middleware
 
-from . import anatomy, card, compare, embeddings, guard, interventions, lab, lens, memory, steps
+from . import anatomy, card, compare, embeddings, guard, interventions, lab, lens, memory, scale, steps
 from .catalog import Catalog
 from .explore import page as explore
 
 TITLE = "archplay"
 THEME = gr.themes.Default(primary_hue="blue", secondary_hue="slate", neutral_hue="slate")
-CSS = explore.CSS + card.CSS + lab.CSS
+CSS = explore.CSS + card.CSS + lab.CSS + scale.CSS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,7 +112,7 @@ def build_app(catalog: Catalog, lab_runs: lab.Lab | None = None) -> gr.Blocks:
     tab trains (default: a temporary folder, one run at a time)."""
     lab_runs = lab_runs or lab.Lab(catalog)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore"):
                 explore_ui = explore.build(catalog, demo)
             with gr.Tab("Logit lens", id="lens"):
@@ -129,8 +129,17 @@ def build_app(catalog: Catalog, lab_runs: lab.Lab | None = None) -> gr.Blocks:
                 compare_ui = compare.build(catalog, demo)
             with gr.Tab("Architecture", id="architecture") as card_tab:
                 card_ui = card.build(catalog, demo, explore_ui)
+                scale_up = gr.Button("Scale this model up: what it costs at full size →", size="sm",
+                                     elem_id="card-scale-up")  # fmt: skip
+            with gr.Tab("Scale", id="scale") as scale_tab:
+                scale_ui = scale.build(catalog)
             with gr.Tab("Lab", id="lab"):
                 lab.build(catalog, lab_runs, [explore_ui.model, compare_ui.models, card_ui.model])
+
+        # "Scale this model up": the card's model in the Scale tab's first column, larger ones of its family beside it.
+        scale_up.click(lambda key: [*scale_ui.configure(key), gr.Tabs(selected="scale")], inputs=card_ui.model,
+                       outputs=[*scale_ui.configure_outputs, tabs], api_name=False, show_progress="hidden")  # fmt: skip
+        scale_tab.select(scale_ui.refresh, outputs=scale_ui.models, api_name=False, show_progress="hidden")
 
         # The catalog grows while the server runs (a page loads a checkpoint from --models-dir), but a
         # component's choices are fixed when the page is built: every model list is refreshed when a
