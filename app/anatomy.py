@@ -28,6 +28,7 @@ from archplay.models.analysis.positions import Encoding, effect, encoding
 from archplay.viz.anatomy import block_diagram, residual_figure
 from archplay.viz.positions import effect_figure, encoding_figure
 
+from . import steps
 from .catalog import Catalog, Entry, UnknownModelError
 from .explore import translation
 from .guard import MODEL_EVENTS
@@ -303,20 +304,9 @@ def _effect(entry: Entry, analysis: Analysis, stacks, layer, head, query) -> tup
 
 def query_index(query, labels: list[str]) -> int:
     """``query`` as a position: a number, a menu label "3 ‘ball’", or a token's text when only one token has it."""
-    if query is None or query == "":
-        raise ValueError("choose a query token")
-    text = str(query)
-    try:
-        i = int(text.split(" ", 1)[0]) if isinstance(query, str) and "‘" in text else int(query)
-    except (TypeError, ValueError):
-        found = [i for i, label in enumerate(labels) if label == text]
-        if len(found) != 1:
-            raise ValueError(f"query must be a token position between 0 and {len(labels) - 1}, "
-                             f"got {text[:40]!r}") from None  # fmt: skip
-        i = found[0]
-    if not 0 <= i < len(labels):
-        raise ValueError(f"query must be between 0 and {len(labels) - 1}, got {i}")
-    return i
+    if isinstance(query, str) and "‘" in query:
+        query = query.split(" ", 1)[0]  # the menu's label: its position first
+    return steps.query_index(query, labels)
 
 
 def _int_or(value, default: int) -> int:
