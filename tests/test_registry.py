@@ -33,12 +33,14 @@ BUILTIN_FAMILIES = {"gpt": "decoder", "bert": "encoder", "t5": "encoder-decoder"
 
 def test_the_builtin_families_and_what_they_say():
     assert registry.names() == ("decoder", "encoder", "encoder-decoder", "moe", "ssm")
-    assert registry.model_types() == ("gpt2", "llama", "qwen2", "bert", "t5", "mixtral", "qwen2_moe", "mamba")
+    assert registry.model_types() == ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "bert",
+                                      "roberta", "xlm-roberta", "distilbert", "t5", "mixtral", "qwen2_moe",
+                                      "qwen3_moe", "olmoe", "mamba")  # fmt: skip
     assert [f.name for f in registry.families() if f.lens] == ["decoder", "moe", "ssm"]
     assert [f.name for f in registry.families() if not f.generates] == ["encoder"]
     assert [f.name for f in registry.families() if not f.has_heads] == ["ssm"]
     assert registry.checkpoint("mixtral")[0].name == "moe"
-    assert registry.checkpoint("gpt_neox") is None
+    assert registry.checkpoint("gpt_neox")[0].name == "decoder" and registry.checkpoint("falcon") is None
     with pytest.raises(ValueError, match="unknown architecture family 'state_space'; known: decoder, encoder"):
         registry.get("state_space")
 
@@ -158,8 +160,8 @@ def test_a_registered_model_type_loads_from_a_folder(toy, tmp_path):
 
 
 def test_an_unknown_model_type_names_every_registered_one(toy, tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
-    with pytest.raises(LoadError, match="'gpt_neox' is not supported; supported: gpt2, .*, mamba, toy_lm"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))
+    with pytest.raises(LoadError, match="'falcon' is not supported; supported: gpt2, .*, mamba, toy_lm"):
         load(str(tmp_path))
 
 
