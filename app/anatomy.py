@@ -141,12 +141,9 @@ def anatomy_view(catalog: Catalog, analysis: Analysis | None, layer=0, head=0, q
     to cover the text. ``fit``: a new Run moves the layer and head into its range (and takes a value that is
     not a number as 0) instead of answering with a problem.
     """
-    if analysis is None:
-        return View(note=note(RUN_FIRST))
-    try:
-        entry = catalog.get(analysis.model_key)
-    except UnknownModelError as e:
-        return View(note=error(md_escape(str(e))))
+    entry, problem = _entry(catalog, analysis)
+    if entry is None:
+        return View(note=problem)
     try:
         stacks = anatomy(entry.model, _ids(entry, analysis), **_model_kwargs(entry, analysis))
     except (ValueError, RuntimeError, KeyError, AttributeError) as e:  # a model the anatomy cannot read
@@ -170,26 +167,30 @@ def anatomy_view(catalog: Catalog, analysis: Analysis | None, layer=0, head=0, q
                 controls=c)  # fmt: skip
 
 
-def encoding_view(catalog: Catalog, analysis: Analysis | None, positions, head) -> tuple[go.Figure | None, str]:
-    """The encoding figure alone (the positions slider, or the head for ALiBi and T5), and a problem if any."""
+def _entry(catalog: Catalog, analysis: Analysis | None) -> tuple[Entry | None, str]:
+    """The Run's model, or None and the message to show instead (no Run yet; the model has gone)."""
     if analysis is None:
         return None, note(RUN_FIRST)
     try:
-        entry = catalog.get(analysis.model_key)
+        return catalog.get(analysis.model_key), ""
     except UnknownModelError as e:
         return None, error(md_escape(str(e)))
+
+
+def encoding_view(catalog: Catalog, analysis: Analysis | None, positions, head) -> tuple[go.Figure | None, str]:
+    """The encoding figure alone (the positions slider, or the head for ALiBi and T5), and a problem if any."""
+    entry, problem = _entry(catalog, analysis)
+    if entry is None:
+        return None, problem
     fig, problem, _ = _encoding(entry, positions, head)
     return fig, problem
 
 
 def effect_view(catalog: Catalog, analysis: Analysis | None, layer, head, query) -> tuple[go.Figure | None, str]:
     """One query's attention with and without the position term, and its sentence (or the problem)."""
-    if analysis is None:
-        return None, note(RUN_FIRST)
-    try:
-        entry = catalog.get(analysis.model_key)
-    except UnknownModelError as e:
-        return None, error(md_escape(str(e)))
+    entry, problem = _entry(catalog, analysis)
+    if entry is None:
+        return None, problem
     if _attention_layers(entry, analysis) == 0:
         return None, _no_attention(_kind(entry))
     return _effect(entry, analysis, None, layer, head, query)
