@@ -114,7 +114,7 @@ def _pronouns(entry, analysis: Analysis) -> str:
     words = world_words(text)
     first = _first_tokens(entry.tokenizer, text, detokenize(words)[1])
     att = analysis.attentions  # per layer (H, T, T)
-    rows = ["| pronoun → gold antecedent (first mention) | the head most on it | its weight | its top key? |",
+    rows = ["| pronoun → gold antecedent (first mention) | head most on it | weight | top key? |",
             "|---|---|---:|:---:|"]
     for p, a in pairs[:MAX_PRONOUNS]:
         tp, ta = first[p], first[a]
