@@ -31,6 +31,7 @@ from archplay.viz.positions import effect_figure, encoding_figure
 from . import steps
 from .catalog import Catalog, Entry, UnknownModelError
 from .explore import translation
+from .follow import follow
 from .guard import MODEL_EVENTS
 from .messages import error, md_escape, note, ok, plural, quote
 from .session import Analysis
@@ -480,9 +481,9 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
 
     model_run = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id=MODEL_EVENTS)
     inputs = [explore_ui.state, *ranged]
-    for i, landed in enumerate(getattr(explore_ui, "runs", (explore_ui.analysed,))):  # each Run: load, Run, example
-        drawn = landed.then(reset, inputs=inputs, outputs=[*shown, *ranged], api_name="anatomy" if i == 0 else False,
-                            **model_run)  # fmt: skip
+    # Each Run, when this tab is open or opened.
+    for drawn in follow(explore_ui, "anatomy", reset, inputs=inputs, outputs=[*shown, *ranged], api_name="anatomy",
+                        **model_run):  # fmt: skip
         drawn.then(None, js=FIT_JS, show_progress="hidden", api_name=False)
     gr.on(triggers=[ui.layer.input, ui.query.input], fn=redraw_effect,
           inputs=[explore_ui.state, ui.layer, ui.head, ui.query], outputs=[ui.effect, ui.effect_note],

@@ -28,6 +28,7 @@ from archplay.models.analysis.embeddings import (
 from archplay.viz.embeddings import embedding_scatter, layer_paths, similarity_heatmap
 
 from .catalog import Catalog, Entry, UnknownModelError
+from .follow import follow
 from .guard import MODEL_EVENTS
 from .messages import error, md_escape, note, ok, warn
 from .session import Analysis
@@ -219,9 +220,9 @@ def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
         return {ui.similarity: v.similarity, ui.sent_scatter: v.scatter, ui.sent_note: v.note}
 
     outputs = [ui.scatter, ui.path, ui.note]
-    for i, ran in enumerate(explore_ui.runs):  # every Explore Run: the page's first, Run, an example
-        ran.then(fresh, inputs=[explore_ui.state, ui.dims, ui.method], outputs=[ui.layer, ui.token, *outputs],
-                 api_name="fresh" if i == 0 else False, show_progress="hidden")  # fmt: skip
+    # Each Run, when this tab is open or opened.
+    follow(explore_ui, "embeddings", fresh, inputs=[explore_ui.state, ui.dims, ui.method],
+           outputs=[ui.layer, ui.token, *outputs], api_name="fresh")  # fmt: skip
     gr.on(triggers=[ui.layer.input, ui.token.input, ui.dims.input, ui.method.input], fn=redraw,
           inputs=[explore_ui.state, ui.layer, ui.token, ui.dims, ui.method], outputs=outputs,
           api_name="embeddings", trigger_mode="always_last", show_progress="hidden")  # fmt: skip

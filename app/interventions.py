@@ -38,6 +38,7 @@ from archplay.viz.interventions import attribution_figure, prediction_figure, su
 
 from .catalog import Catalog, Entry, UnknownModelError
 from .explore import translation
+from .follow import follow
 from .guard import MODEL_EVENTS
 from .messages import error, md_escape, note, ok, plural, quote, short
 from .session import Analysis
@@ -535,10 +536,10 @@ def wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) -> 
     model = dict(concurrency_id=MODEL_EVENTS, show_progress="hidden")
     apply_inputs = [explore_ui.state, ui.shown, ui.cache, ui.heads, ui.kind, ui.experts, ui.mixers, ui.tokens,
                     ui.position]  # fmt: skip
-    # Every Run replaces the session's Analysis, the page's first (``explore_ui.analysed``) and each later one:
-    # the controls follow it (a new position on the Explore tab keeps the Run: nothing to do).
-    explore_ui.state.change(fresh, inputs=[explore_ui.state, ui.shown, ui.cache], outputs=outputs,
-                            api_visibility="private", trigger_mode="always_last", **model)  # fmt: skip
+    # Every Run: the controls follow it, when this tab is open or opened (a new position on the Explore tab
+    # keeps the Run: nothing to do).
+    follow(explore_ui, "ablate", fresh, inputs=[explore_ui.state, ui.shown, ui.cache], outputs=outputs,
+           trigger_mode="always_last", **model)  # fmt: skip
     ui.apply.click(apply, inputs=apply_inputs, outputs=outputs, api_name="ablate", concurrency_id=MODEL_EVENTS,
                    show_progress="minimal")  # fmt: skip
     ui.position.input(apply, inputs=apply_inputs, outputs=outputs, api_visibility="private",

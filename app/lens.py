@@ -19,6 +19,7 @@ from archplay.models.analysis.lens import logit_lens
 from archplay.viz.lens import logit_lens_heatmap
 
 from .catalog import Catalog, UnknownModelError
+from .follow import follow
 from .messages import error, md_escape, note, ok
 from .session import Analysis
 
@@ -71,7 +72,7 @@ def build(catalog: Catalog, explore_ui: SimpleNamespace) -> SimpleNamespace:
     gr.Markdown(HELP, elem_classes="ap-help")
     ui.note = gr.Markdown("", elem_id="lens-note")
     ui.plot = gr.Plot(show_label=False, elem_id="lens-plot")
-    for i, ran in enumerate(explore_ui.runs):  # every Explore Run: the page's first, Run, an example
-        ran.then(lambda a: lens_view(catalog, a), inputs=[explore_ui.state], outputs=[ui.plot, ui.note],
-                 api_name="lens" if i == 0 else False, show_progress="hidden")  # fmt: skip
+    # The session's Run, drawn when this tab is open (a Run while it is hidden: when it is opened).
+    follow(explore_ui, "lens", lambda a: lens_view(catalog, a), inputs=[explore_ui.state],
+           outputs=[ui.plot, ui.note], api_name="lens")  # fmt: skip
     return ui

@@ -19,6 +19,7 @@ MB, Mamba's of 512 tokens 11 MB; a GPT-2-sized checkpoint's of 512 tokens 274 MB
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,9 @@ def traced_run(entry: Entry, ids: list[int]) -> TracedRun:
     return TracedRun(logits=logits, trace=trace, translation=written)
 
 
+_SERIALS = itertools.count(1)
+
+
 @dataclass
 class Analysis:
     """What one Run leaves in the session: small, CPU-only, no model objects."""
@@ -84,6 +88,9 @@ class Analysis:
     hidden_states: list[Tensor] | None = None  # [embeddings, layer 1, ...] each (T, D) (enc-dec: the encoder's)
     windows: list[int | None] | None = None  # per layer: the local pattern's window, None = full attention
     patterns: list[str | None] | None = None  # per layer: "sliding", "strided", "block" or None (full)
+    # Which Run this is: new for each Run, kept by ``dataclasses.replace`` (a new position on the Explore
+    # tab is the same Run). The tabs that draw a Run (``app.follow``) compare it to the one they drew.
+    serial: int = dataclasses.field(default_factory=lambda: next(_SERIALS))
 
     @property
     def spec(self) -> Family:

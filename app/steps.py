@@ -27,6 +27,7 @@ from archplay.viz.steps import attention_step_figure, gate_figure, residual_figu
 
 from .catalog import Catalog, Entry, UnknownModelError
 from .explore import translation
+from .follow import follow
 from .guard import MODEL_EVENTS
 from .messages import error, md_escape, note, ok, plural, quote
 from .session import Analysis
@@ -512,8 +513,7 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
     inputs = [explore_ui.state, *ranged]
     resets = dict(inputs=[*inputs, *mixer_inputs], outputs=[ui.attention, *boxes, *ranged, *shown, *mixer_outputs])
     model_run = dict(show_progress="hidden", trigger_mode="always_last", concurrency_id=MODEL_EVENTS)
-    for landed in getattr(explore_ui, "runs", (explore_ui.analysed,)):  # each Run: page load, Run, an example
-        landed.then(reset, api_name=False, **resets, **model_run)
+    follow(explore_ui, "steps", reset, **resets, **model_run)  # each Run, when this tab is open or opened
     ui.kind.input(reset, api_name=False, **resets, **model_run)
     gr.on(triggers=[ui.layer.input, ui.head.input, ui.query.input], fn=redraw, inputs=inputs, outputs=shown,
           api_name="steps", **model_run)  # fmt: skip

@@ -180,6 +180,7 @@ def layout(catalog: Catalog) -> SimpleNamespace:
 
     startup = "\n\n".join(warn(md_escape(e)) for e in catalog.errors)
     ui.state = gr.State(None)  # session.Analysis | None: the last Run of this session
+    ui.open_tab = gr.State("explore")  # the tab open in this session (``app.follow``)
     ui.draws = gr.State(0)  # the API's sample count per session: each call draws afresh
     # What the page's script redraws from (``payload``): never shown, never read back by the server.
     ui.payload = gr.JSON(None, visible=False, elem_id="payload")
@@ -379,7 +380,8 @@ def run_updates(ui: SimpleNamespace, catalog: Catalog, r: AnalyseResult, previou
     a = r.analysis
     updates[ui.delta_plot] = gr.update(visible=a is not None and a.scan is not None)
     labels_for = sampling.labels_for_run(catalog, a) if a is not None else None
-    updates[ui.payload] = payload.explore_payload(labels_for, a, kind=r.attention_kind, layer=r.layer, position=None)
+    updates[ui.payload] = payload.explore_payload(labels_for, a, kind=r.attention_kind, layer=r.layer, position=None,
+                                                  gold=truth.gold_cells(catalog, a))  # fmt: skip
     same_model = a is not None and previous is not None and previous.model_key == a.model_key
     updates[ui.vocab] = gr.update() if same_model or a is None or a.logits is None else {
         "model": a.model_key, "labels": payload.vocabulary_labels(catalog.get(a.model_key).tokenizer,
