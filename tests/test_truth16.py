@@ -51,6 +51,29 @@ def test_the_world_beside_a_model():
         assert not out.in_world and "story world's words" in out.reason
 
 
+def test_where_a_text_leaves_the_world_is_found_by_bisection(monkeypatch):
+    """_left_at asks the world about log2(n) prefixes, not each one (before: up to n searches after every
+    Run), and finds the same word as asking each prefix in turn."""
+    from archplay.models.analysis import truth
+    from archplay.models.story.derivation import next_words
+
+    story = ("Jack wants three small purple kites. Jack looks for the kites. Next Rosa has a puzzle. "
+             "Rosa gives the puzzle to Jack.").split()  # fmt: skip
+    words = truth.world_words(" ".join(story))
+    assert words and next_words(words)  # the whole story is the world's
+    asked = []
+    monkeypatch.setattr(truth, "next_words", lambda w: asked.append(len(w)) or next_words(w))
+    for cut in (0, 1, 5, len(words) // 2, len(words) - 1):
+        text = [*words[:cut], "because", *words[cut:]]  # a word the world never writes, at ``cut``
+        asked.clear()
+        assert truth._left_at(text) == cut
+        assert len(asked) <= math.ceil(math.log2(len(text))) + 1, asked
+        linear = next(i for i in range(len(text)) if text[i] not in next_words(text[:i]))
+        assert linear == cut
+    asked.clear()
+    assert truth._left_at(words) == len(words) and len(asked) == 1
+
+
 def test_the_world_fills_a_blank_from_both_sides():
     from archplay.models.analysis.truth import blank
 

@@ -76,3 +76,30 @@ def test_a_translation_is_shown_beside_the_worlds_and_its_gold_alignment(catalog
         assert "they differ" in md
     assert "one sentence at a time" in truth_md(catalog, _analysis(catalog, "t5", "Mia has a ball. Tom has a kite."))
     assert "never writes" in truth_md(catalog, _analysis(catalog, "t5", "The cat sat."))
+
+
+def test_the_gold_antecedents_are_framed_on_the_attention_map(catalog):
+    """Each pronoun's gold antecedent is a framed cell (pronoun's row, antecedent's column) of the Explore
+    tab's self-attention map, in the page's payload; no frame for a text outside the world or a model
+    that is not the world's."""
+    from archplay.app.explore import payload
+    from archplay.app.explore.truth import gold_cells
+    from archplay.viz import style
+
+    text = ("One day, Ben finds a big ball. Soon he finds four brown socks. Then Leo makes a small pink cake. "
+            "Ben goes home.")  # fmt: skip
+    a = _analysis(catalog, "gpt", text)
+    cells = gold_cells(catalog, a)
+    he, ben = a.labels.index("␣he"), a.labels.index("␣Ben")
+    assert cells == [(he, ben)]
+    base = payload.explore_payload(lambda ids: [str(i) for i in ids], a, kind=None, layer=0, position=None, gold=cells)["attn"]["base"]
+    frames = [s for s in base["layout"]["shapes"] if s["line"]["color"] == style.GOLD]
+    assert [(f["y0"] + 0.5, f["x0"] + 0.5) for f in frames] == [(he, ben)]
+    assert any("gold antecedent" in n["text"] for n in base["layout"]["annotations"])
+    b = _analysis(catalog, "bert", text)  # an encoder's map is framed too (it sees both sides)
+    assert gold_cells(catalog, b) == [(b.labels.index("␣he"), b.labels.index("␣Ben"))]
+    assert gold_cells(catalog, _analysis(catalog, "gpt", "The cat sat on the mat because it was comfortable.")) == []
+    assert gold_cells(catalog, _analysis(catalog, "t5", text)) == []  # a translation shows its alignment instead
+    assert gold_cells(catalog, None) == []
+    plain = payload.explore_payload(lambda ids: [str(i) for i in ids], a, kind=None, layer=0, position=None)["attn"]["base"]
+    assert not any(s["line"]["color"] == style.GOLD for s in plain["layout"].get("shapes", []))

@@ -86,6 +86,21 @@ def attention_heatmap(
     return _token_figure(heatmap, query_labels, key_labels, title, max_ticks, query_title, key_title)
 
 
+def mark_cells(fig: go.Figure, cells, *, name: str = "gold antecedent") -> go.Figure:
+    """Frame each (row, column) cell of a token heatmap (``attention_heatmap``'s numeric axes), e.g. each
+    pronoun's gold antecedent, with a key above the plot naming the frames; ``fig`` unchanged without cells."""
+    cells = [(int(q), int(k)) for q, k in cells]
+    if not cells:
+        return fig
+    frames = [dict(type="rect", xref="x", yref="y", x0=k - 0.5, x1=k + 0.5, y0=q - 0.5, y1=q + 0.5,
+                   line=dict(color=style.GOLD, width=2.5), fillcolor="rgba(0,0,0,0)", layer="above")
+              for q, k in cells]  # fmt: skip
+    key = dict(text=f"<span style='color:{style.GOLD}'>▢</span> {style.safe_label(name)}", xref="paper",
+               yref="paper", x=1.0, y=1.0, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=12))
+    fig.update_layout(shapes=[*(fig.layout.shapes or ()), *frames], annotations=[*(fig.layout.annotations or ()), key])
+    return fig
+
+
 def colour_top(z: np.ndarray) -> tuple[float, bool]:
     """(the top of the colour scale, whether it is a cap below the largest value) for the map ``z``.
 

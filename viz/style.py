@@ -27,6 +27,7 @@ FADED_ALPHA = 0.25
 ATTENTION_SCALE = "Blues"
 MASK_OFF = "#e5e7eb"  # masked
 MASK_ON = "#2e86de"  # may attend
+GOLD = "#e8590c"  # the frame of a cell the story world's truth names (a pronoun's gold antecedent)
 
 # Mixture of experts: router probabilities on a sequential scale; each expert has its own
 # colour (chips, load bars, tick labels), cycling after ten.

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from archplay.models.sampling import staged_distribution
 from archplay.viz import style
-from archplay.viz.attention import CAP_MIN_CELLS, CAP_QUANTILE, GRID_GAP, attention_mask_heatmap
+from archplay.viz.attention import CAP_MIN_CELLS, CAP_QUANTILE, GRID_GAP, attention_mask_heatmap, mark_cells
 from archplay.viz.sampling import distribution_figure
 
 from ..session import Analysis
@@ -66,8 +66,10 @@ def figure_json(fig: go.Figure | None, strip: tuple[str, ...] = ()) -> dict | No
     return data
 
 
-def explore_payload(labels_for, a: Analysis | None, *, kind: str | None, layer: int, position: int | None) -> dict:
-    """Everything the page redraws from, for the Run ``a`` (None: an empty payload)."""
+def explore_payload(labels_for, a: Analysis | None, *, kind: str | None, layer: int, position: int | None,
+                    gold=()) -> dict:  # fmt: skip
+    """Everything the page redraws from, for the Run ``a`` (None: an empty payload). ``gold``: (query, key)
+    cells of the self-attention map to frame (each pronoun's gold antecedent, ``truth.gold_cells``)."""
     if a is None:
         return {"v": VERSION, "run": next(_runs), "empty": True}
     out = {
@@ -75,7 +77,7 @@ def explore_payload(labels_for, a: Analysis | None, *, kind: str | None, layer: 
         "labels": [style.safe_label(s) for s in a.labels], "colours": COLOURS,
     }  # fmt: skip
     out["dist"] = distribution_payload(labels_for, a, position)
-    out["attn"] = attention_payload(a, kind, layer)
+    out["attn"] = attention_payload(a, kind, layer, gold=gold)
     out["delta"] = delta_payload(a)
     return out
 
@@ -111,9 +113,10 @@ def distribution_payload(labels_for, a: Analysis, position: int | None) -> dict:
 # --------------------------------------------------------------------------- attention
 
 
-def attention_payload(a: Analysis, kind: str | None, layer: int) -> dict | None:
+def attention_payload(a: Analysis, kind: str | None, layer: int, gold=()) -> dict | None:
     """Every layer × head of ``kind`` (or only ``layer``'s above ``ALL_LAYERS_VALUES``) as float16,
-    with what the heatmap, the grid and the mask need around them; None without attention."""
+    with what the heatmap, the grid and the mask need around them; None without attention. ``gold``
+    cells are framed on a self-attention map (every layer and head: the frames are in its base layout)."""
     maps = attention.attention_maps(a, kind)  # (L, H, Tq, Tk)
     if maps is None:
         return None
@@ -125,6 +128,8 @@ def attention_payload(a: Analysis, kind: str | None, layer: int) -> dict | None:
     packed = torch.cat([_pack(maps[i, h], lower) for i in layers for h in range(H)]) if layers else torch.zeros(0)
     qlabels, klabels = attention.axis_labels(a, kind)
     base = attention.attention_figure(a, layers[0], 0, kind, cells=False)
+    if gold and kind == "self" and base is not None:
+        mark_cells(base, gold)
     out = {
         "kind": kind, "L": L, "H": H, "nq": nq, "nk": nk, "lower": lower, "layers": layers,
         "data": encode(packed.to(torch.float16), "f2"),

@@ -105,30 +105,50 @@ def _first_tokens(tok, text: str, spans: list[tuple[int, int]]) -> list[int | No
     return [starts.get(a) for a, _ in spans]
 
 
+def _gold(tok, analysis: Analysis) -> list[tuple[str, str, int, int]]:
+    """(pronoun, antecedent, its token position, the antecedent's) for each pronoun of the Run's text whose
+    words start tokens of the Run, from the world's gold annotations; [] for a text not of the world."""
+    text = analysis.text or ""
+    pairs = antecedents(text) if " ".join(text.split()) == text else None
+    if not pairs:
+        return []
+    words = world_words(text)
+    first = _first_tokens(tok, text, detokenize(words)[1])
+    T = len(analysis.ids)
+    return [(words[p], words[a], first[p], first[a]) for p, a in pairs
+            if first[p] is not None and first[a] is not None and first[p] < T and first[a] < T]  # fmt: skip
+
+
+def gold_cells(catalog: Catalog, analysis: Analysis | None) -> list[tuple[int, int]]:
+    """The cells (pronoun's token, its gold antecedent's) the self-attention map marks, for a model of the
+    story world on a text of it; [] otherwise (and never an error: it decorates a Run)."""
+    if analysis is None or analysis.translation is not None:
+        return []
+    try:
+        entry = catalog.get(analysis.model_key)
+        if not isinstance(entry.tokenizer, SPTokenizer):
+            return []
+        return [(tp, ta) for _, _, tp, ta in _gold(entry.tokenizer, analysis)]
+    except (UnknownModelError, ValueError, RuntimeError, IndexError):
+        return []
+
+
 def _pronouns(entry, analysis: Analysis) -> str:
     """Each pronoun's gold antecedent and the head that attends to it most (is it that head's top key?)."""
-    text = analysis.text or ""
-    pairs = antecedents(text)
-    if not pairs or not analysis.attentions or " ".join(text.split()) != text:
+    gold = _gold(entry.tokenizer, analysis) if analysis.attentions else []
+    if not gold:
         return ""
-    words = world_words(text)
-    first = _first_tokens(entry.tokenizer, text, detokenize(words)[1])
     att = analysis.attentions  # per layer (H, T, T)
     rows = ["| pronoun → gold antecedent (first mention) | head most on it | weight | top key? |",
             "|---|---|---:|:---:|"]
-    for p, a in pairs[:MAX_PRONOUNS]:
-        tp, ta = first[p], first[a]
-        if tp is None or ta is None or tp >= att[0].shape[-2] or ta >= att[0].shape[-1]:
-            continue
+    for pronoun, antecedent, tp, ta in gold[:MAX_PRONOUNS]:
         w = torch.stack([layer[:, tp, ta] for layer in att])  # (L, H)
         layer, head = divmod(int(w.argmax()), w.shape[1])
         top = int(att[layer][head, tp].argmax()) == ta
-        rows.append(f"| ‘{md_escape(words[p])}’ ({tp}) → ‘{md_escape(words[a])}’ ({ta}) | L{layer}.H{head} | "
+        rows.append(f"| ‘{md_escape(pronoun)}’ ({tp}) → ‘{md_escape(antecedent)}’ ({ta}) | L{layer}.H{head} | "
                     f"{float(w[layer, head]):.0%} | {'✓' if top else '✗'} |")  # fmt: skip
-    if len(rows) == 2:
-        return ""
-    return ("**Who the pronouns mean** (the world's gold antecedents; token positions in brackets):\n\n"
-            + "\n".join(rows))  # fmt: skip
+    return ("**Who the pronouns mean** (the world's gold antecedents, framed on the attention map; token positions "
+            "in brackets):\n\n" + "\n".join(rows))  # fmt: skip
 
 
 def _translation(entry, analysis: Analysis) -> str:

@@ -48,11 +48,19 @@ def world_words(text: str) -> list[str] | None:
 
 
 def _left_at(words: list[str]) -> int:
-    """The first word the world never writes after the words before it."""
-    for i in range(len(words)):
-        if words[i] not in next_words(words[:i]):
-            return i
-    return len(words)
+    """The first word the world never writes after the words before it (``len(words)`` when it writes
+    them all). The world writes a prefix of any text it writes, so the prefixes it writes are the
+    shorter ones: a binary search finds the first it does not in about log2(n) searches, not n."""
+    if next_words(words):
+        return len(words)
+    written, unwritten = 0, len(words)  # the empty prefix begins every story; the whole text is not written
+    while unwritten - written > 1:
+        middle = (written + unwritten) // 2
+        if next_words(words[:middle]):
+            written = middle
+        else:
+            unwritten = middle
+    return unwritten - 1
 
 
 def _candidate_ids(tok, text: str, word: str) -> list[int]:
