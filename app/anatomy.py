@@ -7,15 +7,16 @@ Drawn from the Explore tab's last Run (the session's ``Analysis``): every Run re
 position term). The controls redraw only what they change: the number of positions the encoding
 figure shows, and the layer, head and query of the effect.
 
-"Clicking a part opens its view": the menu under the diagram lists the parts that have a view of
-their own; choosing one switches to that tab in the page (``OPEN_JS``: the tab button with the tab's
-id, no request), or scrolls to this tab's positions section. The family is never named here: what a
+"Clicking a part opens its view": clicking a box of the diagram (``CLICK_JS``) or choosing it in the
+menu under the diagram (the parts that have a view of their own) switches to that tab in the page
+(``OPEN_JS``: the tab button with the tab's id, no request), or scrolls to this tab's positions section. The family is never named here: what a
 model has comes from the stacks, the encoding and the Run.
 """
 
 from __future__ import annotations
 
 import html
+import json
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -50,8 +51,8 @@ HELP = (
     "**shape of each tensor for your text** (batch, tokens, width). The parts inside the dashed frame form one "
     "block, repeated as many times as it says. The **blue line** is the *residual stream*: each sublayer reads "
     "it (through a norm), computes something, and **adds** its result back, so every layer writes into the same "
-    "running sum. Hover a box for its details; a box marked ↗ has a view of its own (the menu under the diagram "
-    "opens it)."
+    "running sum. Hover a box for its details; a box marked ↗ has a view of its own: click it (or choose it "
+    "in the menu under the diagram) to open it."
 )
 OPEN_HELP = (
     "Attention step by step, the experts' gate and the scan are on the **Inside a step** tab; "
@@ -378,10 +379,9 @@ def _short(name: str) -> str:
 
 # --------------------------------------------------------------------------- the page
 
-# Choosing a part in the menu: switch to the tab that shows it (the tab button carries the tab's id),
-# or scroll to this tab's positions; then clear the menu so the same part can be chosen again.
-OPEN_JS = f"""(choice) => {{
-  const place = (choice || "").split("|")[0];
+# Going to a part's view: switch to the tab that shows it (the tab button carries the tab's id), or
+# scroll to this tab's positions.
+_GO = f"""(place) => {{
   if (place === "positions") {{
     const section = document.getElementById("{POSITIONS_ID}");
     if (section) section.scrollIntoView({{behavior: "smooth", block: "start"}});
@@ -389,7 +389,36 @@ OPEN_JS = f"""(choice) => {{
     const button = document.querySelector(`button[data-tab-id="${{place}}"]`);
     if (button) button.click();
   }}
+}}"""
+# Choosing a part in the menu goes there; then the menu is cleared so the same part can be chosen again.
+OPEN_JS = f"""(choice) => {{
+  ({_GO})((choice || "").split("|")[0]);
   return null;
+}}"""
+# Clicking a box of the diagram goes to its part's view (its point's customdata ends with the part's view);
+# the pointer is a hand over a box that has one. Attached after each draw, once the plot is in the page.
+CLICK_JS = f"""() => {{
+  const places = {json.dumps(OPENS)}, go = {_GO};
+  const view = (e) => {{
+    const p = e && e.points && e.points[0];
+    return p && p.customdata ? places[p.customdata[p.customdata.length - 1]] : undefined;
+  }};
+  let tries = 0;
+  const attach = () => {{
+    const gd = document.querySelector("#anatomy-diagram .js-plotly-plot");
+    if (!gd || !gd.on || !gd._fullLayout) {{
+      if (tries++ < 60) requestAnimationFrame(attach);
+      return;
+    }}
+    const drag = () => gd.querySelector(".nsewdrag");
+    gd.removeAllListeners("plotly_click");
+    gd.removeAllListeners("plotly_hover");
+    gd.removeAllListeners("plotly_unhover");
+    gd.on("plotly_click", (e) => {{ const place = view(e); if (place) go(place); }});
+    gd.on("plotly_hover", (e) => {{ const d = drag(); if (d) d.style.cursor = view(e) ? "pointer" : ""; }});
+    gd.on("plotly_unhover", () => {{ const d = drag(); if (d) d.style.cursor = ""; }});
+  }};
+  attach();
 }}"""
 
 
@@ -484,7 +513,8 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
     # Each Run, when this tab is open or opened.
     for drawn in follow(explore_ui, "anatomy", reset, inputs=inputs, outputs=[*shown, *ranged], api_name="anatomy",
                         **model_run):  # fmt: skip
-        drawn.then(None, js=FIT_JS, show_progress="hidden", api_name=False)
+        drawn.then(None, js=FIT_JS, show_progress="hidden", api_name=False).then(
+            None, js=CLICK_JS, show_progress="hidden", api_name=False)  # fmt: skip
     gr.on(triggers=[ui.layer.input, ui.query.input], fn=redraw_effect,
           inputs=[explore_ui.state, ui.layer, ui.head, ui.query], outputs=[ui.effect, ui.effect_note],
           api_name=False, **model_run)  # fmt: skip

@@ -232,11 +232,15 @@ def summary(s, keys: list[str], query_label: str, position: str | None) -> str:
     order = torch.argsort(w, descending=True).tolist()
     j = order[0]
     b = float(s.bias[j])
-    z = float(s.scores[j]) * s.scale + b
+    z = float(s.logits[j])  # what the softmax takes: scores·scale (soft-capped where the model caps) + bias
     who = "decoder step" if s.kind in ("decoder", "cross") else "query"
+    scaled = f"{float(s.scores[j]):.3g} × {s.scale:.3g}"
+    if getattr(s, "softcap", None) is not None:  # Gemma 2: cap·tanh(x/cap) of the scaled score
+        cap = f"{s.softcap:.3g}"
+        scaled = f"{cap}·tanh({scaled} / {cap})"
     top = (f"{quote(keys[j])} (key {j}) gets **{float(w[j]):.2f}** of the weight of {who} {s.query} "
-           f"{quote(query_label)}: score {float(s.scores[j]):.3g} × {s.scale:.3g} {'−' if b < 0 else '+'} "
-           f"{abs(b):.3g} = {z:.3g} before the softmax.")  # fmt: skip
+           f"{quote(query_label)}: score {scaled} {'−' if b < 0 else '+'} {abs(b):.3g} = {z:.3g} before the "
+           f"softmax.")  # fmt: skip
     rest = [f"{quote(keys[i])} (key {i}) {float(w[i]):.2f}" for i in order[1:3] if s.mask[i]]
     if rest:
         top += f" Next: {', '.join(rest)}."

@@ -408,6 +408,8 @@ def test_the_tab_in_the_page(tmp_path_factory):
     ids = tok.encode(TEXT)
     (stack,) = anatomy(net, torch.tensor([ids]))
     with app_server(tmp_path_factory.mktemp("anatomy-server")) as url, chromium_page(url) as page:
+        # the page's own first Run lands first (else it may land after the one below and be the session's Run)
+        wait_until(page, lambda: page.locator("#status").inner_text().startswith("✓"), "the page's first Run")
         page.locator("#text textarea").fill(TEXT)
         page.locator("#run").click()
         wait_until(page, lambda: f"on {len(ids)} tokens" in page.locator("#status").inner_text(), "the gpt run",
@@ -439,4 +441,25 @@ def test_the_tab_in_the_page(tmp_path_factory):
         page.locator("#anatomy-open label").filter(has_text="causal self-attention").click()
         wait_until(page, lambda: page.locator('button[data-tab-id="steps"]').get_attribute("aria-selected") == "true",
                    "the Inside a step tab")  # fmt: skip
+        # clicking the attention box on the diagram itself opens it too
+        open_tab(page, "Anatomy")
+        wait_until(page, lambda: page.evaluate(_HAS_CLICK), "the diagram's click handler")
+        x, y = page.evaluate(_BOX_AT, "attention")
+        page.mouse.move(x, y)
+        page.mouse.click(x, y)
+        wait_until(page, lambda: page.locator('button[data-tab-id="steps"]').get_attribute("aria-selected") == "true",
+                   "a click on the diagram to open the Inside a step tab")  # fmt: skip
         assert_no_console_errors(page)
+
+
+_HAS_CLICK = """() => {
+  const gd = document.querySelector("#anatomy-diagram .js-plotly-plot");
+  return !!(gd && gd._ev && gd._ev.listeners("plotly_click").length);
+}"""
+# The page coordinates of the diagram's box whose view is ``view`` (its invisible point, at the box's centre).
+_BOX_AT = """(view) => {
+  const gd = document.querySelector("#anatomy-diagram .js-plotly-plot");
+  const trace = gd.data[0], i = trace.customdata.findIndex(c => c[c.length - 1] === view);
+  const fl = gd._fullLayout, box = gd.getBoundingClientRect();
+  return [box.left + fl._size.l + fl.xaxis.l2p(trace.x[i]), box.top + fl._size.t + fl.yaxis.l2p(trace.y[i])];
+}"""

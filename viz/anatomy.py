@@ -95,10 +95,10 @@ def block_diagram(stacks: Sequence, *, title: str = "Block anatomy") -> go.Figur
     top_margin, bottom_margin = 74, 10
     layout = dict(
         xaxis=dict(hidden, range=[x0, x1]), yaxis=dict(hidden, range=[bottom, 0]),
-        shapes=shapes, annotations=annotations, showlegend=False, hovermode="closest",
+        shapes=shapes, annotations=annotations, showlegend=False, hovermode="closest", hoverdistance=60,
         margin=dict(l=10, r=10, t=top_margin, b=bottom_margin), dragmode=False,
     )  # fmt: skip
-    subtitle = "shapes for this input · the blue line is the residual stream · ↗ opens a view"
+    subtitle = "shapes for this input · the blue line is the residual stream · click a box marked ↗ for its view"
     return style.figure(data=data, layout=style.base_layout(f"{title}<br><sup>{subtitle}</sup>",
                                                             height=int(-bottom) + top_margin + bottom_margin,
                                                             **layout))  # fmt: skip
