@@ -525,6 +525,8 @@ def build(catalog: Catalog, lab: Lab, model_lists: list) -> SimpleNamespace:
             ui.status = gr.Markdown("", elem_id="lab-status")
             ui.curve = gr.Plot(curve_figure(family0, None, ""), elem_id="lab-curve", show_label=False)
             ui.evaluation = gr.Markdown("", elem_id="lab-evaluation")
+            ui.scale_up = gr.Button("Scale this recipe up: the same design at 1.3 B and 7 B →", size="sm",
+                                    elem_id="lab-scale-up")  # fmt: skip
             with gr.Accordion("The recipe as JSON (for archplay-train --recipe)", open=False):
                 ui.recipe = gr.Code(summary(family0, values0)[1], language="json", interactive=False,
                                     elem_id="lab-recipe")  # fmt: skip

@@ -135,12 +135,17 @@ def build_app(catalog: Catalog, lab_runs: lab.Lab | None = None) -> gr.Blocks:
             with gr.Tab("Scale", id="scale") as scale_tab:
                 scale_ui = scale.build(catalog)
             with gr.Tab("Lab", id="lab"):
-                lab.build(catalog, lab_runs, [explore_ui.model, compare_ui.models, card_ui.model])
+                lab_ui = lab.build(catalog, lab_runs, [explore_ui.model, compare_ui.models, card_ui.model])
 
         # "Scale this model up": the card's model in the Scale tab's first column, larger ones of its family beside it.
         scale_up.click(lambda key: [*scale_ui.configure(key), gr.Tabs(selected="scale")], inputs=card_ui.model,
                        outputs=[*scale_ui.configure_outputs, tabs], api_name=False, show_progress="hidden")  # fmt: skip
-        scale_tab.select(scale_ui.refresh, outputs=scale_ui.models, api_name=False, show_progress="hidden")
+        scale_tab.select(scale_ui.refresh, inputs=scale_ui.models, outputs=scale_ui.models, api_name=False,
+                         show_progress="hidden")  # fmt: skip
+        # "Scale this recipe up": the Lab's recipe as it is, its design at 1.3 B and 7 B, and a published model.
+        lab_ui.scale_up.click(lambda text: [*scale_ui.configure_recipe(text), gr.Tabs(selected="scale")],
+                              inputs=lab_ui.recipe, outputs=[*scale_ui.configure_outputs, tabs], api_name=False,
+                              show_progress="hidden")  # fmt: skip
 
         # The catalog grows while the server runs (a page loads a checkpoint from --models-dir), but a
         # component's choices are fixed when the page is built: every model list is refreshed when a

@@ -17,8 +17,12 @@ column and presets of its family, small to large, in the others; wire it as
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
+import json
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -26,9 +30,10 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from archplay.models import registry
-from archplay.models.analysis import presets
+from archplay.models.analysis import presets, upscale
 from archplay.models.analysis.estimate import CUDA_RESERVE, DTYPES, GPUS, TOKENS_PER_PARAMETER, estimate
 from archplay.models.checkpoints.loading import BUILTIN_NAMES
+from archplay.models.training.recipe import BUILTIN_RECIPES, Recipe, builtin_recipe
 from archplay.viz.scale import GIB, components_figure, count, duration, gib, memory_figure
 
 from .catalog import Catalog
@@ -36,7 +41,7 @@ from .messages import error, md_escape, note, ok, plural, warn
 
 SLOTS = 4
 NONE = ""  # an empty column
-PRESET, BUILTIN = "preset:", "builtin:"
+PRESET, BUILTIN, RECIPE = "preset:", "builtin:", "recipe:"
 DEFAULTS = (PRESET + "gpt2", PRESET + "llama-2-7b", PRESET + "mixtral-8x7b", NONE)
 MODES = ("inference", "training")
 DTYPE_CHOICES = tuple(DTYPES)  # fp32, bf16, fp16, fp8, int8, int4
@@ -69,12 +74,54 @@ CSS = """
 # --------------------------------------------------------------------------- what a column can hold
 
 
-def choices(catalog: Catalog) -> list[tuple[str, str]]:
-    """A column's dropdown: the presets, the models the server offers, built-ins it has not loaded, none."""
+def choices(catalog: Catalog, keep=()) -> list[tuple[str, str]]:
+    """A column's dropdown: the presets, the models the server offers, built-ins it has not loaded, the
+    built-ins' recipes, none; and any recipe value in ``keep`` (a Lab recipe scaled up: the columns'
+    current values, so that a refreshed list still holds them)."""
     out = [(f"{p.title} (preset)", PRESET + p.name) for p in presets.PRESETS.values()]
     out += [(label, key) for label, key in catalog.choices()]
     out += [(f"{name} (built-in)", BUILTIN + name) for name in BUILTIN_NAMES if name not in catalog]
+    out += [(f"{name} recipe (Lab)", RECIPE + name) for name in BUILTIN_RECIPES]
+    known = {v for _, v in out}
+    for value in keep if isinstance(keep, (list, tuple)) else ():
+        if isinstance(value, str) and value.startswith(RECIPE) and value not in known:
+            try:
+                out.append((target(catalog, value).label, value))
+            except ValueError:
+                continue
+            known.add(value)
     return out + [("(none)", NONE)]
+
+
+# A Lab recipe sent to this tab ("scale this recipe up"), remembered by its content's hash, so that a
+# column's value names it (RECIPE + "#" + hash); the most recent MAX_REMEMBERED are kept.
+MAX_REMEMBERED = 256
+_REMEMBERED: OrderedDict[str, Recipe] = OrderedDict()
+_REMEMBER_LOCK = threading.Lock()
+
+
+def remember(recipe: Recipe) -> str:
+    """The column value of ``recipe`` as it is (``RECIPE`` + "#" + its hash)."""
+    digest = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    with _REMEMBER_LOCK:
+        _REMEMBERED[digest] = recipe
+        _REMEMBERED.move_to_end(digest)
+        while len(_REMEMBERED) > MAX_REMEMBERED:
+            _REMEMBERED.popitem(last=False)
+    return f"{RECIPE}#{digest}"
+
+
+def _recipe(value: str) -> tuple[Recipe, str | None] | None:
+    """(the recipe, the size or None) a recipe column value names; None if it names none."""
+    name, _, size = value[len(RECIPE):].partition("@")
+    if name.startswith("#"):
+        with _REMEMBER_LOCK:
+            recipe = _REMEMBERED.get(name[1:])
+    else:
+        recipe = builtin_recipe(name) if name in BUILTIN_RECIPES else None
+    if recipe is None or (size and size not in upscale.SHAPES):
+        return None
+    return recipe, size or None
 
 
 @dataclass(frozen=True)
@@ -95,6 +142,14 @@ def target(catalog: Catalog, value: str) -> Target:
     if value and value in catalog:
         entry = catalog.get(value)
         return Target(entry.model, str(getattr(entry.config, "name", None) or entry.label))
+    if value.startswith(RECIPE) and (found := _recipe(value)) is not None:
+        recipe, size = found
+        if size is None:
+            return Target(recipe, f"{recipe.title} (recipe)")
+        s = upscale.shape(size)
+        return Target(upscale.at_size(recipe, size), upscale.scaled_name(recipe.title, size),
+                      f"{recipe.title}'s design at the {s.title} shape ({s.like}): width {s.width:,}, "
+                      f"vocabulary {upscale.VOCAB:,}")  # fmt: skip
     shown = value if len(value) <= 80 else value[:79] + "…"
     raise ValueError(f"unknown configuration {shown!r}: choose a preset, a built-in or a loaded model")
 
@@ -368,6 +423,32 @@ def scale_up(catalog: Catalog, key: str) -> list[str]:
     return columns + [NONE] * (SLOTS - len(columns))
 
 
+RECIPE_SIZES = ("1.3b", "7b")  # "scale this recipe up": the recipe, its design at these shapes, a preset
+
+
+def recipe_columns(catalog: Catalog, text) -> list[str]:
+    """The columns for "scale this recipe up" from the Lab: the recipe (its JSON text, as the Lab shows
+    it) as it is, its design at the ``RECIPE_SIZES`` shapes, and the published preset of its family
+    nearest in size to the largest. ValueError with the recipe's problem."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the Lab shows no recipe yet: fix the recipe's settings first")
+    if len(text) > 100_000:
+        raise ValueError("a recipe is a small JSON object")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"the recipe could not be read as JSON: {e}") from None
+    value = remember(Recipe.from_dict(data))
+    columns = [value] + [f"{value}@{size}" for size in RECIPE_SIZES]
+    largest = estimate(target(catalog, columns[-1]).model)
+    kin = registry.get(largest["family"])
+    same = [p for p in presets.PRESETS.values() if registry.of(p.make()) is kin]
+    if same:
+        nearest = min(same, key=lambda p: abs(math.log(p.params / largest["params"])))
+        columns.append(PRESET + nearest.name)
+    return columns + [NONE] * (SLOTS - len(columns))
+
+
 def build(catalog: Catalog, demo: gr.Blocks | None = None) -> SimpleNamespace:
     """The tab's layout and events, inside the caller's ``gr.Tab``; ``demo`` (default: the Blocks being
     built) computes the first view when a page opens."""
@@ -427,23 +508,26 @@ def build(catalog: Catalog, demo: gr.Blocks | None = None) -> SimpleNamespace:
     gr.on(triggers=triggers, fn=on_change, inputs=[*ui.models, *controls], outputs=outputs, api_name="scale",
           trigger_mode="always_last", show_progress="minimal")  # fmt: skip
 
-    def configure(key):
-        """Updates for ``configure_outputs``: ``key`` scaled up over the columns, or a message."""
+    def filled(make, what):
+        """Updates for ``configure_outputs``: the columns ``make(what)`` gives, or a message."""
         try:
-            columns = scale_up(catalog, key)
+            columns = make(catalog, what)
         except ValueError as e:
             return [gr.update() for _ in ui.models] + [error(md_escape(str(e)))]
-        now = choices(catalog)  # the catalog may have grown since the page was built
+        now = choices(catalog, keep=columns)  # the catalog may have grown since the page was built
         return [gr.update(choices=now, value=c) for c in columns] + [gr.update()]
 
-    def refresh():
-        """The columns' choices as the catalog has them now (a checkpoint loaded since the page was built)."""
-        now = choices(catalog)
+    def refresh(*values):
+        """The columns' choices as the catalog has them now (a checkpoint loaded since the page was built),
+        keeping the recipes the columns show."""
+        now = choices(catalog, keep=list(values))
         return [gr.update(choices=now) for _ in ui.models]
 
-    ui.configure, ui.configure_outputs, ui.refresh = configure, [*ui.models, ui.status], refresh
+    ui.configure = lambda key: filled(scale_up, key)
+    ui.configure_recipe = lambda text: filled(recipe_columns, text)
+    ui.configure_outputs, ui.refresh = [*ui.models, ui.status], refresh
     return ui
 
 
-__all__ = ["CSS", "DEFAULTS", "SLOTS", "View", "build", "choices", "claims", "scale_up", "scale_view", "settings",
-           "target"]  # fmt: skip
+__all__ = ["CSS", "DEFAULTS", "SLOTS", "View", "build", "choices", "claims", "recipe_columns", "remember", "scale_up",
+           "scale_view", "settings", "target"]  # fmt: skip

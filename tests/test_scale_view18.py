@@ -330,3 +330,89 @@ def test_the_architecture_card_scales_its_model_up_in_the_scale_tab():
     assert ids.get(dep["inputs"][0]) == "card-model"
     tabs = [c for c in config["components"] if c["type"] == "tabs"]
     assert tabs and tabs[0]["id"] in dep["outputs"]
+
+
+# --------------------------------------------------------------------------- "scale this recipe up" (the Lab)
+
+
+def test_a_recipe_at_a_published_size_keeps_its_design():
+    """``upscale.at_size``: Llama's design (RoPE, RMSNorm, SwiGLU 8/3, no biases) at the 7 B shape is Llama-2-7B
+    to the parameter, less its untied output head (a recipe ties it); GPT-2's design takes GPT-3 6.7B's shape;
+    grouped-query sharing, the scan's layers and an encoder-decoder's two stacks scale as documented."""
+    from archplay.models.analysis import upscale
+    from archplay.models.training.recipe import Recipe, builtin_recipe
+
+    llama = Recipe.from_dict({"family": "decoder", "layers": 4, "width": 384, "heads": 4, "kv_heads": 4, "d_ff": 1024,
+                              "positions": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": False})
+    cfg = upscale.at_size(llama, "7b")
+    assert (cfg.d_model, cfg.n_layer, cfg.n_head, cfg.d_ff, cfg.vocab_size) == (4096, 32, 32, 11008, 32_000)
+    assert estimate(cfg)["params"] == estimate("llama-2-7b")["params"] - 32_000 * 4096 == 6_607_343_616
+    assert llama.width == 384 and llama.layers == 4  # the recipe itself is untouched
+    grouped = upscale.at_size(llama.replace(heads=8, kv_heads=2), "70b")
+    assert (grouped.d_model, grouped.n_layer, grouped.n_head, grouped.n_kv_head) == (8192, 80, 64, 16)
+    gpt = upscale.at_size(builtin_recipe("gpt"), "7b")
+    assert (gpt.d_model, gpt.n_layer, gpt.d_ff, gpt.positions, gpt.norm) == (4096, 32, 16384, "learned", "layernorm")
+    assert gpt.name == "gpt at 7 B"
+    mamba = upscale.at_size(builtin_recipe("mamba"), "1.3b")
+    assert (mamba.d_model, mamba.n_layer, mamba.d_state, mamba.expand) == (2048, 48, 16, 2)
+    t5 = upscale.at_size(builtin_recipe("t5"), "7b")
+    assert (t5.n_layer, t5.n_decoder_layer) == (16, 16)
+    moe = upscale.at_size(builtin_recipe("moe"), "7b")
+    r = estimate(moe)
+    assert (moe.n_experts, moe.top_k) == (4, 2) and r["active_params"] < r["params"]
+    with pytest.raises(ValueError, match="unknown size"):
+        upscale.at_size(llama, "9000b")
+
+
+LAB_JSON = ('{"family": "decoder", "layers": 4, "width": 384, "heads": 8, "kv_heads": 2, "d_ff": 1024, '
+            '"positions": "rope", "norm": "rmsnorm", "activation": "swiglu", "bias": false, "name": "mine"}')  # fmt: skip
+
+
+def test_scale_this_recipe_up(catalog):
+    """The Lab's recipe (its JSON, as the Lab shows it) fills the columns: as it is, its design at 1.3 B and
+    7 B, and the published model of its family nearest the largest; the tab's numbers are estimate's of
+    the same configurations; a broken recipe gives its message; a value nobody sent is refused."""
+    from archplay.models.analysis import upscale
+    from archplay.models.training.recipe import Recipe
+
+    columns = scale.recipe_columns(catalog, LAB_JSON)
+    value = columns[0]
+    assert value.startswith("recipe:#") and columns[1:] == [f"{value}@1.3b", f"{value}@7b", "preset:llama-2-7b"]
+    assert columns == scale.recipe_columns(catalog, LAB_JSON)  # the same recipe, the same value
+    v = scale.scale_view(catalog, columns, mode="training")
+    labels = [label for label, _ in v.results]
+    assert labels == ["mine (recipe)", "mine at 1.3 B", "mine at 7 B", "Llama 2 7B"]
+    recipe = Recipe.from_dict(__import__("json").loads(LAB_JSON))
+    for (label, r), expected in zip(v.results, (recipe, upscale.at_size(recipe, "1.3b"), upscale.at_size(recipe, "7b"),
+                                                "llama-2-7b")):  # fmt: skip
+        assert r == estimate(expected, train=True)
+    offered = dict((v, label) for label, v in scale.choices(catalog, keep=columns))
+    assert offered[columns[2]] == "mine at 7 B" and offered["recipe:gpt"] == "gpt recipe (Lab)"
+    assert columns[1] not in {v for _, v in scale.choices(catalog)}  # only where a column holds it
+    for bad, message in (("", "no recipe"), ("{", "JSON"), ('{"family": "decoder", "width": -3}', "width"),
+                         ("[1, 2]", "JSON object")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            scale.recipe_columns(catalog, bad)
+    for unsent in ("recipe:#000000000000", "recipe:gpt@9000b", "recipe:../../etc"):
+        with pytest.raises(ValueError, match="unknown configuration"):
+            scale.target(catalog, unsent)
+
+
+def test_the_lab_scales_its_recipe_up_in_the_scale_tab():
+    """The Lab's button sends its recipe's JSON to the Scale tab's columns and opens the tab."""
+    from archplay.app.main import build_app
+
+    demo = build_app(Catalog.from_names([], builtins=("gpt",)))
+    config = demo.get_config_file()
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    button = next(i for i, e in ids.items() if e == "lab-scale-up")
+    (dep,) = [d for d in config["dependencies"] if [button, "click"] in [list(t) for t in d["targets"]]]
+    assert {f"scale-model-{i}" for i in range(4)} <= {ids.get(o) for o in dep["outputs"]}
+    assert ids.get(dep["inputs"][0]) == "lab-recipe"
+    fn = demo.fns[dep["id"]].fn
+    *columns, status, tab = fn(LAB_JSON)
+    assert [c["value"] for c in columns][1:] == [f"{columns[0]['value']}@1.3b", f"{columns[0]['value']}@7b",
+                                                 "preset:llama-2-7b"]  # fmt: skip
+    assert tab.selected == "scale"
+    *_, status, _ = fn('{"family": "decoder", "layers": 0}')
+    assert status.startswith("✕ **Problem:**") and "layers" in status
