@@ -88,6 +88,9 @@ class Analysis:
     hidden_states: list[Tensor] | None = None  # [embeddings, layer 1, ...] each (T, D) (enc-dec: the encoder's)
     windows: list[int | None] | None = None  # per layer: the local pattern's window, None = full attention
     patterns: list[str | None] | None = None  # per layer: "sliding", "strided", "block" or None (full)
+    # The cells the page frames on each kind's attention map (the story world's gold: a pronoun's antecedent,
+    # a translation's word alignment), set by the page's Run (``explore.truth.gold_cells``).
+    gold: dict[str, list[tuple[int, int]]] | None = None
     # Which Run this is: new for each Run, kept by ``dataclasses.replace`` (a new position on the Explore
     # tab is the same Run). The tabs that draw a Run (``app.follow``) compare it to the one they drew.
     serial: int = dataclasses.field(default_factory=lambda: next(_SERIALS))

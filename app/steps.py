@@ -9,7 +9,8 @@ also gets the gate at the query token (``gate_steps``: router logits → softmax
 the weighted sum of the chosen experts); a Run with a scan (``Analysis.scan``) gets, instead of the
 attention, the scan at a chosen token (``scan_steps``: Δ, Ā, B̄u, the state update, the readout, the
 skip, the gate; and the token's hidden-attention row). Every control change recomputes: one forward
-pass of the session's model on the session's tokens (two for the scan: it also traces the row).
+pass of the session's model on the session's tokens (the scan's hidden-attention row too is computed
+from that pass's Δ, A, B and C).
 """
 
 from __future__ import annotations

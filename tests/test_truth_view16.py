@@ -78,28 +78,62 @@ def test_a_translation_is_shown_beside_the_worlds_and_its_gold_alignment(catalog
     assert "never writes" in truth_md(catalog, _analysis(catalog, "t5", "The cat sat."))
 
 
+def _frames(base: dict) -> list[tuple[float, float]]:
+    from archplay.viz import style
+
+    return [(f["y0"] + 0.5, f["x0"] + 0.5) for f in base["layout"].get("shapes", []) if f["line"]["color"] == style.GOLD]
+
+
 def test_the_gold_antecedents_are_framed_on_the_attention_map(catalog):
     """Each pronoun's gold antecedent is a framed cell (pronoun's row, antecedent's column) of the Explore
     tab's self-attention map, in the page's payload; no frame for a text outside the world or a model
     that is not the world's."""
     from archplay.app.explore import payload
     from archplay.app.explore.truth import gold_cells
-    from archplay.viz import style
 
+    labels_for = lambda ids: [str(i) for i in ids]  # noqa: E731
     text = ("One day, Ben finds a big ball. Soon he finds four brown socks. Then Leo makes a small pink cake. "
             "Ben goes home.")  # fmt: skip
     a = _analysis(catalog, "gpt", text)
-    cells = gold_cells(catalog, a)
     he, ben = a.labels.index("␣he"), a.labels.index("␣Ben")
-    assert cells == [(he, ben)]
-    base = payload.explore_payload(lambda ids: [str(i) for i in ids], a, kind=None, layer=0, position=None, gold=cells)["attn"]["base"]
-    frames = [s for s in base["layout"]["shapes"] if s["line"]["color"] == style.GOLD]
-    assert [(f["y0"] + 0.5, f["x0"] + 0.5) for f in frames] == [(he, ben)]
+    assert _frames(payload.explore_payload(labels_for, a, kind=None, layer=0, position=None)["attn"]["base"]) == []
+    a.gold = gold_cells(catalog, a)  # what the page's Run sets
+    assert a.gold == {"self": [(he, ben)]}
+    base = payload.explore_payload(labels_for, a, kind=None, layer=0, position=None)["attn"]["base"]
+    assert _frames(base) == [(he, ben)]
     assert any("gold antecedent" in n["text"] for n in base["layout"]["annotations"])
     b = _analysis(catalog, "bert", text)  # an encoder's map is framed too (it sees both sides)
-    assert gold_cells(catalog, b) == [(b.labels.index("␣he"), b.labels.index("␣Ben"))]
-    assert gold_cells(catalog, _analysis(catalog, "gpt", "The cat sat on the mat because it was comfortable.")) == []
-    assert gold_cells(catalog, _analysis(catalog, "t5", text)) == []  # a translation shows its alignment instead
-    assert gold_cells(catalog, None) == []
-    plain = payload.explore_payload(lambda ids: [str(i) for i in ids], a, kind=None, layer=0, position=None)["attn"]["base"]
-    assert not any(s["line"]["color"] == style.GOLD for s in plain["layout"].get("shapes", []))
+    assert gold_cells(catalog, b) == {"self": [(b.labels.index("␣he"), b.labels.index("␣Ben"))]}
+    assert gold_cells(catalog, _analysis(catalog, "gpt", "The cat sat on the mat because it was comfortable.")) == {}
+    assert gold_cells(catalog, None) == {}
+
+
+def test_the_gold_alignment_is_framed_on_the_cross_attention_map(catalog):
+    """For t5, when its translation is the world's, each aligned target word's first step is framed against
+    its gold source word's tokens on the cross-attention map (the cells alignment_hits scores)."""
+    from archplay.app.explore import payload
+    from archplay.app.explore.truth import gold_cells
+    from archplay.models.analysis.truth import alignment_cells, translation
+
+    a = _analysis(catalog, "t5", "Mia has a red ball.")
+    world = translation(a.text)
+    cells = gold_cells(catalog, a)
+    if a.translation.text != world[0]:
+        assert cells == {}
+        return
+    tok = catalog.get("t5").tokenizer
+    src = a.labels
+    tgt = a.translation.labels
+    steps = {q for q, _ in cells["cross"]}
+    assert len(steps) == 5  # five target words have a source word (ga and wo do not)
+    pairs = {(tgt[q], src[k]) for q, k in cells["cross"]}
+    assert pairs == {("Mia", "Mia"), ("␣fava", "␣has"), ("␣suri", "␣ball"), ("␣vani", "␣red"), (".", ".")}
+    assert cells["cross"] == alignment_cells(tok, a.text, a.translation.text, len(tgt), len(src))
+    a.gold = cells
+    base = payload.explore_payload(lambda ids: [str(i) for i in ids], a, kind="cross", layer=0,
+                                   position=None)["attn"]["base"]  # fmt: skip
+    assert sorted(_frames(base)) == sorted(cells["cross"])
+    assert any("gold word alignment" in n["text"] for n in base["layout"]["annotations"])
+    decoder = payload.explore_payload(lambda ids: [str(i) for i in ids], a, kind="decoder", layer=0,
+                                      position=None)["attn"]["base"]  # fmt: skip
+    assert _frames(decoder) == []  # only the map the cells are of

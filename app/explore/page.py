@@ -380,8 +380,9 @@ def run_updates(ui: SimpleNamespace, catalog: Catalog, r: AnalyseResult, previou
     a = r.analysis
     updates[ui.delta_plot] = gr.update(visible=a is not None and a.scan is not None)
     labels_for = sampling.labels_for_run(catalog, a) if a is not None else None
-    updates[ui.payload] = payload.explore_payload(labels_for, a, kind=r.attention_kind, layer=r.layer, position=None,
-                                                  gold=truth.gold_cells(catalog, a))  # fmt: skip
+    if a is not None:
+        a.gold = truth.gold_cells(catalog, a)  # framed on the attention maps the page draws
+    updates[ui.payload] = payload.explore_payload(labels_for, a, kind=r.attention_kind, layer=r.layer, position=None)
     same_model = a is not None and previous is not None and previous.model_key == a.model_key
     updates[ui.vocab] = gr.update() if same_model or a is None or a.logits is None else {
         "model": a.model_key, "labels": payload.vocabulary_labels(catalog.get(a.model_key).tokenizer,

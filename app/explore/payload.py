@@ -66,10 +66,8 @@ def figure_json(fig: go.Figure | None, strip: tuple[str, ...] = ()) -> dict | No
     return data
 
 
-def explore_payload(labels_for, a: Analysis | None, *, kind: str | None, layer: int, position: int | None,
-                    gold=()) -> dict:  # fmt: skip
-    """Everything the page redraws from, for the Run ``a`` (None: an empty payload). ``gold``: (query, key)
-    cells of the self-attention map to frame (each pronoun's gold antecedent, ``truth.gold_cells``)."""
+def explore_payload(labels_for, a: Analysis | None, *, kind: str | None, layer: int, position: int | None) -> dict:
+    """Everything the page redraws from, for the Run ``a`` (None: an empty payload)."""
     if a is None:
         return {"v": VERSION, "run": next(_runs), "empty": True}
     out = {
@@ -77,7 +75,7 @@ def explore_payload(labels_for, a: Analysis | None, *, kind: str | None, layer: 
         "labels": [style.safe_label(s) for s in a.labels], "colours": COLOURS,
     }  # fmt: skip
     out["dist"] = distribution_payload(labels_for, a, position)
-    out["attn"] = attention_payload(a, kind, layer, gold=gold)
+    out["attn"] = attention_payload(a, kind, layer)
     out["delta"] = delta_payload(a)
     return out
 
@@ -113,10 +111,10 @@ def distribution_payload(labels_for, a: Analysis, position: int | None) -> dict:
 # --------------------------------------------------------------------------- attention
 
 
-def attention_payload(a: Analysis, kind: str | None, layer: int, gold=()) -> dict | None:
+def attention_payload(a: Analysis, kind: str | None, layer: int) -> dict | None:
     """Every layer × head of ``kind`` (or only ``layer``'s above ``ALL_LAYERS_VALUES``) as float16,
-    with what the heatmap, the grid and the mask need around them; None without attention. ``gold``
-    cells are framed on a self-attention map (every layer and head: the frames are in its base layout)."""
+    with what the heatmap, the grid and the mask need around them; None without attention. The Run's
+    gold cells of this kind (``Analysis.gold``) are framed on every layer and head (in the base layout)."""
     maps = attention.attention_maps(a, kind)  # (L, H, Tq, Tk)
     if maps is None:
         return None
@@ -128,8 +126,8 @@ def attention_payload(a: Analysis, kind: str | None, layer: int, gold=()) -> dic
     packed = torch.cat([_pack(maps[i, h], lower) for i in layers for h in range(H)]) if layers else torch.zeros(0)
     qlabels, klabels = attention.axis_labels(a, kind)
     base = attention.attention_figure(a, layers[0], 0, kind, cells=False)
-    if gold and kind == "self" and base is not None:
-        mark_cells(base, gold)
+    if a.gold and a.gold.get(kind) and base is not None:
+        mark_cells(base, a.gold[kind], name="gold antecedent" if kind == "self" else "gold word alignment")
     out = {
         "kind": kind, "L": L, "H": H, "nq": nq, "nk": nk, "lower": lower, "layers": layers,
         "data": encode(packed.to(torch.float16), "f2"),

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import torch
 
-from archplay.models.analysis.truth import END, alignment_hits, antecedents, beside, blank, translation, world_words
+from archplay.models.analysis.truth import (
+    END,
+    alignment_cells,
+    alignment_hits,
+    antecedents,
+    beside,
+    blank,
+    translation,
+    world_words,
+)
 from archplay.models.story.derivation import annotate
 from archplay.models.story.tokenizer import SPTokenizer
 from archplay.models.story.world import detokenize
@@ -119,18 +128,26 @@ def _gold(tok, analysis: Analysis) -> list[tuple[str, str, int, int]]:
             if first[p] is not None and first[a] is not None and first[p] < T and first[a] < T]  # fmt: skip
 
 
-def gold_cells(catalog: Catalog, analysis: Analysis | None) -> list[tuple[int, int]]:
-    """The cells (pronoun's token, its gold antecedent's) the self-attention map marks, for a model of the
-    story world on a text of it; [] otherwise (and never an error: it decorates a Run)."""
-    if analysis is None or analysis.translation is not None:
-        return []
+def gold_cells(catalog: Catalog, analysis: Analysis | None) -> dict[str, list[tuple[int, int]]]:
+    """The cells each attention map of the Run frames, by kind, for a model of the story world on a text
+    of it: "self", each pronoun's (token, its gold antecedent's); "cross" (a translation the world's own),
+    each target word's first step against its gold source word's tokens. {} otherwise (and never an
+    error: it decorates a Run)."""
+    if analysis is None:
+        return {}
     try:
         entry = catalog.get(analysis.model_key)
         if not isinstance(entry.tokenizer, SPTokenizer):
-            return []
-        return [(tp, ta) for _, _, tp, ta in _gold(entry.tokenizer, analysis)]
-    except (UnknownModelError, ValueError, RuntimeError, IndexError):
-        return []
+            return {}
+        t = analysis.translation
+        if t is not None:
+            steps, width = t.cross_attentions[0].shape[-2:] if t.cross_attentions else (0, 0)
+            cells = alignment_cells(entry.tokenizer, analysis.text or "", t.text, int(steps), int(width))
+            return {"cross": cells} if cells else {}
+        cells = [(tp, ta) for _, _, tp, ta in _gold(entry.tokenizer, analysis)]
+        return {"self": cells} if cells else {}
+    except (UnknownModelError, ValueError, RuntimeError, IndexError, KeyError):
+        return {}
 
 
 def _pronouns(entry, analysis: Analysis) -> str:
@@ -170,7 +187,7 @@ def _translation(entry, analysis: Analysis) -> str:
         n, (layer, head, best) = hits["words"], hits["best"]
         top = max(range(len(hits["layers"])), key=hits["layers"].__getitem__)
         pairs = ", ".join(f"{md_escape(t)} ← {md_escape(s)}" for t, s in hits["pairs"][:6])
-        line += (f" Gold alignment ({pairs}{', …' if len(hits['pairs']) > 6 else ''}): the cross-attention of decoder "
+        line += (f" Gold alignment (framed on the cross-attention map: {pairs}{', …' if len(hits['pairs']) > 6 else ''}): the cross-attention of decoder "
                  f"layer {top} (heads averaged) puts its largest weight on the gold source word for "
                  f"{hits['layers'][top]} of {n} words; the best head, L{layer}.H{head}, for {best} of {n}.")  # fmt: skip
     return line

@@ -160,23 +160,19 @@ def translation(text: str) -> tuple[str, list[str], list[str], list[int | None]]
     return pair.target, pair.source_words, pair.target_words, pair.alignment
 
 
-def alignment_hits(tok, source: str, target: str, cross: list[Tensor]) -> dict | None:
-    """How often cross-attention puts its largest weight on the gold source word, for the world's
-    translation of ``source`` teacher-forced as ``target`` (the model's own when it equals the world's).
-
-    ``cross``: per decoder layer (H, Td, S), the query at step i writing target token i. Returns
-    {"words": aligned target words, "layers": hits per layer (heads averaged), "best": (layer, head, hits),
-    "pairs": [(target word, source word)]}; None when the world has no translation of ``source``."""
+def _alignment(tok, source: str, target: str, steps: int, width: int):
+    """(decoder steps, the source token positions of each one's gold word, (target word, source word)
+    pairs) for the world's translation of ``source`` written as ``target``, within ``steps`` decoder steps
+    and ``width`` source tokens; None when the world has no such translation or nothing aligns."""
     from archplay.models.story.world import detokenize as spans_of
     from archplay.models.training.evaluate import word_of_tokens
-    from archplay.models.training.metrics import head_hits
 
     world = translation(source)
     if world is None or world[0] != target:
         return None
     _, src_words, tgt_words, gold = world
-    src_ids, src_spans = tok.encode_with_offsets(source)
-    tgt_ids, tgt_spans = tok.encode_with_offsets(target)
+    _, src_spans = tok.encode_with_offsets(source)
+    _, tgt_spans = tok.encode_with_offsets(target)
     src_owner = word_of_tokens(source, spans_of(src_words)[1], src_spans)
     tgt_owner = word_of_tokens(target, spans_of(tgt_words)[1], tgt_spans)
     queries, targets, pairs = [], [], []
@@ -184,13 +180,35 @@ def alignment_hits(tok, source: str, target: str, cross: list[Tensor]) -> dict |
         if a is None or j not in tgt_owner:
             continue
         q = tgt_owner.index(j)  # the step that writes word j's first token
-        if q >= cross[0].shape[1]:
+        if q >= steps:
             continue
         queries.append(q)
-        targets.append({k for k, o in enumerate(src_owner) if o == a and k < cross[0].shape[2]})
+        targets.append({k for k, o in enumerate(src_owner) if o == a and k < width})
         pairs.append((tgt_words[j], src_words[a]))
-    if not queries:
+    return (queries, targets, pairs) if queries else None
+
+
+def alignment_cells(tok, source: str, target: str, steps: int, width: int) -> list[tuple[int, int]]:
+    """The cells (decoder step, source token) of the gold word alignment over a cross-attention map of
+    ``steps`` × ``width``: each aligned target word's first step against its source word's tokens; []
+    when the world has no translation of ``source`` written as ``target``."""
+    found = _alignment(tok, source, target, steps, width)
+    return [(q, k) for q, ks in zip(found[0], found[1]) for k in sorted(ks)] if found else []
+
+
+def alignment_hits(tok, source: str, target: str, cross: list[Tensor]) -> dict | None:
+    """How often cross-attention puts its largest weight on the gold source word, for the world's
+    translation of ``source`` teacher-forced as ``target`` (the model's own when it equals the world's).
+
+    ``cross``: per decoder layer (H, Td, S), the query at step i writing target token i. Returns
+    {"words": aligned target words, "layers": hits per layer (heads averaged), "best": (layer, head, hits),
+    "pairs": [(target word, source word)]}; None when the world has no translation of ``source``."""
+    from archplay.models.training.metrics import head_hits
+
+    found = _alignment(tok, source, target, cross[0].shape[1], cross[0].shape[2])
+    if found is None:
         return None
+    queries, targets, pairs = found
     per_head = head_hits([c.float() for c in cross], queries, targets)  # (L, H)
     per_layer = head_hits([c.float().mean(0, keepdim=True) for c in cross], queries, targets)[:, 0]  # (L,)
     layer, head = divmod(int(per_head.argmax()), per_head.shape[1])
@@ -198,4 +216,4 @@ def alignment_hits(tok, source: str, target: str, cross: list[Tensor]) -> dict |
             "pairs": pairs}  # fmt: skip
 
 
-__all__ = ["END", "Beside", "alignment_hits", "antecedents", "beside", "blank", "translation", "world_words"]
+__all__ = ["END", "Beside", "alignment_cells", "alignment_hits", "antecedents", "beside", "blank", "translation", "world_words"]
