@@ -13,7 +13,7 @@ from archplay.models.architectures.encoder import Encoder, EncoderConfig
 from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from archplay.models.architectures.moe import MoEConfig, MoEDecoder
 from archplay.models.architectures.ssm import Mamba, MambaConfig
-from archplay.models.checkpoints import bert, gpt2, gpt_neox, llama, mamba, t5
+from archplay.models.checkpoints import bart, bert, gemma, gpt2, gpt_neox, llama, mamba, t5
 from archplay.models.registry import Family, register
 
 ATTENTION_TRACE = ("hidden_states", "attentions")
@@ -23,7 +23,8 @@ DECODER = Family(
     card_rows=card.decoder_rows, parameter_rules=card.DECODER_RULES, trace_fields=ATTENTION_TRACE,
     views=("attention",),
     checkpoints={"gpt2": gpt2.CONVERTER, "llama": llama.LLAMA, "mistral": llama.MISTRAL, "qwen2": llama.QWEN2,
-                 "qwen3": llama.QWEN3, "phi3": llama.PHI3, "gpt_neox": gpt_neox.CONVERTER},
+                 "qwen3": llama.QWEN3, "phi3": llama.PHI3, "gpt_neox": gpt_neox.CONVERTER,
+                 "gemma2": gemma.GEMMA2, "gemma3_text": gemma.GEMMA3_TEXT},
 )  # fmt: skip
 ENCODER = Family(
     name="encoder", title="encoder-only transformer (BERT-style)", config=EncoderConfig, model=Encoder,
@@ -33,11 +34,12 @@ ENCODER = Family(
                  "distilbert": bert.DISTILBERT},
 )  # fmt: skip
 ENCODER_DECODER = Family(
-    name="encoder-decoder", title="encoder-decoder transformer (T5-style)", config=EncoderDecoderConfig,
+    name="encoder-decoder", title="encoder-decoder transformer (T5, BART)", config=EncoderDecoderConfig,
     model=EncoderDecoder, objective="translation", card_rows=card.encoder_decoder_rows,
     parameter_rules=card.ENCODER_DECODER_RULES,
     trace_fields=(*ATTENTION_TRACE, "decoder_hidden_states", "decoder_attentions", "cross_attentions"),
-    views=("attention", "translation"), checkpoints={"t5": t5.CONVERTER},
+    views=("attention", "translation"), checkpoints={"t5": t5.CONVERTER, "bart": bart.CONVERTER,
+                                                 "mbart": bart.MBART},
 )  # fmt: skip
 MOE = Family(
     name="moe", title="decoder-only mixture of experts (Mixtral-style)", config=MoEConfig, model=MoEDecoder,
@@ -47,9 +49,10 @@ MOE = Family(
                  "olmoe": llama.OLMOE},
 )  # fmt: skip
 SSM = Family(
-    name="ssm", title="selective state-space model (Mamba)", config=MambaConfig, model=Mamba, objective="causal",
+    name="ssm", title="selective state-space model (Mamba, Mamba-2)", config=MambaConfig, model=Mamba,
+    objective="causal",
     card_rows=card.ssm_rows, parameter_rules=card.SSM_RULES, trace_fields=("hidden_states", "ssm_attention", "ssm_delta"),
-    views=("scan",), checkpoints={"mamba": mamba.CONVERTER},
+    views=("scan",), checkpoints={"mamba": mamba.CONVERTER, "mamba2": mamba.MAMBA2},
 )  # fmt: skip
 
 for _family in (DECODER, ENCODER, ENCODER_DECODER, MOE, SSM):

@@ -95,6 +95,19 @@ def hf_config(kind: str, **overrides):
         cfg = T.OlmoeConfig(hidden_size=32, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
                             num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
                             max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "gemma2":  # soft-capping, sandwich norms, local/global layers, query_pre_attn_scalar
+        cfg = T.Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                             attn_logit_softcapping=4.0, final_logit_softcapping=3.0, max_position_embeddings=256,
+                             **common)  # fmt: skip
+    elif kind == "gemma3_text":  # + q/k norms, a local RoPE base, linear scaling on the global layers
+        cfg = T.Gemma3TextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24, sliding_window=4,
+                                 layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                 rope_parameters={"full_attention": {"rope_type": "linear", "factor": 4.0,
+                                                                     "rope_theta": 1_000_000.0},
+                                                  "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                                 final_logit_softcapping=3.0, max_position_embeddings=256, **common)  # fmt: skip
     elif kind in ("roberta", "xlm-roberta"):  # positions after padding_idx 1
         cls = T.RobertaConfig if kind == "roberta" else T.XLMRobertaConfig
         cfg = cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -102,6 +115,12 @@ def hf_config(kind: str, **overrides):
     elif kind == "distilbert":
         cfg = T.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=128,
                                  vocab_size=99, pad_token_id=0)  # fmt: skip
+    elif kind in ("bart", "mbart"):  # learned positions from row 2, post-norm (mBART: pre-norm); starts from </s>
+        cls = T.BartConfig if kind == "bart" else T.MBartConfig
+        cfg = cls(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
+                  pad_token_id=0, bos_token_id=2, eos_token_id=3, decoder_start_token_id=3,
+                  forced_eos_token_id=None)  # fmt: skip
     else:
         raise ValueError(kind)
     for k, v in overrides.items():
@@ -117,9 +136,12 @@ def make_hf_model(kind: str, folder: Path, *, head: bool = True, seed: int = 0, 
     cfg._attn_implementation = "eager"
     if kind == "bert":
         cls = T.BertForMaskedLM if head else T.BertModel
+    elif kind in ("bart", "mbart"):
+        cls = T.AutoModelForSeq2SeqLM
     else:
         cls = T.AutoModelForCausalLM
-    model = cls.from_config(cfg, attn_implementation="eager") if cls is T.AutoModelForCausalLM else cls(cfg)
+    auto = cls in (T.AutoModelForCausalLM, T.AutoModelForSeq2SeqLM)
+    model = cls.from_config(cfg, attn_implementation="eager") if auto else cls(cfg)
     randomize(model, seed)
     model.eval()
     model.save_pretrained(folder)

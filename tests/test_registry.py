@@ -33,9 +33,10 @@ BUILTIN_FAMILIES = {"gpt": "decoder", "bert": "encoder", "t5": "encoder-decoder"
 
 def test_the_builtin_families_and_what_they_say():
     assert registry.names() == ("decoder", "encoder", "encoder-decoder", "moe", "ssm")
-    assert registry.model_types() == ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "bert",
-                                      "roberta", "xlm-roberta", "distilbert", "t5", "mixtral", "qwen2_moe",
-                                      "qwen3_moe", "olmoe", "mamba")  # fmt: skip
+    assert registry.model_types() == ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "gemma2",
+                                      "gemma3_text", "bert", "roberta", "xlm-roberta", "distilbert", "t5", "bart",
+                                      "mbart", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "mamba",
+                                      "mamba2")  # fmt: skip
     assert [f.name for f in registry.families() if f.lens] == ["decoder", "moe", "ssm"]
     assert [f.name for f in registry.families() if not f.generates] == ["encoder"]
     assert [f.name for f in registry.families() if not f.has_heads] == ["ssm"]
@@ -161,7 +162,7 @@ def test_a_registered_model_type_loads_from_a_folder(toy, tmp_path):
 
 def test_an_unknown_model_type_names_every_registered_one(toy, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))
-    with pytest.raises(LoadError, match="'falcon' is not supported; supported: gpt2, .*, mamba, toy_lm"):
+    with pytest.raises(LoadError, match="'falcon' is not supported; supported: gpt2, .*, mamba, mamba2, toy_lm"):
         load(str(tmp_path))
 
 

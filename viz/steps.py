@@ -19,7 +19,8 @@ Reading the figures back (every trace named; rows y = 0..S-1 are key positions, 
 
 * step figure: "query" z (1, d_head) = q; "query before rotation" (only with rotary positions)
   = q_before; "keys" z (S, d_head) = k; "values" = v; "out" z (1, d_head) = out. The columns
-  (x = 0..4 on their own axis) hold z (S, 1): "scores" = q·kⱼ, "scaled" = scores × scale,
+  (x = 0..4 on their own axis) hold z (S, 1): "scores" = q·kⱼ, "scaled" = scores × scale (with
+  ``steps.softcap``, Gemma 2's soft-capping: cap·tanh(scores × scale / cap)),
   "bias", "logits" = scaled + bias (NaN where masked), "masked" = 1 where masked (NaN elsewhere),
   "weights" = the softmax weights. A column's ``text`` is what its cells show; its
   ``customdata`` (S, 1) the row's whole calculation, for the hover.
@@ -48,6 +49,7 @@ TEXT_ROW_PX = 13  # rows at least this tall carry their numbers in the columns
 LABEL_PX = 11  # a token label needs about this much height
 STRIP_PX = 22  # one vector strip (q, q before the rotation, out)
 HEAD_PX = 44  # the column headers' band above the rows
+CAP_PX = 14  # one more header line: the soft-cap under the scale (Gemma 2)
 GAP_PX = 12
 MARGIN = dict(l=80, r=20, t=84, b=64)
 KEYS_X, COLUMNS_X, VALUES_X = (0.0, 0.31), (0.36, 0.655), (0.70, 1.0)  # horizontal domains
@@ -67,7 +69,7 @@ def attention_step_figure(steps, key_labels: Sequence[str], query_label: str, *,
         raise ValueError(f"{len(key_labels)} key labels for {S} keys")
     row_px = int(np.clip(ROW_PX_MAX * S, *ROWS_PX)) / S
     strips = [("query", f["q"])] + ([("query before rotation", f["q_before"])] if f["q_before"] is not None else [])
-    geo = _geometry(S, row_px, len(strips))
+    geo = _geometry(S, row_px, len(strips), head_px=HEAD_PX + (CAP_PX if f["softcap"] is not None else 0))
     data = [*_query_strips(strips, Dh), _matrix("keys", f["k"], "k", "x", "y")]
     data += _columns(f, key_labels, row_px)
     data += [_matrix("values", f["v"], "v", "x3", "y"), _strip("out", f["out"], 0, "out", "x3", "y3")]
@@ -116,8 +118,8 @@ def _residual_note(f: dict) -> str:
         return ("colour: blue < 0 < red, the attention rows on one scale; cross-attention adds into the decoder's "
                 "stream after its self-attention (that sum is not shown)")  # fmt: skip
     if f["residual_out"] is None:
-        return ("colour: blue < 0 < red; a post-norm block normalises residual in + attention output "
-                "(that sum is not shown)")  # fmt: skip
+        return ("colour: blue < 0 < red; a post-norm block normalises residual in + attention output, a "
+                "sandwich-norm one the attention output before the add (that sum is not shown)")  # fmt: skip
     return "colour: blue < 0 < red; the stream's rows share one scale, the two attention rows another"
 
 
@@ -132,7 +134,10 @@ def _fields(steps) -> dict:
          for n in names}  # fmt: skip
     f["mask"] = style.to_numpy(steps.mask).astype(bool)  # (S,)
     f["scale"] = float(steps.scale)
-    f["scaled"] = f["scores"] * f["scale"]  # (S,)
+    cap = getattr(steps, "softcap", None)
+    f["softcap"] = None if cap is None else float(cap)
+    f["product"] = f["scores"] * f["scale"]  # (S,)
+    f["scaled"] = f["product"] if cap is None else f["softcap"] * np.tanh(f["product"] / f["softcap"])  # (S,)
     f["logits"] = np.where(f["mask"], f["scaled"] + f["bias"], np.nan)  # (S,) NaN = −∞ (masked)
     return f
 
@@ -214,7 +219,9 @@ def _chains(f: dict, key_labels) -> np.ndarray:
     out = np.empty((len(key_labels), 1), dtype=object)
     for j, label in enumerate(key_labels):
         head = f"key {j} ‘{style.safe_label(label)}’"
-        steps = (f"q·kⱼ = {f['scores'][j]:.5g}<br>× {f['scale']:.5g} = {f['scaled'][j]:.5g}"
+        cap = f["softcap"]
+        capped = "" if cap is None else f"<br>{cap:g}·tanh(·/{cap:g}) = {f['scaled'][j]:.5g}"
+        steps = (f"q·kⱼ = {f['scores'][j]:.5g}<br>× {f['scale']:.5g} = {f['product'][j]:.5g}{capped}"
                  f"<br>+ bias {f['bias'][j]:.5g} = {f['scaled'][j] + f['bias'][j]:.5g}")  # fmt: skip
         end = f"<br>logit {f['logits'][j]:.5g}" if f["mask"][j] else "<br>masked: logit −∞"
         out[j, 0] = f"{head}<br>{steps}{end}<br>softmax → weight {f['weights'][j]:.5g}"
@@ -224,12 +231,12 @@ def _chains(f: dict, key_labels) -> np.ndarray:
 # --------------------------------------------------------------------------- the layout
 
 
-def _geometry(S: int, row_px: float, n_strips: int) -> dict:
+def _geometry(S: int, row_px: float, n_strips: int, head_px: float = HEAD_PX) -> dict:
     """The vertical layout in pixels of the plot area, as domains: rows, q strips above, out below."""
     rows_px = row_px * S
     bottom = STRIP_PX + GAP_PX  # the out strip, then a gap
     q_px = n_strips * STRIP_PX
-    plot = bottom + rows_px + HEAD_PX + q_px
+    plot = bottom + rows_px + head_px + q_px
     rows = (bottom / plot, (bottom + rows_px) / plot)
     q = ((plot - q_px) / plot, 1.0)
     return dict(rows=rows, q=q, out=(0.0, STRIP_PX / plot), height=int(plot + MARGIN["t"] + MARGIN["b"]))
@@ -255,7 +262,7 @@ def _step_layout(title: str, f, steps, key_labels, row_px, geo, strips, position
     layout = dict(
         xaxis=dict(axis, domain=KEYS_X, anchor="y", title=_axis_title(Dh)),
         xaxis2=dict(axis, domain=COLUMNS_X, anchor="y", side="top", range=[-0.5, 4.5], tickmode="array",
-                    tickvals=list(range(5)), ticktext=_headers(f["scale"], Dh, position, f["bias"]),
+                    tickvals=list(range(5)), ticktext=_headers(f["scale"], Dh, position, f["bias"], f["softcap"]),
                     tickfont=dict(size=11), fixedrange=True),
         xaxis3=dict(axis, domain=VALUES_X, anchor="y3", title=_axis_title(Dh)),
         yaxis=dict(axis, domain=geo["rows"], anchor="x", autorange="reversed", tickmode="array", tickvals=ticks,
@@ -287,9 +294,11 @@ def _header(xaxis: str, text: str) -> dict:
                 showarrow=False, font=dict(size=12))  # fmt: skip
 
 
-def _headers(scale: float, Dh: int, position: str | None, bias: np.ndarray) -> list[str]:
-    """The five columns' two-line headers: the step, then its detail."""
+def _headers(scale: float, Dh: int, position: str | None, bias: np.ndarray, softcap: float | None = None) -> list[str]:
+    """The five columns' two-line headers: the step, then its detail (a soft-cap: a third line)."""
     scaled = f"<b>× {scale:.3g}</b><br>{_scale_name(scale, Dh)}"
+    if softcap is not None:
+        scaled += f"<br>→ cap {softcap:g}"
     named = BIAS_NAMES.get(position or "", "position") if np.any(bias != 0) else "none"
     return ["<b>q·kⱼ</b><br>score", scaled, f"<b>+ bias</b><br>{named}", "<b>mask</b><br>→ logit",
             "<b>softmax</b><br>weight"]  # fmt: skip
@@ -309,6 +318,8 @@ def _step_title(steps, query_label: str, f: dict, position: str | None, title: s
     scale = f["scale"]
     named = _scale_name(scale, f["k"].shape[1])
     scaled = f"× 1/√d_head = {scale:.3g}" if named == "1/√d_head" else f"× {scale:.3g}"
+    if f["softcap"] is not None:
+        scaled += f" → soft-cap {f['softcap']:g}·tanh(·/{f['softcap']:g})"
     bias = f"+ {BIAS_NAMES.get(position or '', 'position')} bias" if np.any(f["bias"] != 0) else "+ 0 (no bias)"
     rotated = "rotate q, k (RoPE) → " if f["q_before"] is not None else ""
     flow = f"{rotated}scores = q·kⱼ → {scaled} → {bias} → mask → softmax → weights → out = Σ wⱼvⱼ"

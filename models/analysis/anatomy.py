@@ -94,37 +94,21 @@ def anatomy(model: nn.Module, ids: Tensor, **model_kwargs) -> list[Stack]:
         mixer = Part("selective scan (Mamba mixer)", "scan", (1, T, D), (1, T, D),
                      f"in_proj {D} → 2 × {cfg.d_inner}, conv {cfg.d_conv}, state {cfg.d_inner} × {cfg.d_state}, gate, "
                      f"out_proj → {D}", view="scan")  # fmt: skip
+        if getattr(cfg, "version", 1) == 2:
+            H, P, G, N = cfg.n_heads, cfg.head_dim, cfg.n_groups, cfg.d_state
+            mixer = Part("state-space duality (Mamba-2 mixer)", "scan", (1, T, D), (1, T, D),
+                         f"in_proj {D} → z {cfg.d_inner} + x·B·C {cfg.conv_dim} + Δ {H}, conv {cfg.d_conv} over x·B·C, "
+                         f"{H} heads × {P} (scalar A each, state {P} × {N}), {G} B/C group{'s' if G > 1 else ''}, "
+                         f"SSD chunks of {cfg.chunk_size}, gated RMSNorm, out_proj → {D}", view="scan")  # fmt: skip
         _sublayer(block, False, _norm(cfg), mixer)
         stack = Stack("scan stack", cfg.n_layer, embed, block)
         stack.out = [Part(_norm(cfg), "norm", (1, T, D), (1, T, D), "final"), Part("LM head", "head", (1, T, D), (1, T, V))]
         stack.contribution, stack.stream = _residual(trace.hidden_states)
         return [stack]
     post = bool(getattr(cfg, "post_norm", False))
-    norm = _norm(cfg) if cfg.family != "encoder-decoder" else "RMSNorm"
+    norm = _norm(cfg)
     if cfg.family == "encoder-decoder":
-        Td = model_kwargs["decoder_input_ids"].shape[1]
-        enc_block: list[Part] = []
-        _sublayer(enc_block, False, norm, _attention(cfg, T, T))
-        _sublayer(enc_block, False, norm, _ffn(cfg, T))
-        enc = Stack("encoder (reads the input both ways)", cfg.n_layer, embed, enc_block,
-                    [Part(norm, "norm", (1, T, D), (1, T, D), "final")])  # fmt: skip
-        enc.contribution, enc.stream = _residual(trace.hidden_states)
-        dec_block: list[Part] = []
-        _sublayer(dec_block, False, norm, _attention(cfg, Td, Td, name="causal self-attention"))
-        _sublayer(dec_block, False, norm, _attention(cfg, Td, T, name="cross-attention (keys, values: the encoder)",
-                                                     kind="cross-attention"))  # fmt: skip
-        _sublayer(dec_block, False, norm, _ffn(cfg, Td))
-        dec = Stack("decoder (writes the output)", cfg.n_decoder_layer,
-                    [Part("token embedding (shared)", "embed", (1, Td), (1, Td, D))], dec_block,
-                    [Part(norm, "norm", (1, Td, D), (1, Td, D), "final"), Part("LM head", "head", (1, Td, D), (1, Td, V))])  # fmt: skip
-        dec.contribution, dec.stream = _residual(trace.decoder_hidden_states)
-        enc.embed.append(Part("relative position bias (bidirectional buckets)", "positions", (T, T),
-                              (cfg.n_head, T, T), "its own table, added to every encoder layer's scores",
-                              view="positions"))  # fmt: skip
-        dec.embed.append(Part("relative position bias (causal buckets)", "positions", (Td, Td),
-                              (cfg.n_head, Td, Td), "its own table, added to every decoder self-attention's scores",
-                              view="positions"))  # fmt: skip
-        return [enc, dec]
+        return _encoder_decoder(cfg, trace, T, model_kwargs["decoder_input_ids"].shape[1], norm, post, embed)
     positions = getattr(cfg, "positions", "none")
     if positions in ("learned", "sinusoidal"):
         embed.append(Part(f"+ {positions} position embedding", "positions", (1, T), (1, T, D), view="positions"))
@@ -144,6 +128,48 @@ def anatomy(model: nn.Module, ids: Tensor, **model_kwargs) -> list[Stack]:
         Part(head, "head", (1, T, D), (1, T, V))]
     stack.contribution, stack.stream = _residual(trace.hidden_states)
     return [stack]
+
+
+def _encoder_decoder(cfg, trace, T: int, Td: int, norm: str, post: bool, embed: list[Part]) -> list[Stack]:
+    """T5 (pre-norm RMSNorm, a relative position bias per stack) or BART (learned positions added to the
+    scaled embeddings and normalised, post-norm LayerNorm blocks, no final norm)."""
+    D, V = cfg.d_model, cfg.vocab_size
+    enc_block: list[Part] = []
+    _sublayer(enc_block, post, norm, _attention(cfg, T, T))
+    _sublayer(enc_block, post, norm, _ffn(cfg, T))
+    final = [] if post else [Part(norm, "norm", (1, T, D), (1, T, D), "final")]
+    enc = Stack("encoder (reads the input both ways)", cfg.n_layer, embed, enc_block, final)
+    enc.contribution, enc.stream = _residual(trace.hidden_states)
+    dec_block: list[Part] = []
+    _sublayer(dec_block, post, norm, _attention(cfg, Td, Td, name="causal self-attention"))
+    _sublayer(dec_block, post, norm, _attention(cfg, Td, T, name="cross-attention (keys, values: the encoder)",
+                                                kind="cross-attention"))  # fmt: skip
+    _sublayer(dec_block, post, norm, _ffn(cfg, Td))
+    shared = "token embedding (shared)" if cfg.share_embeddings else "token embedding (the decoder's own)"
+    dec = Stack("decoder (writes the output)", cfg.n_decoder_layer, [Part(shared, "embed", (1, Td), (1, Td, D))],
+                dec_block, ([] if post else [Part(norm, "norm", (1, Td, D), (1, Td, D), "final")])
+                + [Part("LM head", "head", (1, Td, D), (1, Td, V))])  # fmt: skip
+    dec.contribution, dec.stream = _residual(trace.decoder_hidden_states)
+    if cfg.scale_embedding:
+        for stack in (enc, dec):
+            stack.embed[0].detail = (stack.embed[0].detail + ", " if stack.embed[0].detail else "") + "× √d_model"
+    if cfg.positions == "learned":
+        for stack, n in ((enc, T), (dec, Td)):
+            offset = f", position p reads row p + {cfg.position_offset}" if cfg.position_offset else ""
+            detail = f"its own table of {cfg.max_seq_len:,} positions{offset}"
+            stack.embed.append(Part("+ learned position embedding", "positions", (1, n), (1, n, D), detail,
+                                    view="positions"))  # fmt: skip
+    else:
+        enc.embed.append(Part("relative position bias (bidirectional buckets)", "positions", (T, T),
+                              (cfg.n_head, T, T), "its own table, added to every encoder layer's scores",
+                              view="positions"))  # fmt: skip
+        dec.embed.append(Part("relative position bias (causal buckets)", "positions", (Td, Td),
+                              (cfg.n_head, Td, Td), "its own table, added to every decoder self-attention's scores",
+                              view="positions"))  # fmt: skip
+    if cfg.embedding_norm:
+        for stack, n in ((enc, T), (dec, Td)):
+            stack.embed.append(Part(f"{norm} of the embeddings", "norm", (1, n, D), (1, n, D)))
+    return [enc, dec]
 
 
 __all__ = ["Part", "Stack", "anatomy"]

@@ -24,7 +24,7 @@ ACTIVATION_NAMES = {
     "gelu": "GELU", "gelu_new": "tanh-approximated GELU", "gelu_pytorch_tanh": "tanh-approximated GELU",
     "gelu_fast": "tanh-approximated GELU", "relu": "ReLU", "silu": "SiLU", "swish": "SiLU",
 }  # fmt: skip
-NORM_NAMES = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
+NORM_NAMES = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "gemma_rmsnorm": "Gemma's RMSNorm, x̂·(1 + w) in float32"}
 
 LM_HEAD = "LM head"
 TIED_LM_HEAD = "LM head (tied to token embeddings: 0 extra)"
@@ -77,15 +77,50 @@ def _decoder_stack_rows(cfg, feed_forward: list[tuple[str, str]]) -> list[tuple[
 def _block_rows(cfg) -> list[tuple[str, str]]:
     """Rows for what only some checkpoints' blocks do (none for the others)."""
     rows = []
+    gemma = getattr(cfg, "norm", None) == "gemma_rmsnorm"
     if getattr(cfg, "qk_norm", None) == "head":
-        rows.append(("q/k norm", f"RMSNorm over each head's q and k ({cfg.head_dim} channels, a scale per channel "
-                                 "shared by the heads), before RoPE (Qwen3)"))  # fmt: skip
+        kind, where = ("Gemma's RMSNorm, x̂·(1 + w),", "Gemma 3") if gemma else ("RMSNorm", "Qwen3")
+        rows.append(("q/k norm", f"{kind} over each head's q and k ({cfg.head_dim} channels, a scale per channel "
+                                 f"shared by the heads), before RoPE ({where})"))  # fmt: skip
     elif getattr(cfg, "qk_norm", None) == "all":
         rows.append(("q/k norm", f"RMSNorm over the whole q and k projections ({cfg.n_head * cfg.head_dim} and "
                                  f"{cfg.n_kv_head * cfg.head_dim} channels), before RoPE (OLMoE)"))  # fmt: skip
     if getattr(cfg, "parallel_residual", False):
         rows.append(("residual", "parallel: x + Attn(Norm₁(x)) + MLP(Norm₂(x)), the MLP reads the block's input, "
                                  "not the attention's output (GPT-NeoX)"))  # fmt: skip
+    return rows + _gemma_rows(cfg)
+
+
+def _gemma_rows(cfg) -> list[tuple[str, str]]:
+    """Gemma's parts, each only when on: sandwich norms, the embedding scale, the attention scale, soft-capping,
+    and the local/global layer pattern."""
+    rows = []
+    if getattr(cfg, "sandwich_norm", False):
+        rows.append(("sandwich norms", "a norm after the attention and after the feed-forward as well as before: "
+                                       "x + Norm(Attn(Norm(x))), x + Norm(MLP(Norm(x))) (Gemma 2, 3)"))  # fmt: skip
+    if getattr(cfg, "embed_scale", False):
+        rows.append(("embedding scale", f"token embeddings × √d_model = {cfg.d_model**0.5:.5g}, rounded to the "
+                                        "weights' dtype (Gemma)"))  # fmt: skip
+    if getattr(cfg, "attn_scale", None) is not None:
+        rows.append(("attention scale", f"q·k × {cfg.attn_scale:.4g} = {cfg.attn_scale**-2:.4g}^-½ "
+                                        f"(query_pre_attn_scalar), not 1/√d_head = {cfg.head_dim**-0.5:.4g}"))  # fmt: skip
+    caps = []
+    if getattr(cfg, "attn_softcap", None) is not None:
+        c = cfg.attn_softcap
+        caps.append(f"attention scores {c:g}·tanh(s/{c:g}) after the scale, before the softmax")
+    if getattr(cfg, "final_softcap", None) is not None:
+        c = cfg.final_softcap
+        caps.append(f"final logits {c:g}·tanh(z/{c:g})")
+    if caps:
+        rows.append(("soft-capping", "; ".join(caps)))
+    kinds = cfg.layer_types
+    if "full" in kinds and len(set(kinds)) > 1:
+        letters = ["G" if k == "full" else "L" for k in kinds]
+        period = next(p for p in range(1, len(letters) + 1) if all(c == letters[i % p] for i, c in enumerate(letters)))
+        order = " ".join(letters[:period]) + (", repeated" if period < len(letters) else "")
+        n_local = sum(k != "full" for k in kinds)
+        rows.append(("local/global layers", f"{n_local} local : {len(kinds) - n_local} global, in order {order} "
+                                            f"(L: a window of {cfg.sliding_window}, G: every earlier token)"))  # fmt: skip
     return rows
 
 
@@ -133,29 +168,61 @@ def _encoder_position_notes(cfg) -> str:
 
 
 def encoder_decoder_rows(cfg) -> list[tuple[str, str]]:
-    tied = "yes: encoder, decoder and LM head share one matrix" if cfg.tie_embeddings else (
-        "encoder and decoder share the embedding; the LM head has its own matrix")
+    """T5's rows; BART's options (learned positions, post-norm LayerNorm, biases, scaled q·k ...) change them."""
+    if cfg.tie_embeddings:
+        tied = "yes: encoder, decoder and LM head share one matrix"
+    elif cfg.share_embeddings:
+        tied = "encoder and decoder share the embedding; the LM head has its own matrix"
+    else:
+        tied = "no: encoder, decoder and LM head each have their own matrix"
     if cfg.scale_decoder_outputs:
         tied += " (decoder output × d_model^-0.5 before the head)"
-    return [
+    learned = cfg.positions == "learned"
+    rows = [
         ("layers", f"{cfg.n_layer} encoder + {cfg.n_decoder_layer} decoder"),
         ("width (d_model)", str(cfg.d_model)),
         *_attention_rows(cfg.n_head, cfg.n_kv_head, cfg.head_dim),
-        ("attention", "encoder: bidirectional; decoder: causal self-attention + cross-attention to the "
-                      "encoder; no 1/√d scaling of q·k"),
+        ("attention", "encoder: bidirectional; decoder: causal self-attention + cross-attention to the encoder; "
+                      + (f"q·k scaled by 1/√d_head (1/√{cfg.d_kv})" if cfg.scale_attention
+                         else "no 1/√d scaling of q·k")),
         ("feed-forward", _ffn(cfg.d_ff, cfg.ffn_activation, cfg.gated)),
-        ("positions", f"relative position buckets: a learned bias per head for "
-                      f"{cfg.relative_attention_num_buckets} buckets of distance (log-spaced up to "
-                      f"{cfg.relative_attention_max_distance}), one table per stack"),
-        ("norm", f"RMSNorm, pre-norm (+ a final norm per stack), ε = {cfg.norm_eps:g}"),
-        ("biases", "none"),
+        ("positions", _encoder_decoder_positions(cfg)),
+    ]  # fmt: skip
+    if cfg.scale_embedding or cfg.embedding_norm:
+        steps = (["× √d_model (scaled embedding)"] if cfg.scale_embedding else []) + (
+            [f"+ positions, then {_norm(cfg.norm)} of the embeddings, in both stacks"] if cfg.embedding_norm else [])
+        rows.append(("embeddings", "token embeddings " + ", ".join(steps)))
+    if cfg.post_norm:
+        norm = f"{_norm(cfg.norm)}, post-norm (after each residual add; no final norm), ε = {cfg.norm_eps:g}"
+    else:
+        norm = f"{_norm(cfg.norm)}, pre-norm (+ a final norm per stack), ε = {cfg.norm_eps:g}"
+    rows += [
+        ("norm", norm),
+        ("biases", "on every projection (q/k/v, attention output, feed-forward)" if cfg.bias else "none"),
         ("vocabulary", f"{cfg.vocab_size:,}"),
-        ("context length", f"{cfg.max_seq_len:,} tokens offered (relative positions set no hard limit)"),
+        ("context length", f"{cfg.max_seq_len:,} tokens per stack (the learned position tables)" if learned
+                           else f"{cfg.max_seq_len:,} tokens offered (relative positions set no hard limit)"),
         ("tied embeddings", tied),
     ]  # fmt: skip
+    if cfg.final_logits_bias:
+        rows.append(("output bias", "a stored bias per vocabulary entry added to the logits (final_logits_bias)"))
+    rows.append(("decoding starts at", f"token {cfg.decoder_start_token_id}"))
+    return rows
+
+
+def _encoder_decoder_positions(cfg) -> str:
+    if cfg.positions == "learned":
+        offset = (f", position p reading row p + {cfg.position_offset} (an offset of {cfg.position_offset}, "
+                  "from fairseq)") if cfg.position_offset else ""  # fmt: skip
+        return (f"learned absolute tables, one per stack, added to the token embeddings: "
+                f"{cfg.max_seq_len:,} positions{offset}")  # fmt: skip
+    return (f"relative position buckets: a learned bias per head for {cfg.relative_attention_num_buckets} buckets of "
+            f"distance (log-spaced up to {cfg.relative_attention_max_distance}), one table per stack")  # fmt: skip
 
 
 def ssm_rows(cfg) -> list[tuple[str, str]]:
+    if getattr(cfg, "version", 1) == 2:
+        return _mamba2_rows(cfg)
     return [
         ("layers", str(cfg.n_layer)),
         ("width (d_model)", str(cfg.d_model)),
@@ -168,6 +235,36 @@ def ssm_rows(cfg) -> list[tuple[str, str]]:
         ("positions", "none: order enters through the causal conv and the recurrence"),
         ("norm", f"{_norm(cfg.norm)}, pre-norm (+ a final norm), ε = {cfg.norm_eps:g}"),
         ("biases", _ssm_biases(cfg)),
+        ("vocabulary", f"{cfg.vocab_size:,}"),
+        ("context length", f"no limit (a fixed-size recurrent state); the UI offers {cfg.max_seq_len:,} tokens"),
+        ("tied embeddings", _tied(cfg.tie_embeddings)),
+    ]  # fmt: skip
+
+
+def _mamba2_rows(cfg) -> list[tuple[str, str]]:
+    H, P, G, N = cfg.n_heads, cfg.head_dim, cfg.n_groups, cfg.d_state
+    hi = "∞" if cfg.dt_limit_max is None else f"{cfg.dt_limit_max:g}"
+    act = ACTIVATION_NAMES.get(cfg.activation, cfg.activation)
+    biases = ["dt_bias"] + (["conv1d"] if cfg.conv_bias else []) + (["in_proj, out_proj"] if cfg.bias else [])
+    return [
+        ("layers", str(cfg.n_layer)),
+        ("width (d_model)", str(cfg.d_model)),
+        ("mixer", "Mamba-2 (state-space duality) in place of attention: in_proj → z, x·B·C, Δ; causal depthwise "
+                  f"conv over x·B·C together → {act} → SSD scan + D·x → gated RMSNorm(y · SiLU(z)) → out_proj"),
+        ("d_inner (expand × d_model)", f"{cfg.d_inner} (expand {cfg.expand})"),
+        ("heads × head dim", f"{H} × {P}: one scalar A, one Δ per token and one D per head"),
+        ("groups (B, C)", f"{G}: every {H // G} head{'s' if H // G > 1 else ''} share one B and one C; the gated "
+                          f"norm normalises {G} group{'s' if G > 1 else ''} of {cfg.d_inner // G} channels"),
+        ("d_state (N)", f"{N} (state per head: {P} × {N})"),
+        ("d_conv (conv kernel)", f"{cfg.d_conv}, over {cfg.conv_dim} channels (x, B and C)"),
+        ("A", f"a scalar per head (A_log [{H}]): Ā = exp(Δ·A) decays a head's whole state by one factor"),
+        ("Δ (step size)", f"softplus(Δ_raw + dt_bias), clamped to [{cfg.dt_limit_min:g}, {hi}]"),
+        ("scan (SSD)", f"chunks of {cfg.chunk_size}: y = (L ∘ C·Bᵀ)·(Δ x) inside a chunk, states carried between "
+                       "chunks; hidden attention α (T × T) per head, shown as the mean |α| over heads (= over "
+                       "channels)"),
+        ("positions", "none: order enters through the causal conv and the recurrence"),
+        ("norm", f"{_norm(cfg.norm)}, pre-norm (+ a final norm), ε = {cfg.norm_eps:g}; gated RMSNorm in the mixer"),
+        ("biases", ", ".join(biases)),
         ("vocabulary", f"{cfg.vocab_size:,}"),
         ("context length", f"no limit (a fixed-size recurrent state); the UI offers {cfg.max_seq_len:,} tokens"),
         ("tied embeddings", _tied(cfg.tie_embeddings)),
@@ -224,7 +321,10 @@ def _positions(cfg, *, causal: bool) -> str:
     if getattr(cfg, "rotary_fraction", 1.0) < 1:
         text += f", on {cfg.rotary_fraction:.0%} of each head's channels"
     if getattr(cfg, "rope_scaling", None):
-        text += f", {cfg.rope_scaling.get('rope_type', 'default')} scaling"
+        factor = cfg.rope_scaling.get("factor")
+        text += f", {cfg.rope_scaling.get('rope_type', 'default')} scaling" + (f" × {factor:g}" if factor else "")
+    if getattr(cfg, "rope_local_theta", None) is not None:
+        text += f" on global layers; local layers θ = {cfg.rope_local_theta:g}, unscaled (Gemma 3)"
     return text
 
 
@@ -300,6 +400,8 @@ ENCODER_RULES = (
 )
 ENCODER_DECODER_RULES = (
     (r"shared\.", "token embeddings (shared)"),
+    (r"(encoder|decoder)\.embed_tokens\.", "token embeddings (one per stack)"),  # an untied BART
+    (r"(encoder|decoder)\.embed_positions\.", "position embeddings"),  # BART's learned tables
     (r"(encoder|decoder)\.relative_attention_bias\.", "relative position bias"),
     (r"encoder\.layers\.\d+\.attn\.", "encoder self-attention"),
     (r"encoder\.layers\.\d+\.mlp\.", "encoder feed-forward"),
@@ -315,6 +417,8 @@ SSM_RULES = (
     (r"layers\.\d+\.mixer\.conv1d\.", "mixer causal conv1d"),
     (r"layers\.\d+\.mixer\.(x_proj|dt_proj)\.", "mixer x_proj + dt_proj (Δ, B, C)"),
     (r"layers\.\d+\.mixer\.(A_log|D)$", "mixer A and D"),
+    (r"layers\.\d+\.mixer\.dt_bias$", "mixer dt_bias (Mamba-2's Δ)"),
+    (r"layers\.\d+\.mixer\.norm\.", "mixer gated RMSNorm (Mamba-2)"),
     (r"layers\.\d+\.mixer\.out_proj\.", "mixer out_proj"),
     _NORMS,
     (r"lm_head\.", LM_HEAD),

@@ -170,12 +170,13 @@ class FeedForward:
 
 @dataclass(frozen=True)
 class Mixer:
-    """Mamba's selective SSM."""
+    """Mamba's selective SSM (Mamba-2: dt_rank is its Δ's width, the number of heads)."""
 
     d_inner: int
     d_state: int
     d_conv: int
     dt_rank: int
+    conv_channels: int | None = None  # the conv's channels when not d_inner (Mamba-2: x, B and C together)
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,9 @@ def _encoder_decoder_shape(cfg) -> Shape:
 
 def _ssm_shape(cfg) -> Shape:
     """ssm: a selective SSM mixer per layer, no attention and no feed-forward."""
-    mixer = Mixer(cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank)
+    v2 = getattr(cfg, "version", 1) == 2
+    mixer = Mixer(cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.n_heads if v2 else cfg.dt_rank,
+                  cfg.conv_dim if v2 else None)  # fmt: skip
     return Shape(cfg.d_model, cfg.vocab_size, (Layer(mixer=mixer),) * cfg.n_layer)
 
 
@@ -455,7 +458,8 @@ def _kv_bytes(s: Shape, kv_bytes: float, *, tp: int = 1, context: int | None = N
 def _state_bytes(s: Shape, act_bytes: float) -> float:
     """Mamba's recurrent state of one sequence: per layer the conv's last d_conv inputs (at the activation
     dtype) and the SSM state h (d_inner × d_state, float32: archplay's scan computes it from A in float32)."""
-    return sum(m.d_inner * (m.d_conv * act_bytes + m.d_state * 4) for m in (layer.mixer for layer in s.layers) if m)
+    return sum((m.conv_channels or m.d_inner) * m.d_conv * act_bytes + m.d_inner * m.d_state * 4
+               for m in (layer.mixer for layer in s.layers) if m)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- activations

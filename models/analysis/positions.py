@@ -4,7 +4,8 @@
 ``n`` positions: a learned table (and how similar its rows are), the sinusoidal waves (Vaswani et
 al.), RoPE's rotation frequency per dimension pair (and its wavelength in tokens), ALiBi's slope
 per head, or T5's relative buckets as a bias per head (query × key); Mamba has none (order enters
-through its causal convolution and scan).
+through its causal convolution and scan). BART's learned tables (one per stack) start at row 2:
+``table`` holds rows 2 .. n + 1, the ones positions 0 .. n - 1 read.
 
 ``effect(model, ids, layer, head, query)`` runs the same model twice, with and without its
 position term (``layers.POSITIONS_OFF``: no embedding added, no rotation, no bias), and returns the
@@ -36,15 +37,15 @@ class Encoding:
     slopes: Tensor | None = None  # (H,) alibi: the penalty per token of distance, per head
     bias: Tensor | None = None  # (H, n, n) the score bias of the first n queries and keys (alibi, relative)
     note: str = ""  # one sentence on how positions enter
+    offset: int = 0  # learned: the table row position 0 reads (BART: 2); ``table`` starts there
+    decoder_table: Tensor | None = None  # (n, D) an encoder-decoder's second table, the decoder's (BART)
 
 
 def _kind(model: nn.Module) -> str:
     cfg = model.config
     if cfg.family == "ssm":
         return "none"
-    if cfg.family == "encoder-decoder":
-        return "relative"
-    return cfg.positions
+    return cfg.positions  # an encoder-decoder: "relative" (T5) or "learned" (BART)
 
 
 def _cosine(table: Tensor) -> Tensor:
@@ -75,7 +76,16 @@ def encoding(model: nn.Module, n: int = 32) -> Encoding:
     n = max(1, min(int(n), getattr(cfg, "max_seq_len", n) or n))
     out = Encoding(kind=kind, n=n, note=NOTES[kind])
     pos = torch.arange(n)
-    if kind == "learned":
+    if kind == "learned" and cfg.family == "encoder-decoder":  # BART: a table per stack, from row position_offset
+        out.offset = cfg.position_offset
+        rows = slice(out.offset, out.offset + n)
+        out.table = model.encoder.embed_positions.weight[rows].detach().float().cpu()
+        out.decoder_table = model.decoder.embed_positions.weight[rows].detach().float().cpu()
+        out.note += "; here one table per stack (encoder, decoder)"
+        if out.offset:
+            out.note += (f", position p reading row p + {out.offset} (BART: fairseq's offset; the first rows are "
+                         "never read)")  # fmt: skip
+    elif kind == "learned":
         out.table = model.embed_positions.weight[:n].detach().float().cpu()
     elif kind == "sinusoidal":
         out.table = sinusoidal_positions(n, cfg.d_model).float()

@@ -1,6 +1,6 @@
 """Attention, step by step: one head's computation for one query token, with the model's own numbers.
 
-    x ─► q = W_q x ─(rotary)─► q ─┐
+    x ─► q = W_q x ─(rotary)─► q ─┐                       (Gemma 2: ─► cap·tanh(·/cap))
                                   ├─► scores = q·k_j ─► × scale ─► + bias_j ─► mask ─► softmax ─► weights
     x_j ─► k = W_k x_j ─(rotary)─┘                                                                   │
     x_j ─► v = W_v x_j ───────────────────────────────────────────────────────────► out = Σ_j w_j v_j
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from archplay.models.architectures.layers import ATTENTION_TAPS, AttentionTap
+from archplay.models.architectures.layers import ATTENTION_TAPS, AttentionTap, soft_cap
 
 KINDS = ("self", "decoder", "cross")
 
@@ -38,7 +38,7 @@ class AttentionSteps:
     scale: float  # the factor on the scores (1/√Dh for most models; 1 for T5)
     bias: Tensor  # (S,) the position term added to the scaled scores (ALiBi, T5's relative buckets); zeros if none
     mask: Tensor  # (S,) bool, True = may attend
-    weights: Tensor  # (S,) softmax(scores·scale + bias, masked)
+    weights: Tensor  # (S,) softmax(scores·scale + bias, masked); with softcap: cap·tanh(scores·scale/cap) + bias
     out: Tensor  # (Dh,) weights @ v
     q_before: Tensor | None  # (Dh,) before the rotation (rotary positions); None otherwise
     k_before: Tensor | None  # (S, Dh)
@@ -48,13 +48,19 @@ class AttentionSteps:
     head_output: Tensor  # (D,) this head's share of the output projection: W_o[:, head] @ out
     attention_output: Tensor  # (D,) the whole attention output at the query (every head, W_o's bias)
     residual_in: Tensor | None  # (D,) the block's input at the query (the residual stream), self/decoder kinds
-    residual_out: Tensor | None  # (D,) residual_in + attention_output (pre-norm blocks; None for post-norm)
+    residual_out: Tensor | None  # (D,) residual_in + attention_output (pre-norm; None for post- or sandwich norms)
+    softcap: float | None = None  # Gemma 2: the scaled scores become cap·tanh(scores·scale/cap) before the bias
+
+    @property
+    def scaled(self) -> Tensor:
+        """(S,) the scores times the scale, soft-capped when the model caps them."""
+        z = self.scores * self.scale
+        return z if self.softcap is None else soft_cap(z, self.softcap)
 
     @property
     def logits(self) -> Tensor:
-        """(S,) what the softmax sees: scores·scale + bias, −inf where masked."""
-        z = self.scores * self.scale + self.bias
-        return z.masked_fill(~self.mask, float("-inf"))
+        """(S,) what the softmax sees: scores·scale (capped) + bias, −inf where masked."""
+        return (self.scaled + self.bias).masked_fill(~self.mask, float("-inf"))
 
 
 def attention_modules(model: nn.Module, kind: str = "self") -> list[nn.Module]:
@@ -121,7 +127,10 @@ def attention_steps(model: nn.Module, ids: Tensor, layer: int, head: int, query:
     mask = torch.ones(S, dtype=torch.bool) if tap.mask is None else tap.mask.expand(1, module.n_head, T, S)[0, head, query].cpu()
     bias = torch.zeros(S) if tap.bias is None else tap.bias.float().expand(1, module.n_head, T, S)[0, head, query].cpu()
     scores = (k @ q).cpu()  # (S,) unscaled
-    logits = (scores * module.scale + bias).masked_fill(~mask, float("-inf"))
+    scaled = scores * module.scale
+    if tap.softcap is not None:  # Gemma 2: cap·tanh(·/cap), as the forward pass did
+        scaled = soft_cap(scaled, tap.softcap)
+    logits = (scaled + bias).masked_fill(~mask, float("-inf"))
     weights = torch.nan_to_num(torch.softmax(logits, dim=-1), nan=0.0)  # a query that may see nothing: zeros
     o = weights.to(v.device) @ v  # (Dh,)
     Dh = module.head_dim
@@ -132,15 +141,15 @@ def attention_steps(model: nn.Module, ids: Tensor, layer: int, head: int, query:
     hidden = _hidden(out.trace, kind) if kind != "cross" else None
     if hidden is not None:
         residual_in = hidden[layer][0, query].float().cpu()
-        if not getattr(model.config, "post_norm", False):
-            residual_out = residual_in + attention_output
+        if not getattr(model.config, "post_norm", False) and not getattr(model.config, "sandwich_norm", False):
+            residual_out = residual_in + attention_output  # a sandwich norm normalises the output first
     return AttentionSteps(
         layer=layer, head=head, query=query, kind=kind, q=q.cpu(), k=k.cpu(), v=v.cpu(), scores=scores,
         scale=float(module.scale), bias=bias, mask=mask, weights=weights, out=o.cpu(),
         q_before=None if tap.q_before is None else tap.q_before[0, head, query].float().cpu(),
         k_before=None if tap.k_before is None else tap.k_before[0, kv_head].float().cpu(),
         kv_head=kv_head, group=group, x=tap.x[0, query].float().cpu(), head_output=head_output,
-        attention_output=attention_output, residual_in=residual_in, residual_out=residual_out,
+        attention_output=attention_output, residual_in=residual_in, residual_out=residual_out, softcap=tap.softcap,
     )  # fmt: skip
 
 

@@ -28,6 +28,13 @@ The Architecture Lab adds the choices of the papers these came from, as config f
 * ``layer_types``: per layer "full", "sliding", "strided" (Sparse Transformer) or "block"
   (block-local), each local pattern over ``sliding_window`` positions (``layers.attention_mask``).
 
+Gemma 2 and 3 bring their own parts, each a field that is off by default: ``norm`` "gemma_rmsnorm"
+(x̂·(1 + w) in float32), ``embed_scale`` (the token embeddings × √d_model), ``sandwich_norm`` (a norm
+after the attention and after the MLP as well as before: x + Norm'(Attn(Norm(x)))), ``attn_scale``
+(query_pre_attn_scalar^-½ in place of 1/√d_head), ``attn_softcap`` and ``final_softcap`` (scores and
+logits through cap·tanh(·/cap)), and ``rope_local_theta`` (local layers rotate with their own RoPE base,
+unscaled, while global layers keep ``rope_theta`` and ``rope_scaling``).
+
 Two more choices come from checkpoints: ``qk_norm`` (an RMSNorm on q and k before RoPE: "head",
 per head, Qwen3; "all", over the whole projection, OLMoE) and ``parallel_residual`` (GPT-NeoX / Pythia, GPT-J: attention and MLP both read
 the block's input, x + Attn(Norm₁(x)) + MLP(Norm₂(x)), instead of one after the other).
@@ -50,6 +57,7 @@ from archplay.models.architectures.layers import (
     KVCache,
     ModelOutput,
     RotaryEmbedding,
+    SoftCappedLinear,
     Trace,
     alibi_bias,
     alibi_slopes,
@@ -98,6 +106,12 @@ class DecoderConfig(ConfigDict):
     attn_scale_by_layer: bool = False  # GPT-2's scale_attn_by_inverse_layer_idx
     qk_norm: str | None = None  # RMSNorm on q and k before the rotation: "head" (Qwen3) | "all" (OLMoE); None = off
     parallel_residual: bool = False  # GPT-NeoX: x + Attn(Norm1(x)) + MLP(Norm2(x)), both from the same x
+    embed_scale: bool = False  # Gemma: token embeddings × √d_model (rounded to the weights' dtype)
+    sandwich_norm: bool = False  # Gemma 2/3: x + Norm'(Attn(Norm(x))), x + Norm'(MLP(Norm(x))): a norm after too
+    attn_scale: float | None = None  # the factor on q·k; None = 1/√head_dim (Gemma: query_pre_attn_scalar^-½)
+    attn_softcap: float | None = None  # Gemma 2: scaled scores -> cap·tanh(scores/cap) before the softmax
+    final_softcap: float | None = None  # Gemma 2/3: logits -> cap·tanh(logits/cap)
+    rope_local_theta: float | None = None  # Gemma 3: RoPE base of the local (non-"full") layers, unscaled
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     name: str = "decoder"
@@ -124,6 +138,20 @@ class DecoderConfig(ConfigDict):
             check_relative(self, bidirectional=False)
         self.require(not (self.parallel_residual and self.norm_position == "post"),
                      "parallel_residual needs norm_position 'pre' (both branches read the un-normalised x)")  # fmt: skip
+        self._check_gemma_parts()
+
+    def _check_gemma_parts(self) -> None:
+        for name in ("attn_scale", "attn_softcap", "final_softcap", "rope_local_theta"):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            positive = value is None or (number and value > 0)
+            self.require(positive, f"{name} must be None or a positive number, got {value!r}")
+        self.require(not self.sandwich_norm or (self.norm_position == "pre" and not self.parallel_residual),
+                     "sandwich_norm needs norm_position 'pre' and no parallel_residual")  # fmt: skip
+        self.require(not self.sandwich_norm or self.family == "decoder",
+                     "sandwich_norm is for the dense decoder (a mixture of experts does not support it)")  # fmt: skip
+        self.require(self.rope_local_theta is None or self.positions == "rotary",
+                     "rope_local_theta needs rotary positions")  # fmt: skip
 
     @property
     def post_norm(self) -> bool:
@@ -163,7 +191,7 @@ class DecoderBlock(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, layer_idx: int):
         super().__init__()
-        scale = cfg.head_dim**-0.5 / (layer_idx + 1 if cfg.attn_scale_by_layer else 1)
+        scale = (cfg.attn_scale or cfg.head_dim**-0.5) / (layer_idx + 1 if cfg.attn_scale_by_layer else 1)
         self.pattern = cfg.layer_types[layer_idx]  # which mask of the model's masks this layer uses
         self.post_norm = cfg.post_norm
         self.parallel = cfg.parallel_residual
@@ -171,9 +199,14 @@ class DecoderBlock(nn.Module):
         self.attn = Attention(
             cfg.d_model, cfg.n_head, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
             qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, scale=scale, qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps,
+            qk_norm_kind="gemma_rmsnorm" if cfg.norm == "gemma_rmsnorm" else "rmsnorm", softcap=cfg.attn_softcap,
         )  # fmt: skip
         self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.mlp = self.make_ffn(cfg)
+        self.post_attn_norm = self.post_mlp_norm = None  # sandwich norms (Gemma): only when on
+        if cfg.sandwich_norm:
+            self.post_attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+            self.post_mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
 
     def make_ffn(self, cfg: DecoderConfig) -> nn.Module:
         """The feed-forward half; the MoE family swaps in a sparse mixture of experts."""
@@ -183,6 +216,7 @@ class DecoderBlock(nn.Module):
         """The first half of the block: x + Attn(Norm(x)) (or post-norm) -> (x, probabilities or None)."""
         attn = partial(self.attn, mask=masks[self.pattern], bias=bias, rope=rope, cache=cache,
                        need_weights=need_weights)  # fmt: skip
+        attn = _then_norm(attn, self.post_attn_norm)
         return residual(x, self.attn_norm, attn, post=self.post_norm)  # (B, T, D), (B, H, T, S) or None
 
     def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
@@ -190,8 +224,22 @@ class DecoderBlock(nn.Module):
             attn_x, probs = self.attention(x, **kw)  # x + Attn(Norm1(x))
             return attn_x + self.mlp(self.mlp_norm(x)), LayerTrace(attention=probs)
         x, probs = self.attention(x, **kw)
-        (x,) = residual(x, self.mlp_norm, lambda h: (self.mlp(h),), post=self.post_norm)
+        mlp = _then_norm(lambda h: (self.mlp(h),), self.post_mlp_norm)
+        (x,) = residual(x, self.mlp_norm, mlp, post=self.post_norm)
         return x, LayerTrace(attention=probs)
+
+
+def _then_norm(f, norm: nn.Module | None):
+    """``f`` (returning (output, ...)) with its output through ``norm`` before the residual add: Gemma's
+    sandwich, x + Norm'(f(Norm(x))). ``f`` itself when there is no such norm."""
+    if norm is None:
+        return f
+
+    def normed(h: Tensor) -> tuple:
+        y, *rest = f(h)
+        return norm(y), *rest
+
+    return normed
 
 
 class Decoder(nn.Module):
@@ -210,10 +258,17 @@ class Decoder(nn.Module):
             # One table for the whole stack, as T5 does: its bias is computed once per forward
             # and added to every layer's scores (not a table per layer).
             self.relative_attention_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)  # (buckets, H)
+        # Gemma 3: local (sliding) layers rotate with a base of their own, unscaled; None = every layer the same
+        self.rotary_local = None
+        if cfg.positions == "rotary" and cfg.rope_local_theta is not None:
+            self.rotary_local = RotaryEmbedding(cfg.rotary_dim, cfg.rope_local_theta)
         self.layers = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layer))
         # Post-norm: the last block ends in a norm already; GPT-1 has no final norm before its head.
         self.norm = nn.Identity() if cfg.post_norm else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.final_softcap is None:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        else:  # Gemma: logits -> cap·tanh(logits/cap), part of the head so the logit lens reads them capped too
+            self.lm_head = SoftCappedLinear(cfg.d_model, cfg.vocab_size, cfg.final_softcap)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(init_normal)
@@ -236,12 +291,17 @@ class Decoder(nn.Module):
         pos = torch.arange(offset, offset + T, device=ids.device)  # (T,) absolute positions
         k_pos = torch.arange(offset + T, device=ids.device)  # (S,)
 
-        x, rope, bias = self._positions(self.embed_tokens(ids), pos, k_pos)  # x (B, T, D)
+        x = self.embed_tokens(ids)  # (B, T, D)
+        if cfg.embed_scale:  # Gemma: × √d_model, the factor rounded to the weights' dtype as transformers does
+            x = x * torch.tensor(cfg.d_model**0.5).to(x.dtype)
+        x, rope, bias = self._positions(x, pos, k_pos)
         masks = self._masks(pos, k_pos)
+        local_rope = self.rotary_local(pos) if rope is not None and self.rotary_local is not None else None
 
         hidden, layer_traces = [x], []
         for i, layer in enumerate(self.layers):
-            x, lt = layer(x, masks=masks, bias=bias, rope=rope, cache=cache[i] if cache else None,
+            layer_rope = local_rope if local_rope is not None and layer.pattern != "full" else rope
+            x, lt = layer(x, masks=masks, bias=bias, rope=layer_rope, cache=cache[i] if cache else None,
                           need_weights=trace)  # fmt: skip
             hidden.append(x)
             layer_traces.append(lt)

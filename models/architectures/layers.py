@@ -106,7 +106,22 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-NORMS = ("layernorm", "rmsnorm")
+class GemmaRMSNorm(nn.Module):
+    """Gemma's RMSNorm: the weight is stored as an offset from 1, x̂·(1 + w), all in float32, then cast back
+    (Llama casts x̂ back first and multiplies after). Initialised at w = 0, the identity scale."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * (1.0 + self.weight.float())).type_as(x)
+
+
+NORMS = ("layernorm", "rmsnorm", "gemma_rmsnorm")
 
 
 NORM_POSITIONS = ("pre", "post")
@@ -131,6 +146,8 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
         return nn.LayerNorm(dim, eps=eps)
     if kind == "rmsnorm":
         return RMSNorm(dim, eps=eps)
+    if kind == "gemma_rmsnorm":
+        return GemmaRMSNorm(dim, eps=eps)
     raise ValueError(f"unknown norm {kind!r}; expected one of {NORMS}")
 
 
@@ -384,6 +401,11 @@ def combine_masks(*masks: Tensor | None) -> Tensor | None:
 # --------------------------------------------------------------------------- attention
 
 
+def soft_cap(x: Tensor, cap: float) -> Tensor:
+    """Gemma 2's soft-capping: cap·tanh(x / cap), smooth, about x for |x| ≪ cap, never beyond ±cap."""
+    return torch.tanh(x / cap) * cap
+
+
 def attend(
     q: Tensor,
     k: Tensor,
@@ -393,19 +415,24 @@ def attend(
     mask: Tensor | None = None,
     bias: Tensor | None = None,
     need_weights: bool = False,
+    softcap: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Scaled dot-product attention for q (B, H, T, Dh), k/v (B, Hkv, S, Dh).
 
     mask: bool, True = attend, broadcastable to (B, H, T, S). bias: added to the scores (T5).
     need_weights: the eager path, softmax computed by hand in float32, probabilities returned.
     Otherwise the fused ``scaled_dot_product_attention`` path, which returns no probabilities.
+    softcap: the scaled scores become cap·tanh(scores/cap) before the bias (Gemma 2); the fused
+    kernel cannot do that, so a capped attention always takes the eager path.
     """
     n_rep = q.shape[1] // k.shape[1]  # grouped-query attention: each kv head serves n_rep query heads
-    if need_weights:
+    if need_weights or softcap is not None:
         if n_rep > 1:
             k = k.repeat_interleave(n_rep, dim=1)  # (B, H, S, Dh)
             v = v.repeat_interleave(n_rep, dim=1)
         scores = torch.matmul(q, k.transpose(-2, -1)).float() * scale  # (B, H, T, S)
+        if softcap is not None:
+            scores = soft_cap(scores, softcap)
         if bias is not None:
             scores = scores + bias.float()
         if mask is not None:
@@ -413,7 +440,7 @@ def attend(
         probs = torch.softmax(scores, dim=-1)
         probs = torch.nan_to_num(probs, nan=0.0)  # a query that may see no key attends to nothing
         probs = probs.to(q.dtype)
-        return torch.matmul(probs, v), probs  # (B, H, T, Dh), (B, H, T, S)
+        return torch.matmul(probs, v), (probs if need_weights else None)  # (B, H, T, Dh), (B, H, T, S)
 
     attn_mask = mask
     if bias is not None:
@@ -459,6 +486,7 @@ class AttentionTap:
     bias: Tensor | None  # added to the scaled scores, broadcastable to (B, H, T, S)
     heads: Tensor  # (B, T, H*Dh) the heads' outputs, concatenated, before the output projection
     output: Tensor  # (B, T, D) after the output projection
+    softcap: float | None = None  # scaled scores -> cap·tanh(scores/cap) before the bias (Gemma 2); None = off
 
 
 # Analysis only: True runs the model with its position term switched off (no position embedding
@@ -481,7 +509,9 @@ class Attention(nn.Module):
     n_kv_head < n_head is grouped-query attention (n_kv_head = 1 is multi-query).
     ``qk_norm`` normalises queries and keys (RMSNorm) before the rotation, so q·k stays bounded:
     "head" (Qwen3) over each head's Dh channels, one scale per channel shared by the heads; "all"
-    (OLMoE, OLMo 2) over the whole projection, H·Dh channels (Hkv·Dh for k), each with its own scale.
+    (OLMoE, OLMo 2) over the whole projection, H·Dh channels (Hkv·Dh for k), each with its own scale;
+    ``qk_norm_kind`` "gemma_rmsnorm" makes them Gemma 3's x̂·(1 + w). ``softcap``: Gemma 2's scores become
+    cap·tanh(scores·scale/cap) before the softmax (always the eager path: no fused kernel caps).
     """
 
     def __init__(
@@ -497,6 +527,8 @@ class Attention(nn.Module):
         kv_dim: int | None = None,
         qk_norm: str | None = None,
         norm_eps: float = 1e-6,
+        qk_norm_kind: str = "rmsnorm",
+        softcap: float | None = None,
     ):
         super().__init__()
         self.n_head = n_head
@@ -514,11 +546,13 @@ class Attention(nn.Module):
             raise ValueError(f"unknown qk_norm {qk_norm!r}; expected None or one of {', '.join(QK_NORMS)}")
         self.qk_norm = qk_norm
         self.q_norm = self.k_norm = None  # registered only when on: no parameters and no work otherwise
-        if qk_norm == "head":
-            self.q_norm, self.k_norm = RMSNorm(self.head_dim, norm_eps), RMSNorm(self.head_dim, norm_eps)
+        if qk_norm == "head":  # qk_norm_kind: "rmsnorm", or "gemma_rmsnorm" (Gemma 3's x·(1 + w))
+            self.q_norm = make_norm(qk_norm_kind, self.head_dim, norm_eps)
+            self.k_norm = make_norm(qk_norm_kind, self.head_dim, norm_eps)
         elif qk_norm == "all":
-            self.q_norm = RMSNorm(n_head * self.head_dim, norm_eps)
-            self.k_norm = RMSNorm(self.n_kv_head * self.head_dim, norm_eps)
+            self.q_norm = make_norm(qk_norm_kind, n_head * self.head_dim, norm_eps)
+            self.k_norm = make_norm(qk_norm_kind, self.n_kv_head * self.head_dim, norm_eps)
+        self.softcap = softcap  # Gemma 2: attention logit soft-capping; None = off
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         B, T, _ = x.shape
@@ -567,16 +601,32 @@ class Attention(nn.Module):
                 k = apply_rotary(k, *rope)
             if cache is not None:
                 k, v = cache.update(k, v)  # (B, Hkv, S_total, Dh)
-        out, probs = attend(q, k, v, scale=self.scale, mask=mask, bias=bias, need_weights=need_weights)
+        out, probs = attend(q, k, v, scale=self.scale, mask=mask, bias=bias, need_weights=need_weights,
+                            softcap=self.softcap)  # fmt: skip
         B, _, T, _ = out.shape
         out = out.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H*Dh)
         y = self.o_proj(out)  # (B, T, D)
         taps = ATTENTION_TAPS.get()
         if taps is not None and self in taps:  # analysis.steps asked for this module's intermediates
             taps[self](AttentionTap(x=x, q=q, k=k, v=v, q_before=q_before, k_before=k_before, mask=mask,
-                                    bias=bias, heads=out, output=y))  # fmt: skip
+                                    bias=bias, heads=out, output=y, softcap=self.softcap))  # fmt: skip
         return y, probs
 
+
+
+class SoftCappedLinear(nn.Linear):
+    """A linear map whose outputs are soft-capped, cap·tanh(y / cap): Gemma's LM head (final logits).
+    A subclass, so the weight keeps its name (``lm_head.weight``) and its tie to the embedding."""
+
+    def __init__(self, in_features: int, out_features: int, cap: float, bias: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.cap = cap
+
+    def forward(self, x: Tensor) -> Tensor:
+        return soft_cap(super().forward(x), self.cap)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, cap={self.cap}"
 
 
 # --------------------------------------------------------------------------- utilities

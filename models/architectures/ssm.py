@@ -1,4 +1,6 @@
-"""State-space language model: Mamba (Gu & Dao 2023), a selective SSM in place of attention.
+"""State-space language model: Mamba (Gu & Dao 2023), a selective SSM in place of attention, and
+Mamba-2 (Dao & Gu 2024; ``MambaConfig(version=2)``), whose scalar-per-head A makes the scan a masked
+matrix product (state-space duality): see the Mamba-2 section below.
 
     ids ─► embedding ─► N × [x + Mixer(RMSNorm(x))] ─► RMSNorm ─► LM head
 
@@ -87,6 +89,14 @@ class MambaConfig(ConfigDict):
     eos_token_id: int | None = None
     name: str = "mamba"
     trained: bool = True  # False for the random-weight placeholder
+    # Mamba-2 (version 2; the fields below are Mamba-2's only, dt_rank is Mamba-1's only):
+    version: int = 1  # 1: Mamba's selective scan; 2: Mamba-2's state-space duality (SSD)
+    head_dim: int = 64  # P: channels per head; every head has one scalar A and one Δ per token
+    n_heads: int | None = None  # H; None = d_inner / head_dim
+    n_groups: int = 1  # G: groups of heads that share B and C (and the gated norm's groups)
+    chunk_size: int = 256  # the SSD's block length (the result does not depend on it)
+    dt_limit_min: float = 0.0  # Δ is clamped to [dt_limit_min, dt_limit_max] (transformers' time_step_limit)
+    dt_limit_max: float | None = None  # None: no upper limit
     family: str = field(default="ssm", init=False)
 
     def __post_init__(self) -> None:
@@ -97,11 +107,34 @@ class MambaConfig(ConfigDict):
         self.require_sizes("d_inner", "dt_rank")
         self.require(self.activation in ACTIVATIONS,
                      f"activation must be one of {', '.join(sorted(ACTIVATIONS))}, got {self.activation!r}")  # fmt: skip
+        self.require(self.version in (1, 2), f"version must be 1 (Mamba) or 2 (Mamba-2), got {self.version!r}")
+        if self.version == 2:
+            self.require_sizes("head_dim", "n_groups", "chunk_size")
+            self.require(self.d_inner % self.head_dim == 0,
+                         f"d_inner {self.d_inner} must be a multiple of head_dim {self.head_dim}")  # fmt: skip
+            self.n_heads = self.n_heads or self.d_inner // self.head_dim
+            self.require(self.n_heads * self.head_dim == self.d_inner,
+                         f"n_heads × head_dim ({self.n_heads} × {self.head_dim}) must equal d_inner {self.d_inner}")  # fmt: skip
+            self.require(self.n_heads % self.n_groups == 0,
+                         f"n_heads {self.n_heads} must be a multiple of n_groups {self.n_groups}")  # fmt: skip
+            hi = math.inf if self.dt_limit_max is None else self.dt_limit_max
+            self.require(0.0 <= self.dt_limit_min < hi,
+                         f"the Δ limits must satisfy 0 ≤ min < max, got ({self.dt_limit_min}, {self.dt_limit_max})")  # fmt: skip
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the causal conv: Mamba's x (d_inner); Mamba-2's x, B and C together."""
+        return self.d_inner + (2 * self.n_groups * self.d_state if self.version == 2 else 0)
 
     # A tiny named preset, for tests.
     @classmethod
     def mamba_tiny(cls, **kw) -> "MambaConfig":
         return cls(**{"vocab_size": 99, "d_model": 32, "n_layer": 2, "d_state": 16, "max_seq_len": 256, **kw})
+
+    @classmethod
+    def mamba2_tiny(cls, **kw) -> "MambaConfig":
+        return cls(**{"vocab_size": 99, "d_model": 32, "n_layer": 2, "d_state": 16, "max_seq_len": 256, "version": 2,
+                      "head_dim": 16, "n_groups": 2, "chunk_size": 8, "tie_embeddings": False, **kw})  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the selective scan
@@ -306,8 +339,8 @@ def _diagonal_block(cum: Tensor, dB: Tensor, A: Tensor, C: Tensor, r0: int, r1: 
 class LayerState:
     """What one layer remembers of the prefix during generation."""
 
-    conv: Tensor  # (b, Di, d_conv) the conv's last d_conv inputs
-    ssm: Tensor  # (b, Di, N) the SSM state h
+    conv: Tensor  # (b, Di, d_conv) the conv's last d_conv inputs (Mamba-2: (b, Di + 2·G·N, d_conv))
+    ssm: Tensor  # (b, Di, N) the SSM state h (Mamba-2: (b, H, P, N))
 
 
 @dataclass
@@ -326,6 +359,26 @@ class SSMInputs:
 class SSMLayerTrace:
     delta: Tensor  # (b, T, Di)
     attention: Tensor  # (b, T, T) mean over channels of |α|
+
+
+def causal_conv(conv1d: nn.Conv1d, x: Tensor, conv_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The causal depthwise conv: x (b, C, T), channels first -> (out (b, C, T), the new state (b, C, d_conv)).
+
+    ``conv_state`` holds the conv's previous d_conv inputs (None: zeros, the start of a sequence).
+    Output t sees inputs t−d_conv+1..t; no activation here.
+    """
+    b, channels, T = x.shape
+    d_conv = conv1d.weight.shape[-1]
+    if conv_state is None:
+        conv_state = x.new_zeros(b, channels, d_conv)
+    window = torch.cat((conv_state, x), dim=-1)  # (b, C, d_conv + T)
+    if T == 1:  # one generation step: the conv is a dot product of the last d_conv inputs with the kernel
+        out = (window[..., 1:] * conv1d.weight[:, 0, :]).sum(-1, keepdim=True)  # (b, C, 1)
+        if conv1d.bias is not None:
+            out = out + conv1d.bias[:, None]
+    else:  # the first output (the state only) is dropped
+        out = F.conv1d(window, conv1d.weight, conv1d.bias, groups=channels)[..., 1:]  # (b, C, T)
+    return out, window[..., -d_conv:]
 
 
 class MambaMixer(nn.Module):
@@ -355,23 +408,16 @@ class MambaMixer(nn.Module):
 
         ``conv_state`` holds the conv's previous inputs (None: zeros, the start of a sequence).
         """
-        b, T, _ = x_hat.shape
         x, z = self.in_proj(x_hat).chunk(2, dim=-1)  # (b, T, Di) each
-        x = x.transpose(1, 2)  # (b, Di, T): channels first for the conv
-        if conv_state is None:
-            conv_state = x.new_zeros(b, self.d_inner, self.d_conv)
-        window = torch.cat((conv_state, x), dim=-1)  # (b, Di, d_conv + T)
-        if T == 1:  # one generation step: the conv is a dot product of the last d_conv inputs with the kernel
-            x = (window[..., 1:] * self.conv1d.weight[:, 0, :]).sum(-1, keepdim=True)  # (b, Di, 1)
-            if self.conv1d.bias is not None:
-                x = x + self.conv1d.bias[:, None]
-        else:
-            # Causal: output t sees inputs t−d_conv+1..t. The first output (state only) is dropped.
-            x = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)[..., 1:]  # (b, Di, T)
+        x, conv_state = causal_conv(self.conv1d, x.transpose(1, 2), conv_state)  # (b, Di, T): channels first
         u = self.act(x).transpose(1, 2)  # (b, T, Di)
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (b, T, R|N|N)
         delta = F.softplus(self.dt_proj(dt))  # (b, T, Di)
-        return SSMInputs(u=u, z=z, delta=delta, B=B, C=C, conv_state=window[..., -self.d_conv :])
+        return SSMInputs(u=u, z=z, delta=delta, B=B, C=C, conv_state=conv_state)
+
+    def layer_trace(self, s: SSMInputs) -> SSMLayerTrace:
+        """What a traced pass reports: Δ and the hidden attention, from the same Δ, B, C."""
+        return SSMLayerTrace(delta=s.delta, attention=hidden_attention(s.delta, self.A, s.B, s.C))
 
     def forward(self, x_hat: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState, SSMInputs]:
         """x̂ (b, T, D) -> (out (b, T, D), the state after these tokens, the scan's inputs)."""
@@ -383,13 +429,246 @@ class MambaMixer(nn.Module):
         return out, LayerState(conv=s.conv_state, ssm=h_last), s
 
 
+# --------------------------------------------------------------------------- Mamba-2: state-space duality
+#
+# Mamba-2 (Dao & Gu 2024, "Transformers are SSMs") keeps the recurrence and restricts A to a scalar per
+# head, which makes the scan a masked matrix product ("state-space duality", SSD):
+#
+#     x̂ ─► in_proj ─┬─► z ─────────────────────────────────────────────────────────────┐
+#                   ├─► x·B·C ─► causal depthwise conv1d ─► SiLU ─► x (H × P), B, C (G × N)  │
+#                   └─► Δ_raw ─► Δ = clamp(softplus(Δ_raw + dt_bias), dt_limit)  (one per head)
+#                        y = SSD(x, Δ, A, B, C) + D ⊙ x ─► GatedRMSNorm(y, z) = RMSNorm_G(y ⊙ SiLU(z)) ─► out_proj
+#
+# Glossary (per head h of H; P = head_dim channels per head, N = d_state, G = n_groups):
+#
+#     A        (H,) one scalar per head, A = −exp(A_log) < 0 (Mamba: a (D_inner, N) matrix)
+#     Δ        (T, H) one step size per head and token, Δ = softplus(Δ_raw + dt_bias), clamped
+#     B, C     (T, G, N): head h reads group g(h) = h // (H / G); G = 1 in mamba2-130m…2.7b, 8 in Mamba-Codestral
+#     D        (H,) skip per head
+#     Ā_t      exp(Δ_t A), a scalar per head: the whole state of a head decays by one factor
+#
+#     h_t = Ā_t h_{t−1} + Δ_t x_t ⊗ B_t       (H, P, N)
+#     y_t = h_t C_t + D x_t                   (H, P)
+#
+# Unrolled, y_t = Σ_{s≤t} α_{t,s} x_s + D x_t with one (T, T) matrix per head,
+#
+#     α[h, t, s] = (C_t · B_s) · exp(Σ_{r=s+1..t} Δ_r A_h) · Δ_s       (s ≤ t, else 0)
+#
+# = L ∘ (C Bᵀ) · diag(Δ): a causal, decaying "attention" matrix, the same for every channel of the
+# head. The SSD computes it in chunks of chunk_size: the (L × L) blocks on the diagonal directly,
+# the rest through the states at the chunk boundaries (a low-rank factorisation). The trace reports
+# mean over channels of |α| (= mean over heads, each head's P channels sharing α), as for Mamba.
+#
+# Shapes: b batch, T length, H heads, P head_dim, G groups, N state size, K = conv channels.
+
+
+def _heads(t: Tensor, H: int) -> Tensor:
+    """(b, T, G, N) -> (b, T, H, N): each head reads its group's B or C."""
+    return t.repeat_interleave(H // t.shape[2], dim=2)
+
+
+def ssd_sequential(
+    x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Mamba-2's reference scan, one time step at a time.
+
+    x (b, T, H, P); delta (b, T, H); A (H,); B, C (b, T, G, N); D (H,); h0 (b, H, P, N) or None (zeros).
+    Returns y (b, T, H, P) and the final state (b, H, P, N).
+    """
+    b, T, H, P = x.shape
+    B, C = _heads(B, H), _heads(C, H)  # (b, T, H, N)
+    h = x.new_zeros(b, H, P, B.shape[-1]) if h0 is None else h0  # (b, H, P, N)
+    ys = []
+    for t in range(T):
+        # 1. Ā_t = exp(Δ_t A): one decay per head, for its whole state.
+        A_bar = torch.exp(delta[:, t] * A)  # (b, H)
+        # 2. What the token writes: B̄_t x_t = Δ_t x_t ⊗ B_t.
+        Bx = (delta[:, t, :, None] * x[:, t])[..., None] * B[:, t, :, None, :]  # (b, H, P, N)
+        # 3. The state update.
+        h = A_bar[..., None, None] * h + Bx  # (b, H, P, N)
+        # 4. Read out through C_t, plus the skip D x_t.
+        y = (h @ C[:, t, :, :, None])[..., 0]  # (b, H, P)
+        ys.append(y + D[:, None] * x[:, t])
+    return torch.stack(ys, dim=1), h
+
+
+def ssd_chunked(
+    x: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, h0: Tensor | None = None,
+    *, chunk: int = 256,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """The same scan in its dual form, chunks of L tokens; same arguments and results as ``ssd_sequential``.
+
+    1. Within every chunk, the masked matrix: y_t = Σ_{s ≤ t in the chunk} (C_t·B_s) exp(cum_t − cum_s) Δ_s x_s,
+       cum being the running sum of Δ·A inside the chunk (every exponent ≤ 0: stable).
+    2. Each chunk's own final state from zero: Σ_s exp(cum_last − cum_s) Δ_s x_s ⊗ B_s.
+    3. Carry the states across chunks: h_in[k+1] = exp(cum_last[k]) h_in[k] + state[k].
+    4. What the incoming state adds at each position: y_t += exp(cum_t) h_in C_t.
+    """
+    b, T, H, P = x.shape
+    L = max(1, min(chunk, T))
+    n_chunks = -(-T // L)
+    pad = n_chunks * L - T  # padded steps have Δ = 0: decay 1, input 0, so the state passes unchanged
+
+    def chunked(t: Tensor) -> Tensor:  # (b, T, ...) -> (b, nc, L, ...)
+        t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
+        return t.view(b, n_chunks, L, *t.shape[2:])
+
+    dx = chunked(delta[..., None] * x)  # (b, nc, L, H, P): Δ_s x_s
+    B_, C_ = chunked(_heads(B, H)), chunked(_heads(C, H))  # (b, nc, L, H, N)
+    cum = chunked(delta * A).cumsum(2)  # (b, nc, L, H)
+
+    # 1. The diagonal blocks: the SSD matrix L ∘ (C Bᵀ) inside each chunk.
+    seg = cum[:, :, :, None] - cum[:, :, None]  # (b, nc, L, L, H): t, s
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()[..., None]  # (L, L, 1)
+    decay = torch.exp(seg.masked_fill(~causal, -math.inf))  # (b, nc, L, L, H), 0 above the diagonal
+    scores = torch.einsum("bcthn,bcshn->bctsh", C_, B_) * decay  # (b, nc, L, L, H)
+    y = torch.einsum("bctsh,bcshp->bcthp", scores, dx)  # (b, nc, L, H, P)
+
+    # 2. Each chunk's final state, from a zero state.
+    to_end = torch.exp(cum[:, :, -1:] - cum)  # (b, nc, L, H)
+    states = torch.einsum("bclh,bclhn,bclhp->bchpn", to_end, B_, dx)  # (b, nc, H, P, N)
+
+    # 3. Across chunks: the true state entering each chunk.
+    chunk_decay = torch.exp(cum[:, :, -1])  # (b, nc, H)
+    carry = x.new_zeros(b, H, P, B.shape[-1]) if h0 is None else h0  # (b, H, P, N)
+    h_in = []
+    for k in range(n_chunks):
+        h_in.append(carry)
+        carry = chunk_decay[:, k, :, None, None] * carry + states[:, k]
+    h_in = torch.stack(h_in, dim=1)  # (b, nc, H, P, N)
+
+    # 4. The incoming state, decayed to each position, read out through C.
+    y = y + torch.einsum("bclhn,bchpn->bclhp", C_, h_in) * torch.exp(cum)[..., None]  # (b, nc, L, H, P)
+    y = y.reshape(b, n_chunks * L, H, P)[:, :T]
+    return y + D[:, None] * x, carry
+
+
+def ssd_attention_full(delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """Mamba-2's hidden attention per head, α (b, H, T, T), signed, zero above the diagonal:
+    (C_t·B_s) · exp(Σ_{r=s+1..t} Δ_r A) · Δ_s. In delta's dtype (float64 for a reference)."""
+    T, H = delta.shape[1], delta.shape[2]
+    dt = delta.dtype
+    cum = (delta * A.to(dt)).cumsum(1).transpose(1, 2)  # (b, H, T)
+    seg = cum[..., :, None] - cum[..., None, :]  # (b, H, T, T): t, s
+    causal = torch.ones(T, T, dtype=torch.bool, device=delta.device).tril()
+    decay = torch.exp(seg.masked_fill(~causal, -math.inf))
+    CB = torch.einsum("bthn,bshn->bhts", _heads(C.to(dt), H), _heads(B.to(dt), H))  # (b, H, T, T)
+    return CB * decay * delta.transpose(1, 2)[:, :, None, :]
+
+
+@torch.no_grad()  # a picture of the model, not part of its computation
+def ssd_attention(delta: Tensor, A: Tensor, B: Tensor, C: Tensor, *, rows: slice | None = None,
+                  max_bytes: int = 64 * 2**20) -> Tensor:  # fmt: skip
+    """mean over heads (= over channels) of |α|, (b, T, T), or the rows ``rows`` of it, (b, R, T).
+
+    delta (b, T, H); A (H,); B, C (b, T, G, N). Rows come in blocks sized so one block's (b, H, rows, T)
+    tensors stay near ``max_bytes``. The exponents are differences of a float64 running sum of Δ·A,
+    clamped at 0 before the causal mask (so nothing overflows).
+    """
+    b, T, H = delta.shape
+    rows = rows or slice(0, T)
+    r_start, r_stop = rows.indices(T)[:2]
+    cum = (delta.double() * A.double()).cumsum(1)  # (b, T, H)
+    B, C = _heads(B.float(), H), _heads(C.float(), H)  # (b, T, H, N)
+    dt_s = delta.float().transpose(1, 2)[:, :, None, :]  # (b, H, 1, T): Δ_s
+    block = max(1, min(r_stop - r_start, max_bytes // (4 * 4 * b * H * T)))
+    out = delta.new_zeros(b, r_stop - r_start, T, dtype=torch.float32)
+    s = torch.arange(T, device=delta.device)
+    for r0 in range(r_start, r_stop, block):
+        r1 = min(r0 + block, r_stop)
+        seg = (cum[:, r0:r1, None] - cum[:, None]).permute(0, 3, 1, 2)  # (b, H, l, T): t, s
+        causal = s[None, :] <= torch.arange(r0, r1, device=delta.device)[:, None]  # (l, T)
+        decay = torch.exp(seg.clamp(max=0).float()).masked_fill_(~causal, 0.0)
+        CB = torch.einsum("bthn,bshn->bhts", C[:, r0:r1], B)  # (b, H, l, T)
+        out[:, r0 - r_start : r1 - r_start] = (CB * decay * dt_s).abs_().mean(1)
+    return out
+
+
+@dataclass
+class SSDInputs:
+    """Everything Mamba-2's scan consumes, computed from the block's normed input."""
+
+    u: Tensor  # (b, T, H, P) the scan's input x: conv, then SiLU
+    z: Tensor  # (b, T, Di) the gate, before its SiLU
+    delta: Tensor  # (b, T, H) Δ per head, after bias, softplus and clamp (float32)
+    B: Tensor  # (b, T, G, N)
+    C: Tensor  # (b, T, G, N)
+    conv_state: Tensor  # (b, K, d_conv) for the next call, K = Di + 2·G·N
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba-2's output norm: RMSNorm of y ⊙ SiLU(z) (the gate first), over each of G groups of channels."""
+
+    def __init__(self, dim: int, groups: int, eps: float):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        g = y.float() * F.silu(z.float())  # (..., Di)
+        g = g.view(*g.shape[:-1], self.groups, -1)  # (..., G, Di / G)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * g.flatten(-2).to(y.dtype)
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2's mixer: one projection for z, x·B·C and Δ; a conv over x·B·C; the SSD; the gated norm.
+    Names follow the checkpoints."""
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        Di, N, H, G = cfg.d_inner, cfg.d_state, cfg.n_heads, cfg.n_groups
+        self.d_inner, self.d_state, self.d_conv = Di, N, cfg.d_conv
+        self.n_heads, self.head_dim, self.n_groups, self.chunk_size = H, cfg.head_dim, G, cfg.chunk_size
+        self.dt_limit = (cfg.dt_limit_min, math.inf if cfg.dt_limit_max is None else cfg.dt_limit_max)
+        self.conv_dim = cfg.conv_dim
+        self.in_proj = nn.Linear(cfg.d_model, Di + self.conv_dim + H, bias=cfg.bias)  # -> z, x·B·C, Δ_raw
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, cfg.d_conv, groups=self.conv_dim, bias=cfg.conv_bias)
+        self.dt_bias = nn.Parameter(torch.zeros(H))
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.D = nn.Parameter(torch.ones(H))
+        self.norm = GatedRMSNorm(Di, G, cfg.norm_eps)
+        self.out_proj = nn.Linear(Di, cfg.d_model, bias=cfg.bias)
+        self.act = activation(cfg.activation)
+
+    @property
+    def A(self) -> Tensor:
+        return -torch.exp(self.A_log.float())  # (H,), negative: every head decays
+
+    def ssm_inputs(self, x_hat: Tensor, conv_state: Tensor | None = None) -> SSDInputs:
+        """x̂ (b, T, D), the normed block input -> x, z, Δ, B, C (``conv_state`` as for Mamba)."""
+        b, T, _ = x_hat.shape
+        Di, H, GN = self.d_inner, self.n_heads, self.n_groups * self.d_state
+        z, xBC, dt = self.in_proj(x_hat).split([Di, self.conv_dim, H], dim=-1)  # (b, T, Di | K | H)
+        xBC, conv_state = causal_conv(self.conv1d, xBC.transpose(1, 2), conv_state)  # (b, K, T)
+        x, B, C = self.act(xBC).transpose(1, 2).split([Di, GN, GN], dim=-1)  # (b, T, Di | G·N | G·N)
+        delta = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.dt_limit)  # (b, T, H)
+        return SSDInputs(u=x.reshape(b, T, H, self.head_dim), z=z, delta=delta,
+                         B=B.reshape(b, T, self.n_groups, self.d_state), C=C.reshape(b, T, self.n_groups, self.d_state),
+                         conv_state=conv_state)  # fmt: skip
+
+    def forward(self, x_hat: Tensor, state: LayerState | None = None) -> tuple[Tensor, LayerState, SSDInputs]:
+        """x̂ (b, T, D) -> (out (b, T, D), the state after these tokens, the scan's inputs)."""
+        b, T, _ = x_hat.shape
+        s = self.ssm_inputs(x_hat, state.conv if state is not None else None)
+        args = (s.u.float(), s.delta, self.A, s.B.float(), s.C.float(), self.D.float(), state.ssm if state else None)
+        y, h_last = ssd_sequential(*args) if T == 1 else ssd_chunked(*args, chunk=self.chunk_size)  # (b, T, H, P)
+        out = self.out_proj(self.norm(y.reshape(b, T, self.d_inner), s.z).to(x_hat.dtype))  # (b, T, D)
+        return out, LayerState(conv=s.conv_state, ssm=h_last), s
+
+    def layer_trace(self, s: SSDInputs) -> SSMLayerTrace:
+        """Δ per channel (each head's Δ over its P channels) and mean |α| over channels, as for Mamba."""
+        delta = s.delta.repeat_interleave(self.head_dim, dim=-1)  # (b, T, Di)
+        return SSMLayerTrace(delta=delta, attention=ssd_attention(s.delta, self.A, s.B, s.C))
+
+
 class MambaBlock(nn.Module):
     """Pre-norm residual block: x + Mixer(Norm(x))."""
 
     def __init__(self, cfg: MambaConfig):
         super().__init__()
         self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mixer = MambaMixer(cfg)
+        self.mixer = Mamba2Mixer(cfg) if cfg.version == 2 else MambaMixer(cfg)
 
     def forward(
         self, x: Tensor, state: LayerState | None = None, *, trace: bool = False
@@ -397,10 +676,7 @@ class MambaBlock(nn.Module):
         # Traced or not, the chunked scan (equal to the sequential reference: tests/test_mamba.py);
         # tracing adds the hidden attention, computed from the same Δ, B, C.
         out, state, s = self.mixer(self.norm(x), state)
-        lt = None
-        if trace:
-            lt = SSMLayerTrace(delta=s.delta, attention=hidden_attention(s.delta, self.mixer.A, s.B, s.C))
-        return x + out, state, lt
+        return x + out, state, self.mixer.layer_trace(s) if trace else None
 
 
 # --------------------------------------------------------------------------- the model
@@ -446,9 +722,11 @@ class Mamba(nn.Module):
         return ModelOutput(logits=logits, trace=tr, cache=new_state, last_hidden_state=h)
 
     def use_scan(self, scan=None) -> None:
-        """Run every mixer's untraced scan through ``scan`` (e.g. ``compiled_scan()``); None: the default."""
+        """Run every Mamba-1 mixer's untraced scan through ``scan`` (e.g. ``compiled_scan()``); None: the
+        default. Mamba-2's SSD is matrix products already and keeps its own."""
         for layer in self.layers:
-            layer.mixer.scan = scan
+            if isinstance(layer.mixer, MambaMixer):
+                layer.mixer.scan = scan
 
     # ------------------------------------------------------------------ generation
 
@@ -479,6 +757,12 @@ class Mamba(nn.Module):
 def _init_weights(m: nn.Module) -> None:
     """Small normal weights; the mixer's SSM parameters as in the paper (S4D-real A, Δ in [1e-3, 1e-1])."""
     init_normal(m)
+    if isinstance(m, Mamba2Mixer):  # A = −1..−H across the heads, as transformers and mamba_ssm initialise it
+        with torch.no_grad():
+            m.A_log.copy_(torch.log(torch.arange(1, m.n_heads + 1, dtype=torch.float32)))
+            m.D.fill_(1.0)
+            dt = torch.exp(torch.rand(m.n_heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            m.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus⁻¹(dt)
     if isinstance(m, MambaMixer):
         with torch.no_grad():
             m.A_log.copy_(torch.log(torch.arange(1, m.d_state + 1, dtype=torch.float32)).expand(m.d_inner, -1))
@@ -489,7 +773,8 @@ def _init_weights(m: nn.Module) -> None:
 
 
 __all__ = [
-    "LayerState", "Mamba", "MambaBlock", "MambaConfig", "MambaMixer", "SSMInputs", "SSMLayerTrace",
-    "compiled_scan", "hidden_attention", "hidden_attention_full", "selective_scan",
-    "selective_scan_chunked", "selective_scan_segmented", "selective_scan_sequential",
+    "GatedRMSNorm", "LayerState", "Mamba", "Mamba2Mixer", "MambaBlock", "MambaConfig", "MambaMixer", "SSDInputs",
+    "SSMInputs", "SSMLayerTrace", "causal_conv", "compiled_scan", "hidden_attention", "hidden_attention_full",
+    "selective_scan", "selective_scan_chunked", "selective_scan_segmented", "selective_scan_sequential",
+    "ssd_attention", "ssd_attention_full", "ssd_chunked", "ssd_sequential",
 ]  # fmt: skip
