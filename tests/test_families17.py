@@ -258,6 +258,13 @@ def test_roberta_positions_start_after_padding_idx(tmp_path):
     assert cfg.position_offset == 2 and cfg.max_seq_len == 64 and ours.embed_positions.weight.shape[0] == 66
     assert cfg.type_vocab_size == 1 and cfg.head_activation == "gelu"
     assert "starting at 2" in dict(card.architecture(ours))["positions"]
+    # the Anatomy tab's table of learned positions is the rows the model reads (before: from row 0, which
+    # no position reads), the same as transformers' table from padding_idx + 1 on
+    from archplay.models.analysis.positions import encoding
+
+    enc = encoding(ours, n=8)
+    assert enc.offset == 2 and "reads row p + 2" in enc.note
+    torch.testing.assert_close(enc.table, hf.roberta.embeddings.position_embeddings.weight[2:10].float())
     ids = torch.randint(5, 99, (1, 64))
     assert ours(ids).logits.shape == (1, 64, 99)  # 64 tokens use rows 2..65 of the 66-row table
     with pytest.raises(ValueError, match="65 tokens exceed"):

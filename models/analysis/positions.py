@@ -85,8 +85,12 @@ def encoding(model: nn.Module, n: int = 32) -> Encoding:
         if out.offset:
             out.note += (f", position p reading row p + {out.offset} (BART: fairseq's offset; the first rows are "
                          "never read)")  # fmt: skip
-    elif kind == "learned":
-        out.table = model.embed_positions.weight[:n].detach().float().cpu()
+    elif kind == "learned":  # RoBERTa / XLM-R read from row position_offset (padding_idx + 1) on
+        out.offset = int(getattr(cfg, "position_offset", 0) or 0)
+        out.table = model.embed_positions.weight[out.offset : out.offset + n].detach().float().cpu()
+        if out.offset:
+            out.note += (f"; position p reads row p + {out.offset} (RoBERTa: counted from padding_idx + 1; the first "
+                         "rows are never read)")  # fmt: skip
     elif kind == "sinusoidal":
         out.table = sinusoidal_positions(n, cfg.d_model).float()
     elif kind == "rotary":
