@@ -12,7 +12,7 @@ import torch
 from gradio.route_utils import FnIndexInferError
 from starlette.middleware import Middleware
 
-from . import anatomy, card, compare, embeddings, follow, guard, interventions, lab, lens, memory, scale, steps
+from . import anatomy, card, compare, embeddings, guard, interventions, lab, lens, memory, scale, steps
 from .catalog import Catalog
 from .explore import page as explore
 
@@ -115,7 +115,6 @@ def build_app(catalog: Catalog, lab_runs: lab.Lab | None = None) -> gr.Blocks:
         with gr.Tabs() as tabs:
             with gr.Tab("Explore", id="explore"):
                 explore_ui = explore.build(catalog, demo)
-                follow.track(explore_ui)  # the other tabs draw its Runs when they are open (app.follow)
             with gr.Tab("Logit lens", id="lens"):
                 lens.build(catalog, explore_ui)
             with gr.Tab("Inside a step", id="steps"):

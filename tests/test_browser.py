@@ -546,6 +546,28 @@ def test_lens_embeddings_compare_and_architecture_tabs(page, model):
     assert_no_console_errors(page)
 
 
+def test_a_run_landing_while_a_following_tab_is_open_is_drawn_there(page, model):
+    """Run pressed, then the Logit lens opened before the answer: the lens shows that Run when it lands (the
+    page selects the open tab again, app.follow), not the one it drew when opened."""
+    from archplay.models.analysis.lens import logit_lens
+
+    net, tok = model
+    text = "Tom sees a big green kite. He runs to the"
+    ids, out = expected_state(model, text)
+    open_tab(page, "Explore")
+    choose_model(page, "gpt")
+    wait_until(page, lambda: "gpt" in page.locator("#status").inner_text(), "the gpt run")
+    page.locator("#text textarea").fill(text)
+    open_tab(page, "Logit lens")
+    page.evaluate("() => document.querySelector('#run').click()")  # the Explore tab's Run, pressed from here
+    expected = logit_lens(net, out.trace.hidden_states).top_probs[..., 0].numpy()
+    lens = wait_until(page, lambda: (p := read_plot(page, "lens-plot")) and _array(p["data"][0]["z"]).shape
+                      == expected.shape and p, "the lens to show the Run that landed")  # fmt: skip
+    np.testing.assert_allclose(_array(lens["data"][0]["z"]), expected, atol=1e-5)
+    open_tab(page, "Explore")
+    assert_no_console_errors(page)
+
+
 def test_a_checkpoint_loaded_from_the_page_appears_in_every_model_list(page, server, models_dir):
     _, n_params = models_dir
     open_tab(page, "Compare")  # before: only what the server started with

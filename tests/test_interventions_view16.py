@@ -304,7 +304,6 @@ def served(catalog):
     """Explore and this tab, served in this process (so the test needs no change to ``main``)."""
     import gradio as gr
 
-    from archplay.app import follow
     from archplay.app.explore import page as explore
     from archplay.app.main import CSS, THEME
 
@@ -312,7 +311,6 @@ def served(catalog):
         with gr.Tabs():
             with gr.Tab("Explore", id="explore"):
                 explore_ui = explore.build(catalog, demo)
-                follow.track(explore_ui)
             with gr.Tab("Interventions", id="ablate"):
                 interventions.build(catalog, explore_ui)
     demo.queue()

@@ -647,8 +647,22 @@
     const [mask, maskHelp] = AP.mask(layer);
     drawn.sampling = drawn.view = drawn.mask = drawn.delta = ""; // the values below are this Run's first pictures
     AP.saveState();
+    AP.refollow();
     return [plotValue(AP.heatmap(layer, head)), plotValue(dist), plotValue(AP.grid(layer, head)), plotValue(mask),
             plotValue(AP.delta(layer)), null, note, maskHelp, ""];
+  };
+
+  /* The tabs that draw the Explore tab's Run do so when they are opened (app/follow.py: a Run sends
+     them nothing). A Run that lands while one of them is open (Run pressed, that tab opened before
+     the answer) is drawn there by pressing the tab's hidden redraw button, which asks the server for
+     this Run once, as opening the tab does (clicking the open tab sends nothing). */
+  const FOLLOWING = ["lens", "steps", "ablate", "anatomy", "embeddings"]; // app.follow.TABS
+  AP.following = FOLLOWING;
+  AP.refollow = () => {
+    const open = document.querySelector('button[role="tab"][aria-selected="true"]');
+    const id = open && open.getAttribute("data-tab-id");
+    const again = id && FOLLOWING.includes(id) ? document.getElementById(`${id}-redraw`) : null;
+    if (again) setTimeout(() => again.click(), 0);
   };
 
   /* Slider moves are drawn at most once an animation frame, the latest settings only: a drag sends

@@ -50,7 +50,7 @@ import gradio as gr
 
 from ..catalog import Catalog, Entry
 from ..guard import MODEL_EVENTS
-from ..messages import md_escape, warn
+from ..messages import error, md_escape, warn
 from ..session import Analysis
 from ..sliders import check
 from ..tokens import DEFAULT_TEXT, mask_token, tokens_html
@@ -180,7 +180,6 @@ def layout(catalog: Catalog) -> SimpleNamespace:
 
     startup = "\n\n".join(warn(md_escape(e)) for e in catalog.errors)
     ui.state = gr.State(None)  # session.Analysis | None: the last Run of this session
-    ui.open_tab = gr.State("explore")  # the tab open in this session (``app.follow``)
     ui.draws = gr.State(0)  # the API's sample count per session: each call draws afresh
     # What the page's script redraws from (``payload``): never shown, never read back by the server.
     ui.payload = gr.JSON(None, visible=False, elem_id="payload")
@@ -591,17 +590,29 @@ def wire(catalog: Catalog, demo: gr.Blocks, ui: SimpleNamespace) -> SimpleNamesp
     moved = gr.on(triggers=[ui.position.input, ui.step.input], fn=row_page, inputs=[ui.state, ui.position, ui.step],
                   outputs=[ui.state, ui.row], **server)  # fmt: skip
     moved.then(**draw_row)
-    # The story world's exact answer under the prediction: after every Run and a new position.
-    for event in (*ui.runs, moved):
-        event.then(lambda a: truth.truth_md(catalog, a), inputs=[ui.state], outputs=[ui.truth], api_name=False,
-                   show_progress="hidden")  # fmt: skip
+    # The story world's exact answer under the prediction: after every Run (with the corpus routing, below)
+    # and a new position.
+    moved.then(lambda a: truth.truth_md(catalog, a), inputs=[ui.state], outputs=[ui.truth], api_name=False,
+               show_progress="hidden")  # fmt: skip
 
     gr.on(triggers=[ui.moe_layer.change], fn=routing_view, inputs=[ui.state, ui.moe_layer],
           outputs=[ui.routing_chips, ui.routing_plot, ui.load_plot, ui.routing_note],
           api_name="routing", **_REDRAW)  # fmt: skip
     corpus_outputs = [ui.pos_plot, ui.corpus_load_plot, ui.corpus_note]
-    for started in (ui.analysed, ran, tried):
-        started.then(corpus_routing, inputs=[ui.state, ui.moe_layer], outputs=corpus_outputs, show_progress="hidden")
+
+
+    def after_run(analysis, moe_layer):
+        """A Run's follow-ups, in one event (each event's status messages make the page walk its whole state):
+        the story world's answer, and a mixture of experts' routing over the validation stories."""
+        out = {ui.truth: truth.truth_md(catalog, analysis)}
+        try:
+            return out | corpus_routing(analysis, moe_layer)
+        except gr.Error as e:
+            return out | {ui.corpus_note: error(md_escape(str(e.message)))}
+
+    for started in ui.runs:
+        started.then(after_run, inputs=[ui.state, ui.moe_layer], outputs=[ui.truth, *corpus_outputs], api_name=False,
+                     show_progress="hidden")  # fmt: skip
     gr.on(triggers=[ui.moe_layer.input], fn=corpus_routing, inputs=[ui.state, ui.moe_layer], outputs=corpus_outputs,
           api_name="corpus_routing", **_REDRAW)  # fmt: skip
     ui.load.click(load_model, inputs=[ui.folder], outputs=[ui.status, ui.model], api_name="load_model",
