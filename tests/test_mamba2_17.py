@@ -450,3 +450,34 @@ def test_unsupported_mamba2_checkpoints_are_refused_with_a_load_error(tmp_path):
         path.write_text(json.dumps({**good, **edit}))
         with pytest.raises(LoadError, match=match):
             models.load(tmp_path / "m")
+
+
+def test_the_scan_figure_shows_each_channels_group_and_the_gated_norm():
+    """Inside a step's scan figure for Mamba-2: each channel's B̄u hover uses its own group's Bₜ (before: group
+    0's for every channel), the bars say whose they are, and the last column is what W_out reads (the gated
+    RMSNorm's output, not y·SiLU(z))."""
+    import numpy as np
+
+    from archplay.models.analysis.mixers import scan_steps
+    from archplay.viz.steps import scan_figure
+
+    cfg = MambaConfig.mamba2_tiny()
+    assert cfg.n_groups == 2
+    torch.manual_seed(0)
+    m = Mamba(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 9))
+    s = scan_steps(m, ids, 0, 5)
+    fig = scan_figure(s, [str(i) for i in range(9)])
+    channels = fig.layout.meta["channels"]
+    bu = next(t for t in fig.data if t.name == "B_bar_u")
+    groups, heads, Di = s.B_groups.numpy(), len(s.head_delta), s.u.shape[0]
+    seen = set()
+    for i, d in enumerate(channels):
+        g = (d // (Di // heads)) // (heads // len(groups))
+        seen.add(g)
+        assert f"× {groups[g][1]:.4g} ×" in bu.customdata[i][1]
+    assert seen == {0, 1}
+    shown = np.asarray(next(t for t in fig.data if t.name == "y_gated").z)[:, 0]
+    np.testing.assert_allclose(shown, s.normed.numpy()[channels], rtol=1e-6)
+    assert "norm(y·gate)" in fig.layout.xaxis6.ticktext[-1]
+    assert any(a.text == "Bₜ<br>(group 0 of 2)" for a in fig.layout.annotations)

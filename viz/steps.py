@@ -616,7 +616,20 @@ def _scan_fields(steps) -> dict:
              "output", "hidden_attention")  # fmt: skip
     f = {n: None if getattr(steps, n, None) is None else style.to_numpy(getattr(steps, n)).astype(np.float64)
          for n in names}  # fmt: skip
-    f["y_gated"] = f["y"] * f["gate"]  # (Di,) what the output projection reads
+    f["y_gated"] = f["y"] * f["gate"]  # (Di,) what the output projection reads (Mamba-2: after its norm)
+    normed = getattr(steps, "normed", None)
+    f["normed"] = None if normed is None else style.to_numpy(normed).astype(np.float64)
+    # Each channel's own Bₜ (Mamba-2 shares B in n_groups groups of heads; the bars show the first group's)
+    Di, N = f["A_bar"].shape
+    groups = getattr(steps, "B_groups", None)
+    heads = getattr(steps, "head_delta", None)
+    f["groups"] = 1
+    f["B_rows"] = np.broadcast_to(f["B"], (Di, N))
+    if groups is not None and heads is not None and len(groups) > 1:
+        g = style.to_numpy(groups).astype(np.float64)
+        H, G = len(heads), len(g)
+        owner = (np.arange(Di) // (Di // H)) // (H // G)  # channel → head → group
+        f["B_rows"], f["groups"] = g[owner], G
     return f
 
 
@@ -666,7 +679,7 @@ def _scan_left(f: dict, ch: np.ndarray, rows, written: bool, row_px: float) -> l
 def _scan_heats(f: dict, ch: np.ndarray, rows) -> list[dict]:
     """Ā, hₜ₋₁, B̄u and hₜ as (n, N) heatmaps, each cell's arithmetic in its hover."""
     A, A_bar, hp, bu, h = (f[k][ch] for k in ("A", "A_bar", "h_prev", "B_bar_u", "h"))
-    delta, u, B = f["delta"][ch], f["u"][ch], f["B"]
+    delta, u, B = f["delta"][ch], f["u"][ch], f["B_rows"][ch]
     n, N = A_bar.shape
     where = [[f"channel {d} · state {s}<br>" for s in range(N)] for d in ch]
     hover = {
@@ -674,7 +687,7 @@ def _scan_heats(f: dict, ch: np.ndarray, rows) -> list[dict]:
                    f"<br>the state keeps {100 * A_bar[i, s]:.1f}% of its past" for s in range(N)] for i in range(n)],
         "h_prev": [[f"{where[i][s]}hₜ₋₁ = {hp[i, s]:.5g} (the state before this token)" for s in range(N)]
                    for i in range(n)],
-        "B_bar_u": [[f"{where[i][s]}B̄u = Δ·Bₜ·u = {delta[i]:.4g} × {B[s]:.4g} × {u[i]:.4g} = {bu[i, s]:.5g}"
+        "B_bar_u": [[f"{where[i][s]}B̄u = Δ·Bₜ·u = {delta[i]:.4g} × {B[i, s]:.4g} × {u[i]:.4g} = {bu[i, s]:.5g}"
                      for s in range(N)] for i in range(n)],
         "h": [[f"{where[i][s]}hₜ = Ā·hₜ₋₁ + B̄u = {A_bar[i, s]:.4g} × {hp[i, s]:.4g} + {bu[i, s]:.4g}"
                f" = {h[i, s]:.5g}" for s in range(N)] for i in range(n)],
@@ -717,6 +730,11 @@ def _scan_right(f: dict, ch: np.ndarray, rows, written: bool, row_px: float) -> 
         "y_gated": [f"channel {d}<br>y·SiLU(z) = {a:.4g} × {b:.4g} = {v:.5g}<br>(into the output projection W_out)"
                     for d, a, b, v in zip(ch, y, g, yg)],
     }  # fmt: skip
+    if f["normed"] is not None:  # Mamba-2: the gated RMSNorm comes between y·SiLU(z) and W_out
+        yg = f["normed"][ch]
+        hover["y_gated"] = [f"channel {d}<br>y·SiLU(z) = {a:.4g} × {b:.4g} = {c:.4g}, normalised over its group "
+                            f"(gated RMSNorm) = {v:.5g}<br>(into the output projection W_out)"
+                            for d, a, b, c, v in zip(ch, y, g, f["y_gated"][ch], yg)]  # fmt: skip
     values = {"readout": r, "skip": sk, "y": y, "gate": g, "y_gated": yg}
     shared = _signed(_abs_top(r, sk, y))  # the sum and its parts on one scale
     scales = {"readout": shared, "skip": shared, "y": shared, "gate": _signed(_abs_top(g)),
@@ -753,7 +771,9 @@ def _scan_layout(f, steps, ch, label, row_px, geo, title, labels, chosen: bool) 
                    fixedrange=True),
         **{f"xaxis{i + 2}": dict(state_axis, domain=SCAN_HEATS[i]) for i in range(4)},
         xaxis6=dict(axis, domain=SCAN_RIGHT, anchor="y", side="top", range=[-0.5, len(RIGHT) - 0.5],
-                    tickmode="array", tickvals=list(range(len(RIGHT))), ticktext=[h for _, h in RIGHT],
+                    tickmode="array", tickvals=list(range(len(RIGHT))),
+                    ticktext=[h if f["normed"] is None or name != "y_gated" else "<b>norm(y·gate)</b><br>→ W_out"
+                              for name, h in RIGHT],
                     tickfont=dict(size=10), fixedrange=True),
         yaxis=dict(axis, domain=geo["rows"], anchor="x", autorange="reversed", tickmode="array", tickvals=ticks,
                    ticktext=ticktext, tickfont=dict(size=11 if row_px >= 14 else 9),
@@ -784,6 +804,8 @@ def _scan_layout(f, steps, ch, label, row_px, geo, title, labels, chosen: bool) 
     head = title or (f"Layer {int(steps.layer)}, token {token} ‘{style.safe_label(label)}’: one step of the "
                      f"selective scan")  # fmt: skip
     flow = "Δ → Ā = exp(Δ·A), B̄u = Δ·Bₜ·u → hₜ = Ā ⊙ hₜ₋₁ + B̄u → y = hₜ·Cₜ + D·u → y·SiLU(z) → W_out"
+    if f["normed"] is not None:
+        flow = flow.replace("y·SiLU(z) → W_out", "norm(y·SiLU(z)) → W_out")
     margin = dict(MARGIN, l=64, r=16, **geo["margin"])
     return style.base_layout(f"{head}<br><sup>{flow}<br>rows: {shown}</sup>", height=geo["height"], margin=margin,
                              plot_bgcolor="white", meta=dict(channels=[int(d) for d in ch]), **layout)  # fmt: skip
@@ -808,6 +830,8 @@ def _scan_annotations(f: dict, geo: dict, token: int, Di: int) -> list[dict]:
         for i, op in enumerate(ops)
     ]
     for axis, name in (("y2", "Bₜ"), ("y3", "Cₜ")):
+        if f["groups"] > 1:  # Mamba-2 with several groups: the bars are the first group's
+            name += f"<br>(group 0 of {f['groups']})"
         notes.append(dict(text=name, x=0.0, xref=f"x{4 if axis == 'y2' else 5} domain", xanchor="right", xshift=-2,
                           y=0.5, yref=f"{axis} domain", showarrow=False, font=dict(size=11)))  # fmt: skip
     if f["hidden_attention"] is not None:
