@@ -361,16 +361,27 @@ def gate_summary(g, labels: list[str]) -> str:
         top += f" Expert {bigger[0]}'s would be larger ({norms[bigger[0]]:.3g}), but the router did not choose it."
     p = g.chosen_probs.tolist()
     rest = 1.0 - sum(p)
-    soft = (f"The softmax over all {E} experts gave the chosen {_names([f'{x:.2f}' for x in p])}"
-            + (f" (the other {plural(E - k, 'expert')} {rest:.2f} together)" if E > k else "") + "; ")  # fmt: skip
-    if abs(sum(w) - 1.0) < 1e-4 and k > 1:
-        soft += (
-            f"renormalised over the {k}: " + ", ".join(f"{a:.2f} / {sum(p):.2f} = {b:.2f}" for a, b in zip(p, w)) + "."
-        )
-    elif k > 1:
-        soft += f"this model uses them as they are (not renormalised: they sum to {sum(w):.2f})."
+    scaling = float(getattr(g, "scaling", 1.0) or 1.0)
+    if getattr(g, "score", "softmax") == "sigmoid":  # DeepSeek-V3: each expert scored on its own
+        groups = getattr(g, "groups_kept", None)
+        soft = (f"Each expert's own sigmoid of its logit (not a softmax: they need not sum to 1) gave the chosen "
+                f"{_names([f'{x:.2f}' for x in p])}; they were chosen by score + a correction bias"
+                + (f", among the experts of groups {_names([str(x) for x in groups])}" if groups else "") + "; ")
+        if k > 1 and abs(sum(w) - scaling) < 1e-4 * max(1.0, scaling):
+            soft += (f"renormalised over the {k}" + (f" and × {scaling:g}" if scaling != 1.0 else "") + ": "
+                     + ", ".join(f"{b:.2f}" for b in w) + ".")
+        else:
+            soft += "weights " + ", ".join(f"{b:.2f}" for b in w) + (f" (× {scaling:g})" if scaling != 1.0 else "") + "."
     else:
-        soft += f"its weight is {w[0]:.2f}."
+        soft = (f"The softmax over all {E} experts gave the chosen {_names([f'{x:.2f}' for x in p])}"
+                + (f" (the other {plural(E - k, 'expert')} {rest:.2f} together)" if E > k else "") + "; ")  # fmt: skip
+        if abs(sum(w) - 1.0) < 1e-4 and k > 1:
+            soft += (f"renormalised over the {k}: "
+                     + ", ".join(f"{a:.2f} / {sum(p):.2f} = {b:.2f}" for a, b in zip(p, w)) + ".")  # fmt: skip
+        elif k > 1:
+            soft += f"this model uses them as they are (not renormalised: they sum to {sum(w):.2f})."
+        else:
+            soft += f"its weight is {w[0]:.2f}."
     parts = " + ".join(f"{x:.2f} × expert {e}(x)" for e, x in zip(chosen, w))
     if g.shared_gate is not None:
         parts += f" + {g.shared_gate:.2f} × the shared expert(x) (its sigmoid gate)"

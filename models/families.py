@@ -13,7 +13,19 @@ from archplay.models.architectures.encoder import Encoder, EncoderConfig
 from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
 from archplay.models.architectures.moe import MoEConfig, MoEDecoder
 from archplay.models.architectures.ssm import Mamba, MambaConfig
-from archplay.models.checkpoints import bart, bert, gemma, gpt2, gpt_neox, llama, mamba, t5
+from archplay.models.checkpoints import (
+    bart,
+    bert,
+    deepseek,
+    gemma,
+    gpt2,
+    gpt_neox,
+    llama,
+    mamba,
+    more_decoders,
+    more_models,
+    t5,
+)
 from archplay.models.registry import Family, register
 
 ATTENTION_TRACE = ("hidden_states", "attentions")
@@ -24,14 +36,16 @@ DECODER = Family(
     views=("attention",),
     checkpoints={"gpt2": gpt2.CONVERTER, "llama": llama.LLAMA, "mistral": llama.MISTRAL, "qwen2": llama.QWEN2,
                  "qwen3": llama.QWEN3, "phi3": llama.PHI3, "gpt_neox": gpt_neox.CONVERTER,
-                 "gemma2": gemma.GEMMA2, "gemma3_text": gemma.GEMMA3_TEXT},
+                 "gemma2": gemma.GEMMA2, "gemma3_text": gemma.GEMMA3_TEXT,
+                 "gpt_neo": more_decoders.GPT_NEO, "gptj": more_decoders.GPTJ, "opt": more_decoders.OPT,
+                 "phi": more_decoders.PHI, "olmo2": more_models.OLMO2, "stablelm": more_models.STABLELM},
 )  # fmt: skip
 ENCODER = Family(
     name="encoder", title="encoder-only transformer (BERT-style)", config=EncoderConfig, model=Encoder,
     objective="masked", card_rows=card.encoder_rows, parameter_rules=card.ENCODER_RULES,
     trace_fields=ATTENTION_TRACE, views=("attention",),
     checkpoints={"bert": bert.CONVERTER, "roberta": bert.ROBERTA, "xlm-roberta": bert.ROBERTA,
-                 "distilbert": bert.DISTILBERT},
+                 "distilbert": bert.DISTILBERT, "modernbert": more_models.MODERNBERT},
 )  # fmt: skip
 ENCODER_DECODER = Family(
     name="encoder-decoder", title="encoder-decoder transformer (T5, BART)", config=EncoderDecoderConfig,
@@ -46,7 +60,7 @@ MOE = Family(
     objective="causal", card_rows=card.moe_rows, parameter_rules=card.DECODER_RULES,
     trace_fields=(*ATTENTION_TRACE, "router_logits", "expert_indices"), views=("attention", "routing"),
     checkpoints={"mixtral": llama.MIXTRAL, "qwen2_moe": llama.QWEN2_MOE, "qwen3_moe": llama.QWEN3_MOE,
-                 "olmoe": llama.OLMOE},
+                 "olmoe": llama.OLMOE, "deepseek_v3": deepseek.DEEPSEEK_V3},
 )  # fmt: skip
 SSM = Family(
     name="ssm", title="selective state-space model (Mamba, Mamba-2)", config=MambaConfig, model=Mamba,

@@ -6,6 +6,7 @@ word-level tokenizer is made on the spot, so loading and parity run offline.
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -108,6 +109,13 @@ def hf_config(kind: str, **overrides):
                                                                      "rope_theta": 1_000_000.0},
                                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
                                  final_logit_softcapping=3.0, max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "deepseek_v3":  # latent attention (low-rank q), sigmoid group-limited router, a dense first layer
+        cfg = T.DeepseekV3Config(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=12, q_lora_rank=20,
+                                 qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6, n_routed_experts=8,
+                                 num_experts_per_tok=2, n_group=4, topk_group=2, n_shared_experts=1,
+                                 first_k_dense_replace=1, routed_scaling_factor=2.5, max_position_embeddings=256,
+                                 **common)  # fmt: skip
     elif kind in ("roberta", "xlm-roberta"):  # positions after padding_idx 1
         cls = T.RobertaConfig if kind == "roberta" else T.XLMRobertaConfig
         cfg = cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
@@ -121,6 +129,32 @@ def hf_config(kind: str, **overrides):
                   decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
                   pad_token_id=0, bos_token_id=2, eos_token_id=3, decoder_start_token_id=3,
                   forced_eos_token_id=None)  # fmt: skip
+    elif kind == "gpt_neo":  # global and local layers (a window of 4), q·k unscaled
+        cfg = T.GPTNeoConfig(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, window_size=4,
+                             attention_types=[[["global", "local"], 1]], max_position_embeddings=128,
+                             **common)  # fmt: skip
+    elif kind == "gptj":  # one LayerNorm for the parallel block, interleaved RoPE on 4 of 8 channels
+        cfg = T.GPTJConfig(n_embd=32, n_layer=2, n_head=4, n_inner=64, rotary_dim=4, n_positions=128,
+                           **common)  # fmt: skip
+    elif kind == "opt":  # learned positions from row 2, ReLU
+        cfg = T.OPTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                          max_position_embeddings=128, word_embed_proj_dim=32, **common)  # fmt: skip
+    elif kind == "phi":  # one LayerNorm for the parallel block, half-split RoPE on half of each head
+        cfg = T.PhiConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=128, **common)  # fmt: skip
+    elif kind == "olmo2":  # norms after the sublayers, none before; q/k norms over the whole projections
+        cfg = T.Olmo2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "stablelm":  # LayerNorm, RoPE on a quarter of each head, q/k/v biases, per-head q/k LayerNorms
+        cfg = T.StableLmConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, use_qkv_bias=True, qk_layernorm=True,
+                               max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "modernbert":  # global/local layers (±2 keys), two RoPE bases, GeGLU, no biases, no first pre-norm
+        cfg = T.ModernBertConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                 local_attention=4, max_position_embeddings=128, vocab_size=99, pad_token_id=0,
+                                 bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+                                 rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000.0},
+                                                  "sliding_attention": {"rope_type": "default", "rope_theta": 50.0}})  # fmt: skip
     else:
         raise ValueError(kind)
     for k, v in overrides.items():
@@ -136,6 +170,8 @@ def make_hf_model(kind: str, folder: Path, *, head: bool = True, seed: int = 0, 
     cfg._attn_implementation = "eager"
     if kind == "bert":
         cls = T.BertForMaskedLM if head else T.BertModel
+    elif kind == "modernbert":
+        cls = T.ModernBertForMaskedLM if head else T.ModernBertModel
     elif kind in ("bart", "mbart"):
         cls = T.AutoModelForSeq2SeqLM
     else:
@@ -145,8 +181,61 @@ def make_hf_model(kind: str, folder: Path, *, head: bool = True, seed: int = 0, 
     randomize(model, seed)
     model.eval()
     model.save_pretrained(folder)
-    word_tokenizer("bert" if kind == "bert" else "decoder").save_pretrained(folder)
+    word_tokenizer("bert" if kind in ("bert", "modernbert") else "decoder").save_pretrained(folder)
     return model
+
+
+PARITY_PROMPT = "mia has a red ball and the cat sat on the mat then she ran to the park with her dog"
+
+
+def assert_causal_parity(ours, hf, tok, *, layers: int, atol: float = 1e-4, prompt: str = PARITY_PROMPT,
+                         last=None, stream: bool = False) -> None:  # fmt: skip
+    """A causal LM of ours against transformers' eager run of the same weights: the logits (traced and untraced),
+    every attention map, the hidden states (transformers 5: the embeddings, each layer's output, the last one
+    after the final norm; ``last(h)`` maps our last one to theirs, default ``ours.norm``) and 32 greedy
+    tokens (and streamed, with ``stream``)."""
+    ids = torch.tensor([tok.encode(prompt)])
+    with torch.no_grad():
+        ref = hf(ids, output_hidden_states=True, output_attentions=True)
+        out = ours(ids, trace=True)
+        fast = ours(ids)
+    torch.testing.assert_close(out.logits, ref.logits, atol=atol, rtol=0)
+    torch.testing.assert_close(fast.logits, ref.logits, atol=atol, rtol=0)
+    assert len(out.trace.attentions) == len(ref.attentions) == layers
+    for a, b in zip(out.trace.attentions, ref.attentions, strict=True):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+    hs = out.trace.hidden_states
+    assert len(hs) == len(ref.hidden_states) == layers + 1
+    for a, b in zip(hs[:-1], ref.hidden_states[:-1]):
+        torch.testing.assert_close(a, b, atol=atol, rtol=0)
+    torch.testing.assert_close((last or ours.norm)(hs[-1]), ref.hidden_states[-1], atol=atol, rtol=0)
+    ids = torch.tensor([tok.encode("the cat sat on the")])
+    with torch.no_grad():
+        ref = hf.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=0)
+    assert ref.shape[1] == ids.shape[1] + 32
+    assert ours.generate(ids, max_new_tokens=32, temperature=0.0).tolist() == ref.tolist()
+    if stream:
+        streamed = [t for t, _ in ours.generate_stream(ids, max_new_tokens=32, temperature=0.0)]
+        assert streamed == ref[0, ids.shape[1] :].tolist()
+
+
+@pytest.fixture(scope="module")
+def hf_ckpt(tmp_path_factory):
+    """hf_ckpt(kind, **overrides) -> (ours, tokenizer, transformers' model, folder): ``make_hf_model``'s folder
+    loaded by archplay; each (kind, overrides) written once per test module."""
+    written = {}
+
+    def make(kind: str, **overrides):
+        from archplay import models
+
+        key = json.dumps([kind, overrides], sort_keys=True)
+        if key not in written:
+            folder = tmp_path_factory.mktemp(kind) / kind
+            written[key] = folder, make_hf_model(kind, folder, **overrides)
+        folder, hf = written[key]
+        return (*models.load(folder), hf, folder)
+
+    return make
 
 
 @pytest.fixture(autouse=True, scope="session")

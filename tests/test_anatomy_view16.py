@@ -91,6 +91,32 @@ def test_the_diagram_holds_every_part_with_its_shape(name):
         assert any(a.text == "keys,<br>values" for a in fig.layout.annotations)
 
 
+@pytest.mark.parametrize("options", [{}, {"sandwich_norm": True}, {"reordered_norm": True},
+                                     {"parallel_residual": True}, {"parallel_residual": True, "shared_norm": True}])
+def test_each_residual_line_goes_around_its_whole_sublayer(options):
+    """The residual line of each add leaves the stream above everything it skips: the sublayer, its norm before
+    and its norm after (Gemma's sandwich, OLMo 2's reordered norm), and both branches of a parallel block
+    (GPT-NeoX, GPT-J, Phi). Before, a norm after the sublayer, or a parallel block, started it inside."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = Decoder(dataclasses.replace(DecoderConfig.llama_tiny(), **options))
+    (stack,) = anatomy(model, IDS)
+    fig = va.block_diagram([stack], title="t")
+    points = trace(fig, f"{va.DIAGRAM} 0")
+    parts = [*stack.embed, *stack.block, *stack.out]
+    ys = {j: float(points.y[j]) for j in range(len(parts))}
+    block = range(len(stack.embed), len(stack.embed) + len(stack.block))
+    paths = [s.path for s in fig.layout.shapes if s.type == "path" and s.line.color == va.RESIDUAL]
+    spans = []
+    for path in paths:  # "M cx,y0 L x,y0 L x,y1": from y0 (above) down to the add at y1
+        y0, y1 = float(path.split()[1].split(",")[1]), float(path.split()[-1].split(",")[1])
+        spans.append((y1, y0))
+    for j in block:
+        if parts[j].kind in ("attention", "mlp", "norm"):
+            assert any(lo < ys[j] < hi for lo, hi in spans), f"{parts[j].name} is outside every residual line"
+
+
 def test_the_diagram_shows_this_inputs_shapes():
     model = _tiny("gpt2-style")
     (stack,) = anatomy(model, IDS[:, :5])

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_hf_model
+from conftest import assert_causal_parity, make_hf_model
 
 from archplay import models
 from archplay.models import attention_steps
@@ -38,46 +38,18 @@ IDS = [f"{kind}-{i}" for i, (kind, _) in enumerate(GEMMA)]
 
 
 @pytest.fixture(scope="module")
-def gemma(tmp_path_factory):
+def gemma(hf_ckpt):
     """gemma(kind, **overrides) -> (ours, tokenizer, transformers' model); each checkpoint written once per module
     (do not change the transformers model in place)."""
-    written = {}
-
-    def make(kind: str, **overrides):
-        key = json.dumps([kind, overrides], sort_keys=True)
-        if key not in written:
-            folder = tmp_path_factory.mktemp(kind) / kind
-            written[key] = folder, make_hf_model(kind, folder, **overrides)
-        folder, hf = written[key]
-        return (*models.load(folder), hf)
-
-    return make
+    return lambda kind, **overrides: hf_ckpt(kind, **overrides)[:3]
 
 
 @pytest.mark.parametrize("kind, overrides", GEMMA, ids=IDS)
 def test_gemma_parity_and_generation(gemma, kind, overrides):
     ours, tok, hf = gemma(kind, **overrides)
     assert ours.config.family == "decoder" and ours.config.n_layer == 3
-    ids = torch.tensor([tok.encode(PROMPT)])
-    assert ids.shape[1] > 12  # longer than any window
-    with torch.no_grad():
-        ref = hf(ids, output_hidden_states=True, output_attentions=True)
-        out = ours(ids, trace=True)
-        fast = ours(ids)
-    torch.testing.assert_close(out.logits, ref.logits, atol=ATOL, rtol=0)
-    torch.testing.assert_close(fast.logits, ref.logits, atol=ATOL, rtol=0)
-    for a, b in zip(out.trace.attentions, ref.attentions, strict=True):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    hs = out.trace.hidden_states  # transformers 5: the embeddings (scaled), each layer's output, the last one normed
-    assert len(hs) == len(ref.hidden_states) == 4
-    for a, b in zip(hs[:-1], ref.hidden_states[:-1]):
-        torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-    torch.testing.assert_close(ours.norm(hs[-1]), ref.hidden_states[-1], atol=ATOL, rtol=0)
-    ids = torch.tensor([tok.encode("the cat sat on the")])
-    with torch.no_grad():
-        ref = hf.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=0)
-    assert ref.shape[1] == ids.shape[1] + 32
-    assert ours.generate(ids, max_new_tokens=32, temperature=0.0).tolist() == ref.tolist()
+    assert len(tok.encode(PROMPT)) > 12  # longer than any window
+    assert_causal_parity(ours, hf, tok, layers=3, atol=ATOL, prompt=PROMPT)  # (the embeddings scaled)
 
 
 def test_gemma_configs_are_read(gemma):

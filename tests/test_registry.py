@@ -34,8 +34,8 @@ BUILTIN_FAMILIES = {"gpt": "decoder", "bert": "encoder", "t5": "encoder-decoder"
 def test_the_builtin_families_and_what_they_say():
     assert registry.names() == ("decoder", "encoder", "encoder-decoder", "moe", "ssm")
     assert registry.model_types() == ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "gemma2",
-                                      "gemma3_text", "bert", "roberta", "xlm-roberta", "distilbert", "t5", "bart",
-                                      "mbart", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "mamba",
+                                      "gemma3_text", "gpt_neo", "gptj", "opt", "phi", "olmo2", "stablelm", "bert", "roberta", "xlm-roberta", "distilbert", "modernbert", "t5", "bart",
+                                      "mbart", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "mamba",
                                       "mamba2")  # fmt: skip
     assert [f.name for f in registry.families() if f.lens] == ["decoder", "moe", "ssm"]
     assert [f.name for f in registry.families() if not f.generates] == ["encoder"]

@@ -130,7 +130,8 @@ def _column(stack, index: int, wide: bool) -> dict:
         bracket[0] = -HEADER_PX + 10
     if bracket[0] is not None and bracket[1] is None:
         bracket[1] = y - 12
-    return dict(cx=cx, boxes=boxes, bottom=y, block=tuple(bracket), post=_post_norm(stack.block))
+    return dict(cx=cx, boxes=boxes, bottom=y, block=tuple(bracket), post=_post_norm(stack.block),
+                parallel=bool(getattr(stack, "parallel", False)))
 
 
 def _post_norm(block) -> bool:
@@ -209,8 +210,12 @@ def _skips(col: dict, shapes: list, annotations: list) -> None:
         if add["part"].kind != "add":
             continue
         start = a - 1  # the sublayer; before it its norm, in a pre-norm block
+        if not col["post"] and start >= 1 and block[start]["part"].kind == "norm":  # a norm after it (sandwich, OLMo 2)
+            start -= 1
         if not col["post"] and start >= 1 and block[start - 1]["part"].kind == "norm":
             start -= 1
+        if col["parallel"]:  # one add for both branches: the stream goes around the whole block
+            start = 0
         top = block[start]
         above = col["boxes"][first + start - 1] if first + start >= 1 else None
         y0 = (top["y"] + top["h"] / 2 + above["y"] - above["h"] / 2) / 2 if above else top["y"] + top["h"] / 2 + 10

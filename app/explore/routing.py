@@ -45,21 +45,25 @@ HELP = (
 class Routing:
     """A Run's router decisions, per MoE layer, on the CPU."""
 
-    probs: list[Tensor]  # per MoE layer (T, E) float32, rows sum to 1
+    probs: list[Tensor]  # per MoE layer (T, E) float32: softmax rows sum to 1; sigmoid scores each in (0, 1)
     chosen: list[Tensor]  # per MoE layer (T, k) int64, the experts each token ran
     blocks: list[int]  # the block (layer) index of each MoE layer
     n_block: int  # blocks in the model, MoE or dense
+    score: str = "softmax"  # how the router turns its logits into scores: "softmax" or "sigmoid" (DeepSeek-V3)
 
     @classmethod
     def from_trace(cls, trace: Trace, config) -> Routing:
-        """From batch row 0 of a traced run, on the CPU (``Trace.detach(0)``)."""
-        probs = [torch.softmax(r, dim=-1) for r in trace.router_logits]
+        """From batch row 0 of a traced run, on the CPU (``Trace.detach(0)``): the router's own scores of its
+        logits (a softmax over the experts, or DeepSeek-V3's sigmoid per expert)."""
+        score = "sigmoid" if getattr(config, "router_score", "softmax") == "sigmoid" else "softmax"
+        probs = [torch.sigmoid(r.float()) if score == "sigmoid" else torch.softmax(r, dim=-1)
+                 for r in trace.router_logits]  # fmt: skip
         chosen = [i.long() for i in trace.expert_indices]  # detach made them float32: small ints, exact
         flags = list(getattr(config, "moe_layers", None) or [])
         blocks = [b for b, routed in enumerate(flags) if routed]
         if len(blocks) != len(probs):  # a config without the flags: every block routes
             blocks = list(range(len(probs)))
-        return cls(probs=probs, chosen=chosen, blocks=blocks, n_block=int(config.n_layer))
+        return cls(probs=probs, chosen=chosen, blocks=blocks, n_block=int(config.n_layer), score=score)
 
     @property
     def n_layer(self) -> int:
@@ -108,8 +112,9 @@ def heatmap(routing: Routing, labels: list[str], layer) -> go.Figure:
     k, E = routing.top_k, routing.n_experts
     return routing_heatmap(
         routing.probs[layer], routing.chosen[layer], labels,
-        title=f"Router, {routing.layer_name(layer)}<br><sup>each token's probability for each of {E} experts · "
-        f"rings: the {k} it ran (white dot = first choice)</sup>",
+        title=f"Router, {routing.layer_name(layer)}<br><sup>each token's "
+        f"{'sigmoid score (each in 0…1, not a distribution)' if routing.score == 'sigmoid' else 'probability'} "
+        f"for each of {E} experts · rings: the {k} it ran (white dot = first choice)</sup>",
     )  # fmt: skip
 
 

@@ -36,18 +36,26 @@ class Stack:
     out: list[Part] = field(default_factory=list)  # after the last block
     contribution: Tensor | None = None  # (layers, T) ‖h_{l+1} − h_l‖ per token
     stream: Tensor | None = None  # (layers + 1, T) ‖h_l‖ per token
+    parallel: bool = False  # the block's attention and feed-forward both read its input, one add (GPT-NeoX, GPT-J, Phi)
 
 
 def _norm(cfg) -> str:
     return {"rmsnorm": "RMSNorm", "layernorm": "LayerNorm"}.get(getattr(cfg, "norm", "rmsnorm"), "norm")
 
 
-def _sublayer(parts: list[Part], post: bool, norm: str, mixer: Part) -> None:
-    """x + f(norm(x)) (pre-norm) or norm(x + f(x)) (post-norm), appended to ``parts``."""
+PRE_NORM = "before the sublayer (pre-norm)"
+
+
+def _sublayer(parts: list[Part], post: bool, norm: str, mixer: Part, before: str | None = PRE_NORM,
+              after: str | None = None) -> None:  # fmt: skip
+    """x + f(norm(x)) (pre-norm) or norm(x + f(x)) (post-norm), appended to ``parts``. ``before`` None: no pre-norm
+    (OLMo 2); ``after``: a norm on the sublayer's output before the add (Gemma's sandwich, OLMo 2), its detail."""
     shape = mixer.shape_in
-    if not post:
-        parts.append(Part(norm, "norm", shape, shape, "before the sublayer (pre-norm)"))
+    if not post and before:
+        parts.append(Part(norm, "norm", shape, shape, before))
     parts.append(mixer)
+    if after:
+        parts.append(Part(norm, "norm", shape, shape, after))
     parts.append(Part("+ residual", "add", mixer.shape_out, mixer.shape_out, "the sublayer's output added to its input"))
     if post:
         parts.append(Part(norm, "norm", shape, shape, "after the add (post-norm)"))
@@ -58,6 +66,11 @@ def _attention(cfg, T: int, S: int, *, name: str = "self-attention", kind: str =
     Dh = getattr(cfg, "head_dim", None) or getattr(cfg, "d_kv", None) or cfg.d_model // H
     kv = "" if Hkv == H else (f", {Hkv} key/value heads (grouped-query)" if Hkv > 1 else ", 1 key/value head (multi-query)")
     detail = f"{H} heads × {Dh}{kv}: q (1, {H}, {T}, {Dh}), scores (1, {H}, {T}, {S})"
+    if (r := getattr(cfg, "kv_lora_rank", None)) is not None:  # DeepSeek: keys and values from a cached latent
+        rope, Dv = cfg.qk_rope_head_dim, cfg.v_head_dim
+        name = "latent attention (MLA)"
+        detail = (f"latent (1, {T}, {r}) + rope key (1, {T}, {rope}) cached → per head k (1, {H}, {S}, {Dh}) = "
+                  f"{Dh - rope} nope + {rope} rope, v (1, {H}, {S}, {Dv}); scores (1, {H}, {T}, {S})")  # fmt: skip
     return Part(name, kind, (1, T, cfg.d_model), (1, T, cfg.d_model), detail, view="attention")
 
 
@@ -65,6 +78,10 @@ def _ffn(cfg, T: int) -> Part:
     D = cfg.d_model
     if cfg.family == "moe":
         detail = f"router over {cfg.n_experts} experts, top-{cfg.top_k}; each expert {D} → {cfg.d_expert} → {D}"
+        if getattr(cfg, "router_score", "softmax") == "sigmoid":  # DeepSeek-V3
+            groups = f" in {cfg.n_group} groups, the best {cfg.topk_group} kept," if cfg.n_group > 1 else ""
+            detail = (f"sigmoid router over {cfg.n_experts} experts,{groups} top-{cfg.top_k}; each expert {D} → "
+                      f"{cfg.d_expert} → {D}")  # fmt: skip
         if getattr(cfg, "d_shared_expert", None):
             detail += f"; a shared expert of {cfg.d_shared_expert}"
         return Part("experts (sparse MoE)", "experts", (1, T, D), (1, T, D), detail, view="gate")
@@ -89,6 +106,9 @@ def anatomy(model: nn.Module, ids: Tensor, **model_kwargs) -> list[Stack]:
     D, V = cfg.d_model, cfg.vocab_size
     trace = model(ids, trace=True, **model_kwargs).trace
     embed = [Part("token embedding", "embed", (1, T), (1, T, D), f"{V:,} × {D} table")]
+    E = getattr(cfg, "embed_dim", None)
+    if E not in (None, D):  # OPT-350m: a narrower table, projected in (and out again before the head)
+        embed[0].detail = f"{V:,} × {E} table, projected in to {D} (and out to {E} before the LM head)"
     if cfg.family == "ssm":
         block: list[Part] = []
         mixer = Part("selective scan (Mamba mixer)", "scan", (1, T, D), (1, T, D),
@@ -120,14 +140,52 @@ def anatomy(model: nn.Module, ids: Tensor, **model_kwargs) -> list[Stack]:
     if not causal:  # BERT normalises the embeddings (token + position + segment) before the first block
         embed.append(Part(f"{norm} of the embeddings", "norm", (1, T, D), (1, T, D)))
     block = []
-    _sublayer(block, post, norm, _attention(cfg, T, T, name="causal self-attention" if causal else "self-attention"))
-    _sublayer(block, post, norm, _ffn(cfg, T))
-    stack = Stack("decoder" if causal else "encoder", cfg.n_layer, embed, block)
+    attention = _attention(cfg, T, T, name="causal self-attention" if causal else "self-attention")
+    parallel = bool(getattr(cfg, "parallel_residual", False))
+    if parallel:
+        _parallel(block, cfg, norm, attention, _ffn(cfg, T))
+    else:
+        _sublayer(block, post, norm, attention, **_norms_around(cfg, attention=True))
+        _sublayer(block, post, norm, _ffn(cfg, T), **_norms_around(cfg))
+    stack = Stack("decoder" if causal else "encoder", cfg.n_layer, embed, block, parallel=parallel)
     head = "LM head" if causal else "masked-word head"
     stack.out = ([] if post else [Part(norm, "norm", (1, T, D), (1, T, D), "final")]) + [
         Part(head, "head", (1, T, D), (1, T, V))]
     stack.contribution, stack.stream = _residual(trace.hidden_states)
     return [stack]
+
+
+def _norms_around(cfg, attention: bool = False) -> dict:
+    """Where a pre-norm block's norms sit around a sublayer: OLMo 2's reordered norm (only after), Gemma's sandwich
+    (before and after), ModernBERT's first layer (no norm before its attention)."""
+    if getattr(cfg, "reordered_norm", False):
+        return dict(before=None, after="after the sublayer, before the add (OLMo 2: no norm before it)")
+    before = PRE_NORM
+    if attention and not getattr(cfg, "first_attn_norm", True):
+        before += "; none in layer 0, which reads the normed embeddings (ModernBERT)"
+    after = "after the sublayer, before the add (sandwich norm)" if getattr(cfg, "sandwich_norm", False) else None
+    return dict(before=before, after=after)
+
+
+def _parallel(parts: list[Part], cfg, norm: str, attention: Part, ffn: Part) -> None:
+    """A parallel block, x + Attn(Norm₁(x)) + MLP(Norm₂(x)) (GPT-NeoX), or with one norm for both branches,
+    x + Attn(Norm(x)) + MLP(Norm(x)) (GPT-J, Phi): the feed-forward reads the block's input, not the attention's
+    output, and one add sums the input and both branches."""
+    shape = attention.shape_in
+    if getattr(cfg, "shared_norm", False):
+        parts.append(Part(norm, "norm", shape, shape, "one norm shared by attention and feed-forward (parallel block)"))
+        parts.append(attention)
+        ffn.detail += "; parallel: reads the same normalised x as the attention"
+        parts.append(ffn)
+    else:
+        parts.append(Part(norm, "norm", shape, shape, "before the attention branch (parallel block)"))
+        parts.append(attention)
+        parts.append(Part(norm, "norm", shape, shape, "before the feed-forward branch: the block's input x, not "
+                                                      "the attention's output"))  # fmt: skip
+        ffn.detail += "; parallel: reads the block's input"
+        parts.append(ffn)
+    parts.append(Part("+ residual", "add", shape, shape, "x + attention + feed-forward: both branches added to the "
+                                                         "block's input at once"))  # fmt: skip
 
 
 def _encoder_decoder(cfg, trace, T: int, Td: int, norm: str, post: bool, embed: list[Part]) -> list[Stack]:

@@ -53,7 +53,28 @@ def decoder_rows(cfg) -> list[tuple[str, str]]:
 
 
 def moe_rows(cfg) -> list[tuple[str, str]]:
-    return _decoder_stack_rows(cfg, _expert_rows(cfg))
+    return _decoder_stack_rows(cfg, _latent_attention_rows(cfg) + _expert_rows(cfg))
+
+
+def _latent_attention_rows(cfg) -> list[tuple[str, str]]:
+    """DeepSeek's multi-head latent attention: the low-rank paths, the rope/nope split, the cache it saves."""
+    r = getattr(cfg, "kv_lora_rank", None)
+    if r is None:
+        return []
+    H, Dqk, rope, Dv = cfg.n_head, cfg.head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+    latent, full = r + rope, H * (Dqk + Dv)
+    queries = (f"through a {cfg.q_lora_rank}-wide bottleneck: q_a_proj → RMSNorm → q_b_proj" if cfg.q_lora_rank
+               else "one q_proj (no low-rank path)")  # fmt: skip
+    layout = "channel pairs (0, 1), (2, 3), …" if cfg.rope_interleaved else "the two halves"
+    return [
+        ("latent attention (MLA)", f"keys and values rebuilt per head from one {r}-wide latent of each token: "
+                                   "kv_a_proj → RMSNorm → kv_b_proj (DeepSeek); queries " + queries),
+        ("q/k head split", f"{Dqk} = {Dqk - rope} without position (nope) + {rope} rotated (RoPE on {layout}); the "
+                           f"rotated key is one head shared by all {H}; values {Dv} wide; q·k × 1/√{Dqk}"),
+        ("KV cache per token", f"{latent} numbers per layer (the {r}-wide latent + the {rope}-wide rope key), against "
+                               f"{full} for full keys and values ({H} heads × ({Dqk} + {Dv})): {full / latent:.1f}× "
+                               "smaller"),
+    ]  # fmt: skip
 
 
 def _decoder_stack_rows(cfg, feed_forward: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -84,8 +105,21 @@ def _block_rows(cfg) -> list[tuple[str, str]]:
                                  f"shared by the heads), before RoPE ({where})"))  # fmt: skip
     elif getattr(cfg, "qk_norm", None) == "all":
         rows.append(("q/k norm", f"RMSNorm over the whole q and k projections ({cfg.n_head * cfg.head_dim} and "
-                                 f"{cfg.n_kv_head * cfg.head_dim} channels), before RoPE (OLMoE)"))  # fmt: skip
-    if getattr(cfg, "parallel_residual", False):
+                                 f"{cfg.n_kv_head * cfg.head_dim} channels), before RoPE (OLMoE, OLMo 2)"))  # fmt: skip
+    elif getattr(cfg, "qk_norm", None) == "each_head":
+        rows.append(("q/k norm", f"LayerNorm (no bias) over each head's q and k ({cfg.head_dim} channels), every head "
+                                 "its own scale, before RoPE (StableLM 2)"))  # fmt: skip
+    if getattr(cfg, "reordered_norm", False):
+        rows.append(("reordered norm", "a norm after the attention and after the feed-forward, none before: "
+                                       "x + Norm(Attn(x)), x + Norm(MLP(x)) (OLMo 2)"))  # fmt: skip
+    if getattr(cfg, "embed_dim", None) not in (None, cfg.d_model):  # OPT-350m
+        rows.append(("embedding projections", f"token embeddings {cfg.embed_dim} wide: projected in to {cfg.d_model} "
+                                              f"before the first block and out to {cfg.embed_dim} before the LM head "
+                                              "(OPT-350m)"))  # fmt: skip
+    if getattr(cfg, "shared_norm", False):  # GPT-J, Phi
+        rows.append(("residual", f"parallel: x + Attn(Norm(x)) + MLP(Norm(x)), one {_norm(cfg.norm)} shared by "
+                                 "attention and MLP (GPT-J, Phi, StableLM)"))  # fmt: skip
+    elif getattr(cfg, "parallel_residual", False):
         rows.append(("residual", "parallel: x + Attn(Norm₁(x)) + MLP(Norm₂(x)), the MLP reads the block's input, "
                                  "not the attention's output (GPT-NeoX)"))  # fmt: skip
     return rows + _gemma_rows(cfg)
@@ -101,7 +135,9 @@ def _gemma_rows(cfg) -> list[tuple[str, str]]:
     if getattr(cfg, "embed_scale", False):
         rows.append(("embedding scale", f"token embeddings × √d_model = {cfg.d_model**0.5:.5g}, rounded to the "
                                         "weights' dtype (Gemma)"))  # fmt: skip
-    if getattr(cfg, "attn_scale", None) is not None:
+    if getattr(cfg, "attn_scale", None) == 1.0:  # GPT-Neo
+        rows.append(("attention scale", f"q·k unscaled (× 1, not 1/√d_head = {cfg.head_dim**-0.5:.4g}) (GPT-Neo)"))
+    elif getattr(cfg, "attn_scale", None) is not None:
         rows.append(("attention scale", f"q·k × {cfg.attn_scale:.4g} = {cfg.attn_scale**-2:.4g}^-½ "
                                         f"(query_pre_attn_scalar), not 1/√d_head = {cfg.head_dim**-0.5:.4g}"))  # fmt: skip
     caps = []
@@ -129,16 +165,33 @@ def _expert_rows(cfg) -> list[tuple[str, str]]:
         ("experts", f"{cfg.n_experts} per MoE layer, each a gated MLP {cfg.d_expert} wide, "
                     f"{ACTIVATION_NAMES.get(cfg.activation, cfg.activation)}"),
         ("experts per token (top-k)", str(cfg.top_k)),
-        ("router", "softmax over all experts (float32) → top-k"
-                   + (" → renormalised to sum to 1" if cfg.normalize_top_k else " (weights not renormalised)")),
+        ("router", _router(cfg)),
     ]  # fmt: skip
     if cfg.d_shared_expert:
-        rows.append(("shared expert", f"always on, {cfg.d_shared_expert} wide, scaled by a sigmoid gate"))
+        gate = "scaled by a sigmoid gate" if getattr(cfg, "shared_expert_gate", True) else "no gate (added as is)"
+        rows.append(("shared expert", f"always on, {cfg.d_shared_expert} wide, {gate}"))
     n_moe = sum(cfg.moe_layers)
     if n_moe < cfg.n_layer:
         dense = _ffn(cfg.d_ff, cfg.activation, True)
-        rows.append(("MoE layers", f"{n_moe} of {cfg.n_layer}; the others a dense feed-forward, {dense}"))
+        first = cfg.n_layer - n_moe
+        where = (f"the first {first} dense (first_k_dense_replace)" if cfg.moe_layers == [False] * first + [True] * n_moe
+                 else "the others dense")  # fmt: skip
+        rows.append(("MoE layers", f"{n_moe} of {cfg.n_layer}; {where}: a feed-forward {dense}"))
     return rows
+
+
+def _router(cfg) -> str:
+    if getattr(cfg, "router_score", "softmax") != "sigmoid":
+        return "softmax over all experts (float32) → top-k" + (
+            " → renormalised to sum to 1" if cfg.normalize_top_k else " (weights not renormalised)")
+    groups = ""
+    if cfg.n_group > 1:
+        groups = (f" → only the {cfg.topk_group} best of {cfg.n_group} groups of {cfg.n_experts // cfg.n_group} "
+                  "(a group's score: its 2 best)")  # fmt: skip
+    renorm = " → renormalised to sum to 1" if cfg.normalize_top_k else ""
+    return (f"a sigmoid per expert (float32, no softmax) + a learned bias used only to choose (e_score_correction_bias)"
+            f"{groups} → top-k → the chosen sigmoids{renorm} × {cfg.routed_scaling_factor:g} (routed_scaling_factor)"
+            " (DeepSeek-V3)")  # fmt: skip
 
 
 def encoder_rows(cfg) -> list[tuple[str, str]]:
@@ -147,15 +200,44 @@ def encoder_rows(cfg) -> list[tuple[str, str]]:
         ("width (d_model)", str(cfg.d_model)),
         *_attention_rows(cfg.n_head, cfg.n_head, cfg.d_model // cfg.n_head),
         ("attention", _attention(cfg, causal=False)),
+        *_encoder_block_rows(cfg),
         ("feed-forward", _ffn(cfg.d_ff, cfg.activation, cfg.mlp == "gated")),
         ("positions", _positions(cfg, causal=False) + _encoder_position_notes(cfg)),
-        ("norm", _norm_placement(cfg, causal=False)),
-        ("biases", "everywhere"),
+        ("norm", _norm_placement(cfg, causal=False) + ("" if getattr(cfg, "norm_bias", True) else "; no bias")),
+        ("biases", _encoder_biases(cfg)),
         ("vocabulary", f"{cfg.vocab_size:,}"),
         ("context length", _context(cfg, f"{cfg.max_seq_len:,} tokens (the position table)")),
         ("tied embeddings", "yes: the masked-LM head's output matrix is the token embedding matrix"
                             if cfg.has_mlm_head else "no masked-LM head in this checkpoint"),
     ]  # fmt: skip
+
+
+def _encoder_block_rows(cfg) -> list[tuple[str, str]]:
+    """ModernBERT's parts, each only when on: global and local layers (a symmetric window), no first pre-norm."""
+    rows, kinds = [], cfg.layer_types
+    if "full" in kinds and "sliding" in kinds and len(set(kinds)) == 2:
+        letters = ["G" if k == "full" else "L" for k in kinds]
+        period = next(p for p in range(1, len(letters) + 1) if all(c == letters[i % p] for i, c in enumerate(letters)))
+        order = " ".join(letters[:period]) + (", repeated" if period < len(letters) else "")
+        n_local, reach = letters.count("L"), cfg.sliding_window - 1
+        rows.append(("local/global layers", f"{n_local} local : {len(kinds) - n_local} global, in order {order} "
+                                            f"(L: the keys within ±{reach} of the query, a window of {2 * reach} "
+                                            "either side together; G: every token)"))  # fmt: skip
+    if not getattr(cfg, "first_attn_norm", True):
+        rows.append(("first layer", "no norm before layer 0's attention: it reads the embedding norm's output "
+                                    "(ModernBERT)"))  # fmt: skip
+    return rows
+
+
+def _encoder_biases(cfg) -> str:
+    """BERT: everywhere; ModernBERT: only where its config switches them on."""
+    parts = [("q/k/v, attention output", getattr(cfg, "attention_bias", True)),
+             ("feed-forward", getattr(cfg, "mlp_bias", True)), ("norms", getattr(cfg, "norm_bias", True))]  # fmt: skip
+    if getattr(cfg, "has_mlm_head", False):
+        parts += [("masked-LM head dense", getattr(cfg, "head_bias", True)),
+                  ("masked-LM output", getattr(cfg, "head_decoder_bias", True))]  # fmt: skip
+    where = [name for name, on in parts if on]
+    return "everywhere" if len(where) == len(parts) else ", ".join(where) or "none"
 
 
 def _encoder_position_notes(cfg) -> str:
@@ -300,6 +382,10 @@ def _attention(cfg, *, causal: bool) -> str:
 def _positions(cfg, *, causal: bool) -> str:
     kind = cfg.positions
     if kind == "learned":
+        offset = getattr(cfg, "position_offset", 0) if causal else 0
+        if offset:  # OPT
+            return (f"learned absolute table ({cfg.max_seq_len:,} positions), positions from row {offset}: position p "
+                    f"reads row p + {offset} (OPT)")  # fmt: skip
         return f"learned absolute table ({cfg.max_seq_len:,} positions)"
     if kind == "sinusoidal":
         return "fixed sinusoidal table, added to the embeddings"
@@ -320,11 +406,14 @@ def _positions(cfg, *, causal: bool) -> str:
     text = f"rotary (RoPE) on q and k, θ = {cfg.rope_theta:g}"
     if getattr(cfg, "rotary_fraction", 1.0) < 1:
         text += f", on {cfg.rotary_fraction:.0%} of each head's channels"
+    if getattr(cfg, "rope_interleaved", False):
+        text += ", rotary interleaved: channel pairs (0, 1), (2, 3), … (GPT-J), not the two halves"
     if getattr(cfg, "rope_scaling", None):
         factor = cfg.rope_scaling.get("factor")
         text += f", {cfg.rope_scaling.get('rope_type', 'default')} scaling" + (f" × {factor:g}" if factor else "")
     if getattr(cfg, "rope_local_theta", None) is not None:
-        text += f" on global layers; local layers θ = {cfg.rope_local_theta:g}, unscaled (Gemma 3)"
+        text += (f" on global layers; local layers θ = {cfg.rope_local_theta:g}, unscaled "
+                 f"({'Gemma 3' if causal else 'ModernBERT'})")  # fmt: skip
     return text
 
 
@@ -334,6 +423,11 @@ def _norm_placement(cfg, *, causal: bool) -> str:
         where = "no final norm" if causal else "and on the embeddings"
         return f"{_norm(cfg.norm)}, post-norm (after each residual add, {where}), ε = {cfg.norm_eps:g}"
     where = "+ a final norm" if causal else "+ a final norm, and on the embeddings"
+    if getattr(cfg, "reordered_norm", False):  # OLMo 2
+        return (f"{_norm(cfg.norm)} after each sublayer, before its residual add (none before; + a final norm), "
+                f"ε = {cfg.norm_eps:g}")  # fmt: skip
+    if causal and not getattr(cfg, "final_norm", True):
+        where = "no final norm"  # OPT's _remove_final_layer_norm
     return f"{_norm(cfg.norm)}, pre-norm ({where}), ε = {cfg.norm_eps:g}"
 
 
@@ -355,7 +449,8 @@ def _ffn(width: int, act: str, gated: bool) -> str:
 
 def _biases(cfg) -> str:
     where = [name for name, on in (("q/k/v", cfg.qkv_bias), ("attention output", cfg.o_bias),
-                                   ("feed-forward", cfg.mlp_bias)) if on]  # fmt: skip
+                                   ("feed-forward", cfg.mlp_bias),
+                                   ("LM head", getattr(cfg, "lm_head_bias", False))) if on]  # fmt: skip
     return ", ".join(where) if where else "none"
 
 
@@ -377,6 +472,7 @@ def _tied(tied: bool) -> str:
 # Each family's parameter rules: (regex matched at the start of a parameter name, component), first match wins.
 _NORMS = (r"(.*\.)?\w*norm\.", "norms")
 DECODER_RULES = (  # decoder and moe
+    (r"(embed_tokens\.project_in|lm_head\.project_out)\.", "embedding projections (in and out, OPT-350m)"),
     (r"embed_tokens\.", "token embeddings"),
     (r"embed_positions\.", "position embeddings"),
     (r"relative_attention_bias\.", "relative position bias"),

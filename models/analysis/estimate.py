@@ -23,7 +23,7 @@ matrix once, ``active_params`` is what one token runs (a mixture of experts: top
   through, read off the built model (a routed expert counts top_k / n_experts; the LM head
   counts even when it shares the embedding matrix: it is still multiplied);
 * attention: 2 · 2 · n_head · head_dim · S per attention sub-layer (q·kᵀ and the weighted sum
-  of v) for S keys: the whole context, as Hoffmann et al. (2022, app. F) count it and
+  of v; 2 · n_head · (head_dim + v_head_dim) · S where the values are narrower or wider) for S keys: the whole context, as Hoffmann et al. (2022, app. F) count it and
   ``FlopCounterMode`` measures it (a causal mask's unused half included), or a local pattern's
   window (what a sliding-window kernel computes; archplay's own eager kernel computes the whole
   matrix and masks it);
@@ -35,7 +35,8 @@ its "per token" is per token of either (the whole pass over 2 · context tokens)
 runs the forward once more (``recompute_flops_per_token``, not counted in MFU).
 
 **KV cache**: ``kv_cache_bytes_per_token`` = 2 (k and v) · n_kv_head · head_dim · bytes per cached
-attention layer: grouped- and multi-query attention store their fewer key/value heads only. At a
+attention layer: grouped- and multi-query attention store their fewer key/value heads only; DeepSeek's
+latent attention stores kv_lora_rank + qk_rope_head_dim numbers (its compressed latent and shared rope key). At a
 context, ``kv_cache_bytes`` keeps min(context, window) positions per sliding-window layer (a
 rolling cache, as Mistral's reference implementation); archplay's own ``generate`` keeps every
 position and applies the window as a mask, which ``kv_cache_bytes_unwindowed`` predicts. Mamba
@@ -79,7 +80,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -157,6 +158,8 @@ class AttentionSublayer:
     window: int | None = None
     cached: bool = True  # keeps keys and values while generating
     cross: bool = False  # keys and values from the encoder output (the source)
+    v_head_dim: int | None = None  # the value heads' width when not head_dim (DeepSeek's latent attention)
+    cache_width: int | None = None  # numbers cached per token when not 2·kv_heads·head_dim (MLA: the latent + rope key)
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,8 @@ def _decoder_shape(cfg) -> Shape:
     for i, pattern in enumerate(cfg.layer_types):
         attn = AttentionSublayer(cfg.n_head, cfg.n_kv_head, cfg.head_dim, pattern,
                                  cfg.sliding_window if pattern != "full" else None)  # fmt: skip
+        if getattr(cfg, "kv_lora_rank", None) is not None:  # latent attention: the cache holds the compressed latent
+            attn = replace(attn, v_head_dim=cfg.v_head_dim, cache_width=cfg.kv_lora_rank + cfg.qk_rope_head_dim)
         routed = getattr(cfg, "moe_layers", None) and cfg.moe_layers[i]
         if routed:
             ffn = FeedForward(cfg.d_expert, True, cfg.n_experts, cfg.top_k, cfg.d_shared_expert or 0)
@@ -435,7 +440,8 @@ def keys_seen(attn: AttentionSublayer, context: int) -> int:
 
 def _attention_flops(s: Shape, context: int) -> float:
     """q·kᵀ and probabilities·v: 2 · 2 · heads · head_dim per (query, key) pair, summed per position."""
-    return sum(4 * a.heads * a.head_dim * keys_seen(a, context) for layer in s.layers for a in layer.attention)
+    return sum(2 * a.heads * (a.head_dim + (a.v_head_dim or a.head_dim)) * keys_seen(a, context)
+               for layer in s.layers for a in layer.attention)  # fmt: skip
 
 
 def _scan_flops(s: Shape) -> float:
@@ -451,7 +457,10 @@ def _kv_bytes(s: Shape, kv_bytes: float, *, tp: int = 1, context: int | None = N
             if not a.cached or a.cross != cross:
                 continue
             positions = 1 if context is None else (context if cross else keys_seen(a, context))
-            total += 2 * math.ceil(a.kv_heads / tp) * a.head_dim * kv_bytes * positions
+            if a.cache_width is not None:  # MLA: one latent per token, which every tensor-parallel rank keeps whole
+                total += a.cache_width * kv_bytes * positions
+            else:
+                total += 2 * math.ceil(a.kv_heads / tp) * a.head_dim * kv_bytes * positions
     return total
 
 

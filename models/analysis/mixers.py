@@ -2,6 +2,8 @@
 
 ``gate_steps``: router logits → softmax over all experts (float32) → top-k → renormalised weights →
 the weighted sum of the chosen experts' outputs (+ the shared expert behind its sigmoid gate).
+DeepSeek-V3's router (``score`` "sigmoid"): a sigmoid per expert → + the choice-only bias → the kept
+groups → top-k → the chosen sigmoids renormalised × the scaling factor (+ its ungated shared experts).
 ``scan_steps``: Δ_t → Ā_t = exp(Δ_t A), B̄_t = Δ_t B_t → h_t = Ā_t ⊙ h_{t−1} + B̄_t u_t →
 y_t = h_t · C_t + D ⊙ u_t → ⊙ SiLU(z_t) → out_proj; the hidden-attention row of the same token beside it.
 Mamba-2 the same with one Δ, A and D per head, B and C per group, and the gated RMSNorm before out_proj.
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archplay.models.analysis.interventions import capture_input
+from archplay.models.architectures.moe import GroupedSigmoidRouter
 from archplay.models.architectures.ssm import Mamba2Mixer, selective_scan_sequential, ssd_attention, ssd_sequential
 
 
@@ -36,15 +39,20 @@ class GateSteps:
     token: int
     x: Tensor  # (D,) the MoE layer's input at the token (after the block's norm)
     logits: Tensor  # (E,) router logits
-    probs: Tensor  # (E,) softmax over all experts
-    chosen: list[int]  # the k experts, largest probability first
-    chosen_probs: Tensor  # (k,) their probabilities before renormalising
-    weights: Tensor  # (k,) the weights used (renormalised when the model does)
+    probs: Tensor  # (E,) softmax over all experts; score "sigmoid": each expert's own sigmoid (not summing to 1)
+    chosen: list[int]  # the k experts, largest probability (sigmoid: largest choice score) first
+    chosen_probs: Tensor  # (k,) their probabilities (sigmoid scores) before renormalising
+    weights: Tensor  # (k,) the weights used (renormalised when the model does; × scaling)
     expert_outputs: Tensor  # (E, D) every expert's output on this token (only the chosen ones count)
     expert_norms: Tensor  # (E,) their lengths
     shared_gate: float | None  # sigmoid(gate(x)) of the shared expert (Qwen2-MoE), None without one
     shared_output: Tensor | None  # (D,) the shared expert's output, before its gate
     output: Tensor  # (D,) Σ_k w_k · expert_k(x) (+ shared_gate · shared_output)
+    score: str = "softmax"  # "softmax" | "sigmoid" (DeepSeek-V3: experts scored each on its own)
+    choice_bias: Tensor | None = None  # (E,) sigmoid: e_score_correction_bias, added to the scores to choose only
+    choice_scores: Tensor | None = None  # (E,) sigmoid: probs + choice_bias, −inf outside the kept groups
+    groups_kept: list[int] | None = None  # sigmoid with n_group > 1: the groups the top-k was drawn from
+    scaling: float = 1.0  # the routed weights' factor after renormalising (routed_scaling_factor)
 
 
 @torch.inference_mode()
@@ -61,20 +69,30 @@ def gate_steps(model: nn.Module, ids: Tensor, layer: int, token: int) -> GateSte
     router = moe.router
     logits = F.linear(xt, router.weight)  # (1, E)
     weights, indices = router.choose(logits)  # (1, k) each
+    sigmoid = {}
+    if isinstance(router, GroupedSigmoidRouter):  # DeepSeek-V3: independent sigmoids, chosen with a bias in groups
+        probs, choice, kept = (t[0] if t is not None else None for t in router.select(logits))
+        order = torch.argsort(choice[indices[0]], descending=True)  # largest choice score first
+        weights, indices = weights[:, order], indices[:, order]
+        sigmoid = dict(score="sigmoid", choice_bias=router.e_score_correction_bias.float().cpu(),
+                       choice_scores=choice.cpu(), groups_kept=None if kept is None else sorted(kept.tolist()),
+                       scaling=float(router.scale))  # fmt: skip
+    else:
+        probs = torch.softmax(logits[0].float(), -1)
     outputs = torch.cat([e(xt) for e in moe.experts]).float()  # (E, D)
     chosen = indices[0].tolist()
     y = sum(outputs[e] * weights[0, j].float() for j, e in enumerate(chosen))
     shared_gate = shared_out = None
-    if moe.shared_expert is not None:
-        shared_gate = float(torch.sigmoid(moe.shared_expert_gate(xt)).float())
+    if moe.shared_expert is not None:  # an ungated shared expert (DeepSeek) counts with a gate of 1
+        gate = moe.shared_expert_gate
+        shared_gate = 1.0 if gate is None else float(torch.sigmoid(gate(xt)).float())
         shared_out = moe.shared_expert(xt)[0].float()
         y = y + shared_gate * shared_out
-    probs = torch.softmax(logits[0].float(), -1)
     return GateSteps(layer=layer, token=token, x=xt[0].float().cpu(), logits=logits[0].float().cpu(),
                      probs=probs.cpu(), chosen=chosen, chosen_probs=probs[indices[0]].cpu(),
                      weights=weights[0].float().cpu(), expert_outputs=outputs.cpu(), expert_norms=outputs.norm(dim=-1).cpu(),
                      shared_gate=shared_gate, shared_output=None if shared_out is None else shared_out.cpu(),
-                     output=y.cpu())  # fmt: skip
+                     output=y.cpu(), **sigmoid)  # fmt: skip
 
 
 @dataclass

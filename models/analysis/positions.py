@@ -39,6 +39,8 @@ class Encoding:
     note: str = ""  # one sentence on how positions enter
     offset: int = 0  # learned: the table row position 0 reads (BART: 2); ``table`` starts there
     decoder_table: Tensor | None = None  # (n, D) an encoder-decoder's second table, the decoder's (BART)
+    local_inv_freq: Tensor | None = None  # (pairs,) rotary with a second base (Gemma 3, ModernBERT): the local layers'
+    local_wavelength: Tensor | None = None  # (pairs,) 2π / local_inv_freq; inv_freq is then the global layers'
 
 
 def _kind(model: nn.Module) -> str:
@@ -85,10 +87,13 @@ def encoding(model: nn.Module, n: int = 32) -> Encoding:
         if out.offset:
             out.note += (f", position p reading row p + {out.offset} (BART: fairseq's offset; the first rows are "
                          "never read)")  # fmt: skip
-    elif kind == "learned":  # RoBERTa / XLM-R read from row position_offset (padding_idx + 1) on
+    elif kind == "learned":  # RoBERTa / XLM-R read from row position_offset (padding_idx + 1) on; OPT from row 2
         out.offset = int(getattr(cfg, "position_offset", 0) or 0)
         out.table = model.embed_positions.weight[out.offset : out.offset + n].detach().float().cpu()
-        if out.offset:
+        if out.offset and cfg.family != "encoder":  # OPT's decoder
+            out.note += (f"; position p reads row p + {out.offset} (OPT: an offset of {out.offset} from fairseq; the "
+                         "first rows are never read)")  # fmt: skip
+        elif out.offset:
             out.note += (f"; position p reads row p + {out.offset} (RoBERTa: counted from padding_idx + 1; the first "
                          "rows are never read)")  # fmt: skip
     elif kind == "sinusoidal":
@@ -96,6 +101,12 @@ def encoding(model: nn.Module, n: int = 32) -> Encoding:
     elif kind == "rotary":
         inv = model.rotary.inv_freq.float().cpu()  # (pairs,)
         out.inv_freq, out.wavelength = inv, 2 * math.pi / inv
+        local = getattr(model, "rotary_local", None)
+        if local is not None:  # two bases: global layers rotate with inv_freq, local (windowed) ones with their own
+            out.local_inv_freq = local.inv_freq.float().cpu()
+            out.local_wavelength = 2 * math.pi / out.local_inv_freq
+            out.note += (f"; two bases here: global layers θ = {cfg.rope_theta:g}, local (windowed) layers "
+                         f"θ = {cfg.rope_local_theta:g}")  # fmt: skip
     elif kind == "alibi":
         out.slopes = alibi_slopes(cfg.n_head).float()
         out.bias = alibi_bias(out.slopes, pos, pos)[0].float()  # (H, n, n), as the model adds it

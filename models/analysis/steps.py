@@ -33,7 +33,7 @@ class AttentionSteps:
     kind: str  # "self" | "decoder" | "cross"
     q: Tensor  # (Dh,) the query vector, after any rotation
     k: Tensor  # (S, Dh) every key, after any rotation
-    v: Tensor  # (S, Dh) every value
+    v: Tensor  # (S, Dh) every value (DeepSeek's latent attention: (S, v_head_dim), its values' own width)
     scores: Tensor  # (S,) q·k, unscaled
     scale: float  # the factor on the scores (1/√Dh for most models; 1 for T5)
     bias: Tensor  # (S,) the position term added to the scaled scores (ALiBi, T5's relative buckets); zeros if none
@@ -48,7 +48,7 @@ class AttentionSteps:
     head_output: Tensor  # (D,) this head's share of the output projection: W_o[:, head] @ out
     attention_output: Tensor  # (D,) the whole attention output at the query (every head, W_o's bias)
     residual_in: Tensor | None  # (D,) the block's input at the query (the residual stream), self/decoder kinds
-    residual_out: Tensor | None  # (D,) residual_in + attention_output (pre-norm; None for post- or sandwich norms)
+    residual_out: Tensor | None  # (D,) residual_in + attention_output (pre-norm; None when a norm comes after)
     softcap: float | None = None  # Gemma 2: the scaled scores become cap·tanh(scores·scale/cap) before the bias
 
     @property
@@ -141,8 +141,9 @@ def attention_steps(model: nn.Module, ids: Tensor, layer: int, head: int, query:
     hidden = _hidden(out.trace, kind) if kind != "cross" else None
     if hidden is not None:
         residual_in = hidden[layer][0, query].float().cpu()
-        if not getattr(model.config, "post_norm", False) and not getattr(model.config, "sandwich_norm", False):
-            residual_out = residual_in + attention_output  # a sandwich norm normalises the output first
+        normed_after = getattr(model.config, "sandwich_norm", False) or getattr(model.config, "reordered_norm", False)
+        if not getattr(model.config, "post_norm", False) and not normed_after:
+            residual_out = residual_in + attention_output  # a sandwich (or OLMo 2's) norm normalises the output first
     return AttentionSteps(
         layer=layer, head=head, query=query, kind=kind, q=q.cpu(), k=k.cpu(), v=v.cpu(), scores=scores,
         scale=float(module.scale), bias=bias, mask=mask, weights=weights, out=o.cpu(),

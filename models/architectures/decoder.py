@@ -38,6 +38,15 @@ unscaled, while global layers keep ``rope_theta`` and ``rope_scaling``).
 Two more choices come from checkpoints: ``qk_norm`` (an RMSNorm on q and k before RoPE: "head",
 per head, Qwen3; "all", over the whole projection, OLMoE) and ``parallel_residual`` (GPT-NeoX / Pythia, GPT-J: attention and MLP both read
 the block's input, x + Attn(Norm₁(x)) + MLP(Norm₂(x)), instead of one after the other).
+GPT-J, Phi and OPT add, each off by default: ``shared_norm`` (GPT-J, Phi: the parallel block's two branches
+read one norm, x + Attn(Norm(x)) + MLP(Norm(x))), ``rope_interleaved`` (GPT-J: RoPE on the channel pairs
+(0, 1), (2, 3), ... instead of (i, i + d/2)), ``position_offset`` (OPT: position p reads row p + 2 of the
+learned table), ``final_norm`` False (no final norm in a pre-norm stack), ``lm_head_bias``, and ``embed_dim``
+(OPT-350m: token embeddings narrower than the stack, projected in after the lookup and out before the head,
+both inside ``embed_tokens`` and ``lm_head`` so the logit lens and a tied head work unchanged).
+OLMo 2 adds ``reordered_norm`` (a norm after each sublayer and none before it: x + Norm(Attn(x)),
+x + Norm(MLP(x)); with ``qk_norm`` "all"); StableLM 2 ``qk_norm`` "each_head" (a bias-free LayerNorm per
+head, each head its own scale).
 """
 
 from __future__ import annotations
@@ -112,6 +121,13 @@ class DecoderConfig(ConfigDict):
     attn_softcap: float | None = None  # Gemma 2: scaled scores -> cap·tanh(scores/cap) before the softmax
     final_softcap: float | None = None  # Gemma 2/3: logits -> cap·tanh(logits/cap)
     rope_local_theta: float | None = None  # Gemma 3: RoPE base of the local (non-"full") layers, unscaled
+    shared_norm: bool = False  # GPT-J, Phi: a parallel block with one norm, x + Attn(Norm(x)) + MLP(Norm(x))
+    rope_interleaved: bool = False  # GPT-J: rotary on channel pairs (0, 1), (2, 3), ... not on the two halves
+    position_offset: int = 0  # OPT: learned position p reads table row p + offset (the table has offset more rows)
+    final_norm: bool = True  # False: a pre-norm stack without the final norm (OPT's _remove_final_layer_norm)
+    lm_head_bias: bool = False  # GPT-J, Phi: the LM head adds a bias per vocabulary entry
+    embed_dim: int | None = None  # OPT-350m: token embedding width ≠ d_model (projected in and out); None = d_model
+    reordered_norm: bool = False  # OLMo 2: x + Norm(Attn(x)), x + Norm(MLP(x)): a norm after each sublayer, none before
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     name: str = "decoder"
@@ -139,6 +155,24 @@ class DecoderConfig(ConfigDict):
         self.require(not (self.parallel_residual and self.norm_position == "post"),
                      "parallel_residual needs norm_position 'pre' (both branches read the un-normalised x)")  # fmt: skip
         self._check_gemma_parts()
+        self._check_checkpoint_parts()
+        self.require(not self.reordered_norm or (self.norm_position == "pre" and not self.parallel_residual
+                                                 and not self.sandwich_norm and self.family == "decoder"),
+                     "reordered_norm (OLMo 2) needs norm_position 'pre', no parallel_residual, no sandwich_norm, "
+                     "and the dense decoder")  # fmt: skip
+
+    def _check_checkpoint_parts(self) -> None:
+        """GPT-J's, Phi's and OPT's options (off by default)."""
+        self.require(not self.shared_norm or self.parallel_residual,
+                     "shared_norm (one norm for attention and MLP) needs parallel_residual")  # fmt: skip
+        self.require(not self.rope_interleaved or self.positions == "rotary", "rope_interleaved needs rotary positions")
+        off = self.position_offset
+        self.require(isinstance(off, int) and not isinstance(off, bool) and off >= 0,
+                     f"position_offset must be a whole number of at least 0, got {off!r}")  # fmt: skip
+        self.require(not off or self.positions == "learned", "position_offset needs learned positions")
+        if self.embed_dim is not None:
+            self.require_sizes("embed_dim")
+            self.require(self.final_softcap is None, "embed_dim (projected embeddings) does not combine with final_softcap")
 
     def _check_gemma_parts(self) -> None:
         for name in ("attn_scale", "attn_softcap", "final_softcap", "rope_local_theta"):
@@ -195,16 +229,21 @@ class DecoderBlock(nn.Module):
         self.pattern = cfg.layer_types[layer_idx]  # which mask of the model's masks this layer uses
         self.post_norm = cfg.post_norm
         self.parallel = cfg.parallel_residual
-        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        # OLMo 2's reordered norm: no norm before the sublayers (the identity), one after each
+        self.attn_norm = nn.Identity() if cfg.reordered_norm else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = Attention(
             cfg.d_model, cfg.n_head, n_kv_head=cfg.n_kv_head, head_dim=cfg.head_dim,
             qkv_bias=cfg.qkv_bias, o_bias=cfg.o_bias, scale=scale, qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps,
             qk_norm_kind="gemma_rmsnorm" if cfg.norm == "gemma_rmsnorm" else "rmsnorm", softcap=cfg.attn_softcap,
+            rope_interleaved=cfg.rope_interleaved,
         )  # fmt: skip
-        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        # GPT-J, Phi: one norm feeds both branches of the parallel block (no mlp_norm, no parameters for one)
+        self.mlp_norm = None if cfg.shared_norm else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        if cfg.reordered_norm:
+            self.mlp_norm = nn.Identity()
         self.mlp = self.make_ffn(cfg)
         self.post_attn_norm = self.post_mlp_norm = None  # sandwich norms (Gemma): only when on
-        if cfg.sandwich_norm:
+        if cfg.sandwich_norm or cfg.reordered_norm:
             self.post_attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
             self.post_mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
 
@@ -222,11 +261,36 @@ class DecoderBlock(nn.Module):
     def forward(self, x, **kw) -> tuple[Tensor, LayerTrace]:
         if self.parallel:  # both branches from the block's input x
             attn_x, probs = self.attention(x, **kw)  # x + Attn(Norm1(x))
-            return attn_x + self.mlp(self.mlp_norm(x)), LayerTrace(attention=probs)
+            mlp_norm = self.attn_norm if self.mlp_norm is None else self.mlp_norm  # shared: the same Norm(x)
+            return attn_x + self.mlp(mlp_norm(x)), LayerTrace(attention=probs)
         x, probs = self.attention(x, **kw)
         mlp = _then_norm(lambda h: (self.mlp(h),), self.post_mlp_norm)
         (x,) = residual(x, self.mlp_norm, mlp, post=self.post_norm)
         return x, LayerTrace(attention=probs)
+
+
+class ProjectedEmbedding(nn.Embedding):
+    """OPT-350m's token embeddings: a (vocab, E) table, then ``project_in`` E -> D (no bias). A subclass, so the
+    table keeps its name (``embed_tokens.weight``) and its tie to the head."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, d_model: int):
+        super().__init__(vocab_size, embed_dim)
+        self.project_in = nn.Linear(embed_dim, d_model, bias=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.project_in(super().forward(ids))  # (B, T, E) -> (B, T, D)
+
+
+class ProjectedLinear(nn.Linear):
+    """OPT-350m's LM head: ``project_out`` D -> E (no bias), then the (vocab, E) output matrix."""
+
+    def __init__(self, d_model: int, embed_dim: int, vocab_size: int, bias: bool = False):
+        super().__init__(embed_dim, vocab_size, bias=bias)
+        self.project_out = nn.Linear(d_model, embed_dim, bias=False)
+        self.in_features = d_model  # what the head as a whole reads (the logit lens checks it)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(self.project_out(x))  # (B, T, D) -> (B, T, E) -> (B, T, V)
 
 
 def _then_norm(f, norm: nn.Module | None):
@@ -246,14 +310,18 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.embed_dim in (None, cfg.d_model):
+            self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        else:  # OPT-350m: narrower token embeddings, projected in
+            self.embed_tokens = ProjectedEmbedding(cfg.vocab_size, cfg.embed_dim, cfg.d_model)
         if cfg.positions == "learned":
-            self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.d_model)
+            self.embed_positions = nn.Embedding(cfg.max_seq_len + cfg.position_offset, cfg.d_model)  # OPT: + 2 rows
         elif cfg.positions == "sinusoidal":
             table = sinusoidal_positions(cfg.max_seq_len, cfg.d_model)
             self.register_buffer("sinusoid", table, persistent=False)  # (P, D)
         elif cfg.positions == "rotary":
-            self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling)
+            self.rotary = RotaryEmbedding(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling,
+                                          interleaved=cfg.rope_interleaved)  # fmt: skip
         elif cfg.positions == "relative":
             # One table for the whole stack, as T5 does: its bias is computed once per forward
             # and added to every layer's scores (not a table per layer).
@@ -261,14 +329,17 @@ class Decoder(nn.Module):
         # Gemma 3: local (sliding) layers rotate with a base of their own, unscaled; None = every layer the same
         self.rotary_local = None
         if cfg.positions == "rotary" and cfg.rope_local_theta is not None:
-            self.rotary_local = RotaryEmbedding(cfg.rotary_dim, cfg.rope_local_theta)
+            self.rotary_local = RotaryEmbedding(cfg.rotary_dim, cfg.rope_local_theta, interleaved=cfg.rope_interleaved)
         self.layers = nn.ModuleList(self.make_block(cfg, i) for i in range(cfg.n_layer))
         # Post-norm: the last block ends in a norm already; GPT-1 has no final norm before its head.
-        self.norm = nn.Identity() if cfg.post_norm else make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        if cfg.final_softcap is None:
-            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        final = cfg.final_norm and not cfg.post_norm
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if final else nn.Identity()
+        if cfg.embed_dim not in (None, cfg.d_model):  # OPT-350m: projected out to the embeddings' width first
+            self.lm_head = ProjectedLinear(cfg.d_model, cfg.embed_dim, cfg.vocab_size, bias=cfg.lm_head_bias)
+        elif cfg.final_softcap is None:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
         else:  # Gemma: logits -> cap·tanh(logits/cap), part of the head so the logit lens reads them capped too
-            self.lm_head = SoftCappedLinear(cfg.d_model, cfg.vocab_size, cfg.final_softcap)
+            self.lm_head = SoftCappedLinear(cfg.d_model, cfg.vocab_size, cfg.final_softcap, bias=cfg.lm_head_bias)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(init_normal)
@@ -280,9 +351,10 @@ class Decoder(nn.Module):
     # ------------------------------------------------------------------ forward
 
     def forward(
-        self, ids: Tensor, *, trace: bool = False, cache: list[KVCache] | None = None
+        self, ids: Tensor, *, trace: bool = False, cache: list[KVCache] | None = None, last_only: bool = False
     ) -> ModelOutput:
-        """ids (B, T). ``cache`` (from a previous call's output) continues a sequence."""
+        """ids (B, T). ``cache`` (from a previous call's output) continues a sequence. ``last_only``: the logits
+        of the last position only, (B, 1, V) (generation reads no other: a prompt's head is one row, not T)."""
         cfg = self.config
         offset = cache[0].length if cache else 0
         T = ids.shape[1]
@@ -306,7 +378,7 @@ class Decoder(nn.Module):
             hidden.append(x)
             layer_traces.append(lt)
         h = self.norm(x)
-        logits = self.lm_head(h)  # (B, T, V)
+        logits = self.lm_head(h[:, -1:] if last_only else h)  # (B, T, V), or (B, 1, V)
         tr = _gather(hidden, layer_traces) if trace else None
         return ModelOutput(logits=logits, trace=tr, cache=cache, last_hidden_state=h)
 
@@ -318,7 +390,7 @@ class Decoder(nn.Module):
         if POSITIONS_OFF.get():  # analysis: the same model without its position term
             return (x * self.config.d_model**0.5 if kind == "sinusoidal" else x), None, None
         if kind == "learned":
-            return x + self.embed_positions(pos), None, None
+            return x + self.embed_positions(pos + self.config.position_offset), None, None
         if kind == "sinusoidal":  # the token embeddings × √d_model first, as Vaswani et al. (unit-size waves)
             return x * self.config.d_model**0.5 + self.sinusoid[pos].to(x.dtype), None, None
         if kind == "rotary":
@@ -352,7 +424,7 @@ class Decoder(nn.Module):
         return [KVCache() for _ in self.layers]
 
     def _step(self, ids: Tensor, cache: list[KVCache]):
-        out = self(ids, cache=cache)
+        out = self(ids, cache=cache, last_only=True)
         return out.logits, out.cache
 
     def generate(self, ids: Tensor, max_new_tokens: int = 32, temperature: float = 0.0,

@@ -23,6 +23,12 @@ What the BERT descendants change, also as config fields: ``position_offset`` (Ro
 positions count the non-padding tokens from padding_idx + 1, padding sits at padding_idx, as
 fairseq's ``make_positions``), ``type_vocab_size`` 0 (DistilBERT: no token-type embeddings) and
 ``head_activation`` (RoBERTa's masked-LM head always uses GELU, whatever the blocks use).
+
+ModernBERT's parts, each off by default: ``norm_bias`` False (LayerNorms without a shift), ``attention_bias`` and
+``mlp_bias`` False (no biases in the blocks), ``head_bias`` / ``head_decoder_bias`` (the masked-LM head's dense
+and output biases), ``rope_local_theta`` (local, windowed layers rotate with a RoPE base of their own, global
+layers with ``rope_theta``) and ``first_attn_norm`` False (pre-norm, but layer 0 has no norm before its
+attention: it reads the embedding norm's output).
 """
 
 from __future__ import annotations
@@ -86,6 +92,13 @@ class EncoderConfig(ConfigDict):
     layer_types: list[str] | None = None  # per layer "full" | "sliding" | "strided" | "block"; None = all full
     has_mlm_head: bool = True
     head_activation: str | None = None  # the masked-LM head's; None = activation (RoBERTa: always "gelu")
+    norm_bias: bool = True  # False: every LayerNorm without its bias (ModernBERT)
+    attention_bias: bool = True  # q, k, v and output projections (ModernBERT: none)
+    mlp_bias: bool = True
+    head_bias: bool = True  # the masked-LM head's dense layer (ModernBERT: classifier_bias)
+    head_decoder_bias: bool = True  # the masked-LM head's output bias per vocabulary entry (ModernBERT: decoder_bias)
+    rope_local_theta: float | None = None  # ModernBERT: RoPE base of the local (non-"full") layers; None = rope_theta
+    first_attn_norm: bool = True  # False: layer 0 has no pre-norm before its attention (ModernBERT)
     pad_token_id: int | None = 0
     name: str = "encoder"
     trained: bool = True
@@ -114,6 +127,12 @@ class EncoderConfig(ConfigDict):
                          "and a pad_token_id")  # fmt: skip
         self.require(self.head_activation is None or self.head_activation in ACTIVATIONS,
                      f"head_activation must be None or one of {', '.join(sorted(ACTIVATIONS))}")  # fmt: skip
+        local = self.rope_local_theta
+        self.require(local is None or (isinstance(local, (int, float)) and not isinstance(local, bool) and local > 0),
+                     f"rope_local_theta must be None or a positive number, got {local!r}")  # fmt: skip
+        self.require(local is None or self.positions == "rotary", "rope_local_theta needs rotary positions")
+        self.require(self.first_attn_norm or self.norm_position == "pre",
+                     "first_attn_norm False (layer 0 without a pre-norm) needs norm_position 'pre'")  # fmt: skip
 
     @property
     def n_kv_head(self) -> int:
@@ -140,10 +159,12 @@ class EncoderBlock(nn.Module):
         super().__init__()
         self.pattern = cfg.layer_types[layer_idx]
         self.post_norm = cfg.post_norm
-        self.attn = Attention(cfg.d_model, cfg.n_head, qkv_bias=True, o_bias=True)
-        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, cfg.activation, bias=True)
-        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg.d_model, cfg.n_head, qkv_bias=cfg.attention_bias, o_bias=cfg.attention_bias)
+        self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.norm_bias)
+        if layer_idx == 0 and not cfg.first_attn_norm:  # ModernBERT: layer 0 reads the embedding norm's output
+            self.attn_norm = nn.Identity()
+        self.mlp = make_mlp(cfg.mlp, cfg.d_model, cfg.d_ff, cfg.activation, bias=cfg.mlp_bias)
+        self.mlp_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.norm_bias)
 
     def forward(self, x: Tensor, *, masks: dict, bias: Tensor | None = None, rope=None, need_weights: bool):
         attn = partial(self.attn, mask=masks[self.pattern], bias=bias, rope=rope, need_weights=need_weights)
@@ -157,10 +178,10 @@ class MLMHead(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, embedding: nn.Embedding):
         super().__init__()
-        self.dense = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dense = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.head_bias)
         self.act = activation(cfg.head_activation or cfg.activation)
-        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.norm_bias)
+        self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.head_decoder_bias)
         self.decoder.weight = embedding.weight  # tied
 
     def forward(self, x: Tensor) -> Tensor:
@@ -178,14 +199,19 @@ class Encoder(nn.Module):
             self.register_buffer("sinusoid", sinusoidal_positions(cfg.max_seq_len, cfg.d_model), persistent=False)
         elif cfg.positions == "rotary":
             self.rotary = RotaryEmbedding(cfg.head_dim, cfg.rope_theta)
+        # ModernBERT: local (windowed) layers rotate with a base of their own; None = every layer the same
+        self.rotary_local = None
+        if cfg.positions == "rotary" and cfg.rope_local_theta is not None:
+            self.rotary_local = RotaryEmbedding(cfg.head_dim, cfg.rope_local_theta)
         elif cfg.positions == "relative":
             # One table for the whole stack, as T5's encoder: computed once, added in every layer.
             self.relative_attention_bias = nn.Embedding(cfg.relative_buckets, cfg.n_head)  # (buckets, H)
         self.embed_types = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
+        self.embed_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.norm_bias)
         self.layers = nn.ModuleList(EncoderBlock(cfg, i) for i in range(cfg.n_layer))
         # Pre-norm leaves the residual stream unnormalised: a final norm, as pre-LN transformers have.
-        self.norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps) if not cfg.post_norm else nn.Identity()
+        final = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps, bias=cfg.norm_bias)
+        self.norm = final if not cfg.post_norm else nn.Identity()
         self.mlm_head = MLMHead(cfg, self.embed_tokens) if cfg.has_mlm_head else None
         self.apply(init_normal)
 
@@ -213,9 +239,11 @@ class Encoder(nn.Module):
             for p in dict.fromkeys(cfg.layer_types)
         }  # each (T, T), (B, 1, 1, T) or (B, 1, T, T)
 
+        local_rope = self.rotary_local(pos) if rope is not None and self.rotary_local is not None else None
         hidden, attns = [x], []
         for layer in self.layers:
-            x, probs = layer(x, masks=masks, bias=bias, rope=rope, need_weights=trace)
+            layer_rope = local_rope if local_rope is not None and layer.pattern != "full" else rope
+            x, probs = layer(x, masks=masks, bias=bias, rope=layer_rope, need_weights=trace)
             hidden.append(x)
             attns.append(probs)
         h = self.norm(x)  # post-norm: the identity

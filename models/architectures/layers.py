@@ -141,9 +141,10 @@ def residual(x: Tensor, norm: nn.Module, f, *, post: bool) -> tuple:
     return x + y, *rest
 
 
-def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    """``bias`` False: a LayerNorm without its shift (ModernBERT's norm_bias); RMSNorms have none anyway."""
     if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=eps)
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
     if kind == "rmsnorm":
         return RMSNorm(dim, eps=eps)
     if kind == "gemma_rmsnorm":
@@ -235,8 +236,9 @@ class RotaryEmbedding(nn.Module):
     ``scaling`` follows the checkpoints' ``rope_parameters``: default, linear, or llama3.
     """
 
-    def __init__(self, rot_dim: int, theta: float = 10000.0, scaling: dict | None = None):
+    def __init__(self, rot_dim: int, theta: float = 10000.0, scaling: dict | None = None, interleaved: bool = False):
         super().__init__()
+        self.interleaved = interleaved  # GPT-J: (cos, sin) laid out per channel pair, f0 f0 f1 f1 ...
         inv_freq = 1.0 / (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim))
         kind = (scaling or {}).get("rope_type", "default")
         if kind == "linear":
@@ -249,7 +251,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         freqs = positions[:, None].float() * self.inv_freq[None, :]  # (T, rot_dim/2)
-        emb = torch.cat((freqs, freqs), dim=-1)  # (T, rot_dim)
+        # (T, rot_dim): half-split f0 f1 ... f0 f1 ..., or interleaved (GPT-J) f0 f0 f1 f1 ...
+        emb = freqs.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat((freqs, freqs), dim=-1)
         return emb.cos(), emb.sin()
 
 
@@ -270,11 +273,18 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first rot_dim channels of x (B, H, T, Dh); the rest pass through (partial RoPE)."""
+def _rotate_every_two(x: Tensor) -> Tensor:
+    """GPT-J's pairs: (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
+    return torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool = False) -> Tensor:
+    """Rotate the first rot_dim channels of x (B, H, T, Dh); the rest pass through (partial RoPE).
+    ``interleaved`` (GPT-J): the rotated pairs are channels (0, 1), (2, 3), ...; otherwise (i, i + rot_dim/2)."""
     rot = cos.shape[-1]
     x_rot, x_pass = x[..., :rot], x[..., rot:]
-    x_rot = x_rot * cos.to(x.dtype) + _rotate_half(x_rot) * sin.to(x.dtype)
+    turned = _rotate_every_two(x_rot) if interleaved else _rotate_half(x_rot)
+    x_rot = x_rot * cos.to(x.dtype) + turned * sin.to(x.dtype)
     return torch.cat((x_rot, x_pass), dim=-1) if x_pass.shape[-1] else x_rot
 
 
@@ -498,7 +508,21 @@ POSITIONS_OFF: ContextVar[bool] = ContextVar("archplay_positions_off", default=F
 ATTENTION_TAPS: ContextVar[dict | None] = ContextVar("archplay_attention_taps", default=None)
 
 
-QK_NORMS = ("head", "all")  # Attention's qk_norm: per head (Qwen3) or over the whole projection (OLMoE)
+QK_NORMS = ("head", "all", "each_head")  # Attention's qk_norm: per head (Qwen3), over the whole projection (OLMoE),
+# or a LayerNorm per head with each head's own scale (StableLM 2)
+
+
+class HeadwiseLayerNorm(nn.Module):
+    """StableLM 2's q/k norm: a bias-free LayerNorm over each head's Dh channels, every head its own scale
+    (``weight`` (n, Dh)), for x (B, n, T, Dh)."""
+
+    def __init__(self, n_head: int, head_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_head, head_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, (x.shape[-1],), eps=self.eps) * self.weight[:, None, :]  # (B, n, T, Dh)
 
 
 class Attention(nn.Module):
@@ -509,7 +533,8 @@ class Attention(nn.Module):
     n_kv_head < n_head is grouped-query attention (n_kv_head = 1 is multi-query).
     ``qk_norm`` normalises queries and keys (RMSNorm) before the rotation, so q·k stays bounded:
     "head" (Qwen3) over each head's Dh channels, one scale per channel shared by the heads; "all"
-    (OLMoE, OLMo 2) over the whole projection, H·Dh channels (Hkv·Dh for k), each with its own scale;
+    (OLMoE, OLMo 2) over the whole projection, H·Dh channels (Hkv·Dh for k), each with its own scale; "each_head"
+    (StableLM 2) a bias-free LayerNorm over each head's Dh channels, every head its own scale (``HeadwiseLayerNorm``);
     ``qk_norm_kind`` "gemma_rmsnorm" makes them Gemma 3's x̂·(1 + w). ``softcap``: Gemma 2's scores become
     cap·tanh(scores·scale/cap) before the softmax (always the eager path: no fused kernel caps).
     """
@@ -529,6 +554,7 @@ class Attention(nn.Module):
         norm_eps: float = 1e-6,
         qk_norm_kind: str = "rmsnorm",
         softcap: float | None = None,
+        rope_interleaved: bool = False,
     ):
         super().__init__()
         self.n_head = n_head
@@ -549,10 +575,14 @@ class Attention(nn.Module):
         if qk_norm == "head":  # qk_norm_kind: "rmsnorm", or "gemma_rmsnorm" (Gemma 3's x·(1 + w))
             self.q_norm = make_norm(qk_norm_kind, self.head_dim, norm_eps)
             self.k_norm = make_norm(qk_norm_kind, self.head_dim, norm_eps)
+        elif qk_norm == "each_head":
+            self.q_norm = HeadwiseLayerNorm(n_head, self.head_dim, norm_eps)
+            self.k_norm = HeadwiseLayerNorm(self.n_kv_head, self.head_dim, norm_eps)
         elif qk_norm == "all":
             self.q_norm = make_norm(qk_norm_kind, n_head * self.head_dim, norm_eps)
             self.k_norm = make_norm(qk_norm_kind, self.n_kv_head * self.head_dim, norm_eps)
         self.softcap = softcap  # Gemma 2: attention logit soft-capping; None = off
+        self.rope_interleaved = rope_interleaved  # GPT-J: rotary on channel pairs (0, 1), (2, 3), ...
 
     def _heads(self, x: Tensor, n: int) -> Tensor:
         B, T, _ = x.shape
@@ -569,7 +599,7 @@ class Attention(nn.Module):
         if norm is not None and self.qk_norm == "all":
             y = norm(y)  # over all n·Dh channels
         y = self._heads(y, n)
-        if norm is not None and self.qk_norm == "head":
+        if norm is not None and self.qk_norm in ("head", "each_head"):
             y = norm(y)  # over each head's Dh channels
         return y
 
@@ -597,8 +627,8 @@ class Attention(nn.Module):
             k, v = self.keys_values(x)  # (B, Hkv, T, Dh) each
             if rope is not None:  # (cos, sin) for the new positions
                 q_before, k_before = q, k
-                q = apply_rotary(q, *rope)
-                k = apply_rotary(k, *rope)
+                q = apply_rotary(q, *rope, interleaved=self.rope_interleaved)
+                k = apply_rotary(k, *rope, interleaved=self.rope_interleaved)
             if cache is not None:
                 k, v = cache.update(k, v)  # (B, Hkv, S_total, Dh)
         out, probs = attend(q, k, v, scale=self.scale, mask=mask, bias=bias, need_weights=need_weights,

@@ -694,8 +694,10 @@ class Mamba(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(_init_weights)
 
-    def forward(self, ids: Tensor, *, trace: bool = False, state: list[LayerState] | None = None) -> ModelOutput:
-        """ids (b, T). ``state`` (a previous output's ``cache``) continues a sequence.
+    def forward(self, ids: Tensor, *, trace: bool = False, state: list[LayerState] | None = None,
+                last_only: bool = False) -> ModelOutput:  # fmt: skip
+        """ids (b, T). ``state`` (a previous output's ``cache``) continues a sequence. ``last_only``: the
+        logits of the last position only (generation reads no other).
 
         The output's ``cache`` is the state after these tokens. ``trace`` needs a whole
         sequence (no state): the hidden attention covers the tokens it is shown.
@@ -710,7 +712,7 @@ class Mamba(nn.Module):
             layer_traces.append(lt)
             new_state.append(st)
         h = self.norm(x)
-        logits = self.lm_head(h)  # (b, T, V)
+        logits = self.lm_head(h[:, -1:] if last_only else h)  # (b, T, V), or (b, 1, V)
         tr = None
         if trace:
             tr = Trace(
@@ -732,7 +734,7 @@ class Mamba(nn.Module):
 
     def _step(self, ids: Tensor, state: list[LayerState] | None):
         """The prompt in one pass from a zero state (state None), then one token per call."""
-        out = self(ids, state=state)
+        out = self(ids, state=state, last_only=True)
         return out.logits, out.cache
 
     def generate(self, ids: Tensor, max_new_tokens: int = 32, temperature: float = 0.0,
