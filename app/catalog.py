@@ -19,7 +19,7 @@ import torch
 
 from archplay.models import BUILTIN_NAMES, LoadError, load, registry
 from archplay.models.checkpoints import hub
-from archplay.models.checkpoints.loading import fast_cpu_layout, load_repo
+from archplay.models.checkpoints.loading import fast_cpu_layout, load_repo, on_cpu
 from archplay.models.registry import Family
 
 
@@ -80,8 +80,11 @@ class Catalog:
     """Loaded models by key, in the order they were added (the first is the default)."""
 
     def __init__(self, device: str | torch.device = "cpu", models_dir: str | Path | None = None, *,
-                 allow_downloads: bool = False):  # fmt: skip
+                 allow_downloads: bool = False, dtype: str | None = None, device_map: str | None = None):  # fmt: skip
         self.device = torch.device(device)
+        # how checkpoints load: "bf16" | "fp16" | "fp32" | None (each checkpoint's own; the built-ins' fp32),
+        # and "auto" to spread a big model's layers over the GPUs and the CPU (accelerate)
+        self.load_options = {"dtype": dtype, "device_map": device_map}
         self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else None
         self.allow_downloads = allow_downloads  # may a page's load box download a repository not in the cache
         self.hub_ids = True  # may a page's load box load Hugging Face ids at all (a shared server: only if allowed)
@@ -99,7 +102,7 @@ class Catalog:
         key = _key(name_or_folder)
         if key in self._entries:
             return self._entries[key]
-        return self._load(key, lambda: load(key, device=self.device, root=root))
+        return self._load(key, lambda: load(key, device=self.device, root=root, **self.load_options))
 
     def _load(self, key: str, loader: Callable[[], tuple]) -> Entry:
         try:
@@ -160,8 +163,9 @@ class Catalog:
                 raise
 
     def _repo(self, ref: hub.RepoRef):
-        model, tokenizer = load_repo(ref, self.device, allow_download=self.allow_downloads, server=True)
-        if self.device.type == "cpu":
+        model, tokenizer = load_repo(ref, self.device, allow_download=self.allow_downloads, server=True,
+                                     **self.load_options)  # fmt: skip
+        if on_cpu(model):
             fast_cpu_layout(model)
         return model, tokenizer
 
@@ -189,14 +193,17 @@ class Catalog:
         log: Callable[[str], None] = print,
         models_dir: str | Path | None = None,
         allow_downloads: bool = False,
+        dtype: str | None = None,
+        device_map: str | None = None,
     ) -> Catalog:
         """The built-ins, then each of ``names``. A name that fails is logged and skipped.
 
         The first of ``names`` that loads becomes the default choice (the user asked for it). A
         Hugging Face id among ``names`` is downloaded when not cached (unless ``HF_HUB_OFFLINE``);
-        ``allow_downloads`` is for the page's load box.
+        ``allow_downloads`` is for the page's load box. ``dtype`` and ``device_map`` apply to every model
+        loaded (see ``archplay.models.load``).
         """
-        reg = cls(device, models_dir, allow_downloads=allow_downloads)
+        reg = cls(device, models_dir, allow_downloads=allow_downloads, dtype=dtype, device_map=device_map)
         builtins = tuple(builtins)
         for i, name in enumerate([*builtins, *names]):
             try:

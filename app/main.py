@@ -39,6 +39,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where models run; auto = cuda when available (default: auto)")  # fmt: skip
+    p.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="the dtype checkpoints load in; auto = each checkpoint's own (its config.json), the built-ins "
+                        "fp32 (default: auto)")  # fmt: skip
+    p.add_argument("--device-map", choices=("auto",), default=None,
+                   help="auto: spread a model too big for one device over the GPUs and the CPU, through accelerate "
+                        "(pip install 'archplay[big]')")  # fmt: skip
     p.add_argument("--models-dir", default=None, metavar="DIR",
                    help="a folder of checkpoint folders the page may load by name (nothing outside it)")  # fmt: skip
     p.add_argument("--allow-downloads", action="store_true",
@@ -167,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(args.device)
     print(f"archplay: loading models on {device}…", flush=True)
     catalog = Catalog.from_names(args.model, device=device, log=lambda m: print(m, file=sys.stderr, flush=True),
-                                   models_dir=args.models_dir, allow_downloads=args.allow_downloads)  # fmt: skip
+                                   models_dir=args.models_dir, allow_downloads=args.allow_downloads,
+                                   dtype=None if args.dtype == "auto" else args.dtype,
+                                   device_map=args.device_map)  # fmt: skip
     # A shared server (beyond loopback) loads Hugging Face ids on the page only when told to: each is memory.
     catalog.hub_ids = args.allow_downloads or args.host in LOOPBACK
     warning = host_warning(args.host)

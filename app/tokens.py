@@ -7,6 +7,8 @@ from __future__ import annotations
 import html
 import re
 
+from archplay.models.analysis.trace_budget import trace_cap
+
 from .catalog import Entry
 
 # From the built-ins' story world (archplay.models.story), so the trained models have something to say.
@@ -30,8 +32,9 @@ PAGE_MAX_TOKENS = 512  # the most tokens one Run analyses: a T × T heatmap stay
 
 
 def token_limit(entry: Entry) -> int:
-    """The most tokens a Run analyses: the model's context, or the page's limit if smaller."""
-    return min(int(entry.config.max_seq_len), PAGE_MAX_TOKENS)
+    """The most tokens a Run analyses: the model's context, or the page's limit if smaller, or fewer for a big
+    model whose traced run would otherwise return too much (``trace_budget.trace_cap``)."""
+    return trace_cap(entry.config, min(int(entry.config.max_seq_len), PAGE_MAX_TOKENS)).tokens
 
 
 def encode(entry: Entry, text: str) -> tuple[list[int], int | None]:

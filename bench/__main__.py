@@ -1,6 +1,6 @@
 """``python -m bench``: every benchmark, one table, and the same rows as JSON.
 
-    python -m bench [--quick] [--device cpu|cuda] [--only interactive page generation scaling startup load sessions starvation train]
+    python -m bench [--quick] [--device cpu|cuda] [--only interactive page generation scaling startup load sessions starvation train estimate bigload]
                     [--json bench/results.json]
 
 Each module measures its own side-by-side comparisons in one run (see its docstring) and
@@ -25,7 +25,8 @@ import torch
 
 from bench.report import markdown
 
-MODULES = ("interactive", "page", "generation", "scaling", "startup", "load", "sessions", "starvation", "train", "estimate")
+MODULES = ("interactive", "page", "generation", "scaling", "startup", "load", "sessions", "starvation", "train", "estimate",
+           "bigload")
 
 
 def machine() -> dict:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import plotly.graph_objects as go
 
 from archplay.models import LoadError
+from archplay.models.analysis.trace_budget import trace_cap
 
 from ..catalog import Catalog, Entry, UnknownModelError
 from ..messages import error, md_escape, ok, plural, warn
 from ..session import Analysis, record, traced_run
 from ..sliders import clamp
-from ..tokens import clip, encode, tokens_html
+from ..tokens import PAGE_MAX_TOKENS, clip, encode, tokens_html
 from . import attention, routing, scan, translation
 from .generation import generate_note
 from .routing import RoutingView
@@ -175,12 +176,16 @@ def _status(entry: Entry, analysis: Analysis, elapsed: float) -> tuple[str, str]
     if analysis.truncated_from is None:
         return status, ""
     context = int(entry.config.max_seq_len)
+    cap = trace_cap(entry.config, min(context, PAGE_MAX_TOKENS))
     if n >= context:
         why = f"this model reads at most {n}"
+    elif cap.message:  # a big model: its traced Run is cut shorter than the page's own limit
+        why = f"this page analyses at most {n} for this model"
     else:
         why = f"this page analyses at most {n} (the model reads {context}, but the maps would be too big to draw)"
     status += "\n\n" + warn(
         f"Your text is {analysis.truncated_from} tokens long but {why}; only the first {n} were analysed."
+        + (f" {md_escape(cap.message)}" if cap.message and n < context else "")
     )
     return status, f"cut to the first {n} of {analysis.truncated_from}"
 
