@@ -426,3 +426,37 @@ def test_a_big_models_run_on_the_page_is_cut_and_says_why():
     r = run.analyse(catalog, "wide", text, 0, 0, 1.0, 0, 1.0)
     assert len(r.analysis.ids) == cap.tokens and r.analysis.truncated_from > cap.tokens
     assert f"only the first {cap.tokens} were analysed" in r.status and "This model is large (48 layers" in r.status
+
+
+def test_meta_builds_skip_the_initialisation(monkeypatch):
+    """Building on the meta device runs no initialiser: nn.init passes its tensor by name, which the loader's
+    mode now recognises (before: every nn.init.normal_ ran torch's meta kernels, ~0.2 s of a GPT-2 load)."""
+    from archplay.models.architectures.decoder import Decoder, DecoderConfig
+    from archplay.models.checkpoints.loading import _EmptyOnMeta
+
+    calls = []
+    real = torch.nn.init._no_grad_normal_
+    monkeypatch.setattr(torch.nn.init, "_no_grad_normal_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.device("meta"), _EmptyOnMeta(empty=False):
+        Decoder(DecoderConfig.gpt2_tiny())
+    with torch.no_grad(), _EmptyOnMeta():
+        model = Decoder(DecoderConfig.gpt2_tiny())
+    assert calls == [] and all(p.is_meta for p in model.parameters())
+
+
+def test_gpt2_weights_are_copied_no_more_than_needed(hf_folder):
+    """GPT-2's Conv1D weights (in, out) become nn.Linear ones: a widening map stays column-major (the CPU layout
+    fast_cpu_layout would give it: no second copy), a narrowing one row-major; in bf16 every weight is
+    row-major (the column-major layout is slow there); the logits equal transformers' either way."""
+    from archplay.models import load
+
+    folder, hf = hf_folder("gpt2")
+    ours, tok = load(folder)
+    layer = ours.layers[0]
+    assert layer.attn.q_proj.weight.t().is_contiguous() and layer.mlp.up_proj.weight.t().is_contiguous()
+    assert layer.mlp.down_proj.weight.is_contiguous()
+    half, _ = load(folder, dtype="bf16")
+    assert all(p.is_contiguous() for p in half.parameters())
+    ids = torch.tensor([tok.encode("the cat sat on the mat")])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)

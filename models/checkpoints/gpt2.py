@@ -47,15 +47,23 @@ def gpt2_rename(key: str, t: Tensor) -> dict[str, Tensor]:
     if not m:
         return {key: t}  # reported as unexpected
     i, part, kind = m.groups()
-    conv1d = part.startswith(("attn.", "mlp."))  # GPT-2's Conv1D stores weights as (in, out)
-    if conv1d and kind == "weight":
-        t = t.t()
+    conv1d = part.startswith(("attn.", "mlp.")) and kind == "weight"  # GPT-2's Conv1D stores weights as (in, out)
     if part == "attn.c_attn":  # fused q, k, v along the output axis
-        q, k, v = t.chunk(3, dim=0)
-        return {f"layers.{i}.attn.{p}.{kind}": x.contiguous() for p, x in zip(("q_proj", "k_proj", "v_proj"), (q, k, v))}
+        parts = t.chunk(3, dim=-1 if conv1d else 0)
+        return {f"layers.{i}.attn.{p}.{kind}": _linear(x) if conv1d else x.contiguous()
+                for p, x in zip(("q_proj", "k_proj", "v_proj"), parts)}  # fmt: skip
     if part not in _GPT2_BLOCK:
         return {key: t}
-    return {f"layers.{i}.{_GPT2_BLOCK[part]}.{kind}": t.contiguous()}
+    return {f"layers.{i}.{_GPT2_BLOCK[part]}.{kind}": _linear(t) if conv1d else t.contiguous()}
+
+
+def _linear(w: Tensor) -> Tensor:
+    """A Conv1D weight (in, out) as an ``nn.Linear`` one (out, in), copied no more than needed: a widening map
+    (out ≥ in) stays column-major, the layout ``loading.fast_cpu_layout`` gives those on the CPU (no copy when
+    the stored tensor is whole); a narrowing one is copied row-major. ``loading.materialize`` makes a
+    column-major weight row-major where that layout does not pay (another dtype or device)."""
+    n_in, n_out = w.shape
+    return w.contiguous().t() if n_out >= n_in else w.t().contiguous()
 
 
 CONVERTER = Converter(gpt2_config, gpt2_rename)

@@ -305,8 +305,9 @@ class _EmptyOnMeta(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if args and isinstance(args[0], Tensor) and args[0].is_meta and getattr(func, "__name__", "") in _META_NOOPS:
-            return args[0]
+        target = args[0] if args else kwargs.get("tensor")  # nn.init's functions pass their tensor by name
+        if isinstance(target, Tensor) and target.is_meta and getattr(func, "__name__", "") in _META_NOOPS:
+            return target
         if self.empty and func is torch.empty and kwargs.get("device") is None:
             kwargs = {**kwargs, "device": "meta"}
         return func(*args, **kwargs)
@@ -343,6 +344,9 @@ def materialize(build, state: dict[str, Tensor], folder: Path, *, dtype: torch.d
             if t.device != target:
                 trimmer.freed(_nbytes(t))
                 t = t.to(target)
+            if not t.is_contiguous() and not (t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2
+                                              and t.t().is_contiguous()):  # fmt: skip
+                t = t.contiguous()  # column-major (a converter's transposed weight) pays only for fp32 on the CPU
             param = nn.Parameter(t, requires_grad=names[0][0]._parameters[names[0][1]].requires_grad)
             for module, name, _ in names:
                 module._parameters[name] = param
