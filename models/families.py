@@ -56,7 +56,7 @@ ENCODER_DECODER = Family(
                                                  "mbart": bart.MBART},
 )  # fmt: skip
 MOE = Family(
-    name="moe", title="decoder-only mixture of experts (Mixtral-style)", config=MoEConfig, model=MoEDecoder,
+    name="moe", title="decoder-only mixture of experts (Mixtral, DeepSeek)", config=MoEConfig, model=MoEDecoder,
     objective="causal", card_rows=card.moe_rows, parameter_rules=card.DECODER_RULES,
     trace_fields=(*ATTENTION_TRACE, "router_logits", "expert_indices"), views=("attention", "routing"),
     checkpoints={"mixtral": llama.MIXTRAL, "qwen2_moe": llama.QWEN2_MOE, "qwen3_moe": llama.QWEN3_MOE,

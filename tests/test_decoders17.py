@@ -209,7 +209,7 @@ def test_card_rows_name_each_familys_parts(ckpt):
     assert rows["residual"].startswith("parallel: x + Attn(Norm(x)) + MLP(Norm(x)), one LayerNorm shared by "
                                        "attention and MLP")  # fmt: skip
     assert rows["positions"] == ("rotary (RoPE) on q and k, θ = 10000, on 50% of each head's channels, rotary "
-                                 "interleaved: channel pairs (0, 1), (2, 3), … (GPT-J), not the two halves")  # fmt: skip
+                                 "interleaved: channel pairs (0, 1), (2, 3), … (GPT-J, DeepSeek-V3), not the two halves")  # fmt: skip
     assert rows["biases"] == "feed-forward, LM head"
     rows = dict(card.architecture(ckpt("opt")[0]))
     assert rows["positions"] == "learned absolute table (128 positions), positions from row 2: position p reads row p + 2 (OPT)"

@@ -407,7 +407,7 @@ def _positions(cfg, *, causal: bool) -> str:
     if getattr(cfg, "rotary_fraction", 1.0) < 1:
         text += f", on {cfg.rotary_fraction:.0%} of each head's channels"
     if getattr(cfg, "rope_interleaved", False):
-        text += ", rotary interleaved: channel pairs (0, 1), (2, 3), … (GPT-J), not the two halves"
+        text += ", rotary interleaved: channel pairs (0, 1), (2, 3), … (GPT-J, DeepSeek-V3), not the two halves"
     if getattr(cfg, "rope_scaling", None):
         factor = cfg.rope_scaling.get("factor")
         text += f", {cfg.rope_scaling.get('rope_type', 'default')} scaling" + (f" × {factor:g}" if factor else "")
