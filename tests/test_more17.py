@@ -9,7 +9,9 @@ there and matters (switched off, the logits move); what is refused says why; the
 from __future__ import annotations
 
 import json
+import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import assert_causal_parity, make_hf_model
@@ -401,6 +403,15 @@ def test_modernbert_card_anatomy_and_positions(ckpt):
     pairs = torch.arange(0, 8, 2) / 8.0
     torch.testing.assert_close(enc.wavelength, 2 * torch.pi * 1000.0**pairs, atol=0, rtol=1e-5)
     torch.testing.assert_close(enc.local_wavelength, 2 * torch.pi * 50.0**pairs, atol=0, rtol=1e-5)
+    # the Anatomy tab draws both bases' wavelengths (before: only the global layers')
+    from archplay.viz.positions import LOCAL_WAVELENGTH, WAVELENGTH, encoding_figure
+
+    fig = encoding_figure(enc)
+    curves = {t.name: np.asarray(t.y, dtype=np.float64) for t in fig.data if t.name in (WAVELENGTH, LOCAL_WAVELENGTH)}
+    np.testing.assert_allclose(curves[WAVELENGTH], enc.wavelength.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(curves[LOCAL_WAVELENGTH], enc.local_wavelength.numpy(), rtol=1e-6)
+    low = math.floor(math.log10(float(enc.local_wavelength.min())))
+    assert fig.layout.yaxis.range[0] <= low  # the axis spans both curves
 
 
 def test_modernbert_attention_steps_are_exact(ckpt):

@@ -19,7 +19,8 @@ Reading the figures back (names are the module's constants):
 - table: heatmap ``TABLE`` with ``z`` (n, d) = ``table[:, :MAX_DIMS]``; heatmap ``SIMILARITY`` with
   ``z`` (n, n) = ``similarity``.
 - rotary: scatter ``WAVELENGTH``, ``x`` the pair index, ``y`` = ``wavelength``, ``customdata[i]`` =
-  ``inv_freq[i]``; one scatter per drawn pair, named ``"pair i"``, ``x`` the positions 0..n-1, ``y`` =
+  ``inv_freq[i]`` (with a second base on the local layers, also scatter ``LOCAL_WAVELENGTH``, ``y`` =
+  ``local_wavelength``); one scatter per drawn pair, named ``"pair i"``, ``x`` the positions 0..n-1, ``y`` =
   cos(position × inv_freq[i]).
 - alibi: bar ``SLOPES`` (``x`` heads, ``y`` = ``slopes``); heatmap ``"bias, head h"`` ``z`` = ``bias[h]``.
 - relative: heatmaps ``"bias, head h"`` ``z`` = ``bias[h]``, one per head (at most ``MAX_HEADS``; more
@@ -43,6 +44,7 @@ from archplay.viz.attention import tick_positions, tick_text
 TABLE = "position table"
 SIMILARITY = "similarity"
 WAVELENGTH = "wavelength"
+LOCAL_WAVELENGTH = "wavelength on the local layers"  # rotary with a second base (Gemma 3, ModernBERT)
 SHOWN = "pairs drawn"
 SLOPES = "slopes"
 WITH = "with positions"
@@ -136,6 +138,18 @@ def _rotary(enc, head: int, title: str) -> go.Figure:
                  showlegend=False,
                  hovertemplate="pair %{x}<br>θ = %{customdata:.4g} rad per token<br>"
                                "a full turn every %{y:,.1f} tokens<extra></extra>")]  # fmt: skip
+    local = getattr(enc, "local_wavelength", None)
+    if local is not None:  # a second base on the local layers (Gemma 3, ModernBERT): both curves, named
+        local = style.to_numpy(local).astype(np.float64)
+        data[0]["showlegend"] = True  # "wavelength" (the global layers') beside the local layers' one
+        data.append(dict(type="scatter", name=LOCAL_WAVELENGTH, x=pairs, y=local,
+                         customdata=style.to_numpy(enc.local_inv_freq).astype(np.float64), mode="lines",
+                         line=dict(color=style.TEMPERED, width=1.5, dash="dash"), xaxis="x", yaxis="y",
+                         showlegend=True, hovertemplate="pair %{x} on the local layers<br>θ = %{customdata:.4g} rad "
+                         "per token<br>a full turn every %{y:,.1f} tokens<extra></extra>"))  # fmt: skip
+        wave_all = np.concatenate([wave, local])
+    else:
+        wave_all = wave
     data.append(dict(type="scatter", name=SHOWN, x=shown, y=wave[shown], mode="markers", xaxis="x", yaxis="y",
                      marker=dict(size=11, color=colours, line=dict(color="white", width=1)), showlegend=False,
                      hoverinfo="skip"))  # the pairs drawn on the right, in their colours
@@ -148,7 +162,7 @@ def _rotary(enc, head: int, title: str) -> go.Figure:
                          marker=dict(size=4), xaxis="x2", yaxis="y2", legendgroup=str(i),
                          hovertemplate=f"pair {int(i)} · position %{{x}}<br>turned %{{customdata:.0f}}° "
                                        f"(cos %{{y:.2f}})<extra></extra>"))  # fmt: skip
-    span = [math.floor(math.log10(max(wave.min(), 1e-3))), math.ceil(math.log10(max(wave.max(), 10)))]
+    span = [math.floor(math.log10(max(wave_all.min(), 1e-3))), math.ceil(math.log10(max(wave_all.max(), 10)))]
     layout = dict(
         xaxis=dict(domain=[0.0, 0.42], title_text="dimension pair (fast → slow)", zeroline=False),
         yaxis=dict(type="log", title_text="wavelength (tokens per full turn)", range=span, zeroline=False),
