@@ -88,6 +88,18 @@ def _close(a, b, atol=ATOL):
 # --------------------------------------------------------------------------- parity
 
 
+def _against(ours, tok, hf):
+    """Ours and transformers on PROMPT → TARGET (teacher-forced), traced: the logits equal, traced and fused."""
+    ids, dec = _ids(tok, PROMPT), _ids(tok, TARGET, start=True)
+    with torch.no_grad():
+        ref = hf(ids, decoder_input_ids=dec, output_attentions=True, output_hidden_states=True)
+        out = ours(ids, decoder_input_ids=dec, trace=True)
+        fast = ours(ids, decoder_input_ids=dec)
+    _close(out.logits, ref.logits)
+    _close(fast.logits, ref.logits)  # the fused path too
+    return out, ref
+
+
 @pytest.mark.parametrize("style", list(STYLES))
 def test_bart_parity(bart, style):
     ours, tok, hf, _ = bart(style)
@@ -96,13 +108,7 @@ def test_bart_parity(bart, style):
     tied = style == "tied"
     assert cfg.tie_embeddings is tied and cfg.share_embeddings is tied and cfg.scale_embedding is not tied
     assert (ours.shared is None) is not tied and (ours.lm_head.weight is getattr(ours.shared, "weight", None)) is tied
-    ids, dec = _ids(tok, PROMPT), _ids(tok, TARGET, start=True)
-    with torch.no_grad():
-        ref = hf(ids, decoder_input_ids=dec, output_attentions=True, output_hidden_states=True)
-        out = ours(ids, decoder_input_ids=dec, trace=True)
-        fast = ours(ids, decoder_input_ids=dec)
-    _close(out.logits, ref.logits)
-    _close(fast.logits, ref.logits)  # the fused path too
+    out, ref = _against(ours, tok, hf)
     tr = out.trace
     for mine, theirs in [(tr.attentions, ref.encoder_attentions), (tr.decoder_attentions, ref.decoder_attentions),
                          (tr.cross_attentions, ref.cross_attentions)]:  # fmt: skip
@@ -455,13 +461,8 @@ def test_mbart_parity_generation_card_and_count(tmp_path):
     word_tokenizer("decoder").save_pretrained(tmp_path)
     ours, tok = models.load(tmp_path)
     assert ours.config.norm_position == "pre" and ours.config.positions == "learned"
-    ids, dec = _ids(tok, PROMPT), _ids(tok, TARGET, start=True)
-    with torch.no_grad():
-        ref = hf(ids, decoder_input_ids=dec, output_attentions=True, output_hidden_states=True)
-        out = ours(ids, decoder_input_ids=dec, trace=True)
-        fast = ours(ids, decoder_input_ids=dec)
-    _close(out.logits, ref.logits)
-    _close(fast.logits, ref.logits)
+    out, ref = _against(ours, tok, hf)
+    ids, dec = _ids(tok, PROMPT), _ids(tok, TARGET, start=True)  # for generation and the anatomy below
     for a, b in zip(out.trace.cross_attentions + out.trace.attentions, ref.cross_attentions + ref.encoder_attentions,
                     strict=True):  # fmt: skip
         _close(a, b)
