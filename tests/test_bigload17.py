@@ -235,7 +235,8 @@ def _file_backed(t: torch.Tensor, files: set[str]) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_tensors_used_as_stored_are_mapped_and_copies_are_read(tmp_path):
     """A bf16 checkpoint loaded in bf16: every weight is a view of its shard mapped in memory (nothing read
-    yet); loaded in fp32 (a cast), none is. GPT-2's transposed matrices are read, its embeddings mapped.
+    yet); loaded in fp32 (a cast), none is. GPT-2 in fp32: every weight mapped, its Conv1D matrices (q, k and v
+    views of the fused c_attn) in Conv1D's own layout; in bf16 none.
     Writing to a mapped weight never reaches the file."""
     from conftest import make_hf_model
 
@@ -259,10 +260,13 @@ def test_tensors_used_as_stored_are_mapped_and_copies_are_read(tmp_path):
     gpt2 = tmp_path / "gpt2"
     make_hf_model("gpt2", gpt2)
     files = {str((gpt2 / "model.safetensors").resolve())}
-    g, _ = load_folder(gpt2)  # fp32 on the CPU: the widening projections are relaid out, so read
-    assert _file_backed(g.embed_tokens.weight, files) and _file_backed(g.embed_positions.weight, files)
-    assert not _file_backed(g.layers[0].attn.q_proj.weight, files)  # transposed from Conv1D: a copy
-    assert not _file_backed(g.layers[0].mlp.down_proj.weight, files)
+    g, _ = load_folder(gpt2)  # fp32 on the CPU: Conv1D's (in, out) matrices are used as stored, column-major
+    assert all(_file_backed(p, files) for p in g.parameters())
+    attn = g.layers[0].attn
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.v_proj.weight.untyped_storage().data_ptr()
+    assert g.layers[0].mlp.down_proj.weight.t().is_contiguous()
+    half, _ = load_folder(gpt2, dtype="bf16")  # a cast: read, and row-major
+    assert not any(_file_backed(p, files) for p in half.parameters())
 
 
 PEAK_SCRIPT = textwrap.dedent(
@@ -445,16 +449,19 @@ def test_meta_builds_skip_the_initialisation(monkeypatch):
 
 
 def test_gpt2_weights_are_copied_no_more_than_needed(hf_folder):
-    """GPT-2's Conv1D weights (in, out) become nn.Linear ones: a widening map stays column-major (the CPU layout
-    fast_cpu_layout would give it: no second copy), a narrowing one row-major; in bf16 every weight is
-    row-major (the column-major layout is slow there); the logits equal transformers' either way."""
+    """GPT-2's Conv1D weights (in, out) become nn.Linear ones as views: column-major in fp32 on the CPU (the
+    layout Conv1D multiplies by, and the one fast_cpu_layout gives widening maps: no copy at all), q, k and v
+    rows of the fused c_attn; in bf16 every weight is row-major (the column-major layout is slow there); the
+    logits equal transformers' either way."""
     from archplay.models import load
+    from archplay.models.checkpoints.loading import column_major
 
     folder, hf = hf_folder("gpt2")
     ours, tok = load(folder)
     layer = ours.layers[0]
-    assert layer.attn.q_proj.weight.t().is_contiguous() and layer.mlp.up_proj.weight.t().is_contiguous()
-    assert layer.mlp.down_proj.weight.is_contiguous()
+    assert layer.mlp.up_proj.weight.t().is_contiguous() and layer.mlp.down_proj.weight.t().is_contiguous()
+    q, k = layer.attn.q_proj.weight, layer.attn.k_proj.weight
+    assert column_major(q) and q.stride(1) == 3 * q.shape[0] and k.data_ptr() == q.data_ptr() + q.shape[0] * 4
     half, _ = load(folder, dtype="bf16")
     assert all(p.is_contiguous() for p in half.parameters())
     ids = torch.tensor([tok.encode("the cat sat on the mat")])

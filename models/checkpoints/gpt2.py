@@ -50,20 +50,20 @@ def gpt2_rename(key: str, t: Tensor) -> dict[str, Tensor]:
     conv1d = part.startswith(("attn.", "mlp.")) and kind == "weight"  # GPT-2's Conv1D stores weights as (in, out)
     if part == "attn.c_attn":  # fused q, k, v along the output axis
         parts = t.chunk(3, dim=-1 if conv1d else 0)
-        return {f"layers.{i}.attn.{p}.{kind}": _linear(x) if conv1d else x.contiguous()
+        return {f"layers.{i}.attn.{p}.{kind}": _linear(x) if conv1d else x
                 for p, x in zip(("q_proj", "k_proj", "v_proj"), parts)}  # fmt: skip
     if part not in _GPT2_BLOCK:
         return {key: t}
-    return {f"layers.{i}.{_GPT2_BLOCK[part]}.{kind}": _linear(t) if conv1d else t.contiguous()}
+    return {f"layers.{i}.{_GPT2_BLOCK[part]}.{kind}": _linear(t) if conv1d else t}
 
 
 def _linear(w: Tensor) -> Tensor:
-    """A Conv1D weight (in, out) as an ``nn.Linear`` one (out, in), copied no more than needed: a widening map
-    (out ≥ in) stays column-major, the layout ``loading.fast_cpu_layout`` gives those on the CPU (no copy when
-    the stored tensor is whole); a narrowing one is copied row-major. ``loading.materialize`` makes a
-    column-major weight row-major where that layout does not pay (another dtype or device)."""
-    n_in, n_out = w.shape
-    return w.contiguous().t() if n_out >= n_in else w.t().contiguous()
+    """A Conv1D weight (in, out) as an ``nn.Linear`` one (out, in): a view, no copy. Column-major is the layout
+    Conv1D itself multiplies by (``x @ W``) and the one ``loading.fast_cpu_layout`` gives widening maps, so a
+    float32 model on the CPU uses it as it is stored (mapped from the file, nothing read until the first
+    forward); ``loading.materialize`` makes it row-major where that layout does not pay (another dtype or
+    device). q, k and v stay views of the fused c_attn (rows of a matrix three times as wide)."""
+    return w.t()
 
 
 CONVERTER = Converter(gpt2_config, gpt2_rename)

@@ -161,21 +161,26 @@ def _iter_weights(files: list[Path], *, shapes_only: bool = False, mapped=None) 
                         f"({type(e).__name__}: {e})") from None  # fmt: skip
 
 
-def _reads_as_stored(conv, skeleton: nn.Module, finished: set[str], dtype: torch.dtype, relaid: set[str]):
+def _reads_as_stored(conv, skeleton: nn.Module, finished: set[str], dtype: torch.dtype, relaid: set[str],
+                     cpu: bool):  # fmt: skip
     """``mapped`` for ``_iter_weights``: map a stored tensor only when it is used as it is: renamed
-    without a copy (no transpose, no split), not replaced by the converter's ``finish``, already in
-    ``dtype``, and not relaid out for the CPU (``relaid``). Anything else is read into memory, so a
-    copy never leaves the file's pages resident behind it."""
+    to views that ``materialize`` keeps (contiguous ones; for float32 on the CPU also column-major ones,
+    e.g. GPT-2's transposed Conv1D weights), not replaced by the converter's ``finish``, already in
+    ``dtype``, and not relaid out for the CPU (``relaid``, unless already column-major). Anything else
+    is read into memory, so a copy never leaves the file's pages resident behind it."""
     own = skeleton.state_dict()
+    transposed_ok = cpu and dtype == torch.float32
 
     def mapped(key: str, meta: Tensor) -> bool:
         if meta.is_floating_point() and meta.dtype != dtype:
             return False
         out = conv.rename(key, meta)
         return bool(out) and all(
-            (t is meta or t._base is meta) and name in own and name not in finished and name not in relaid
+            (t is meta or t._base is meta) and name in own and name not in finished
+            and (name not in relaid or column_major(t))  # stored column-major: fast_cpu_layout leaves it
+            and (t.is_contiguous() or transposed_ok and column_major(t))
             for name, t in out.items()
-        )
+        )  # fmt: skip
 
     return mapped
 
@@ -344,8 +349,7 @@ def materialize(build, state: dict[str, Tensor], folder: Path, *, dtype: torch.d
             if t.device != target:
                 trimmer.freed(_nbytes(t))
                 t = t.to(target)
-            if not t.is_contiguous() and not (t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 2
-                                              and t.t().is_contiguous()):  # fmt: skip
+            if not t.is_contiguous() and not (t.device.type == "cpu" and t.dtype == torch.float32 and column_major(t)):
                 t = t.contiguous()  # column-major (a converter's transposed weight) pays only for fp32 on the CPU
             param = nn.Parameter(t, requires_grad=names[0][0]._parameters[names[0][1]].requires_grad)
             for module, name, _ in names:
@@ -364,6 +368,12 @@ def materialize(build, state: dict[str, Tensor], folder: Path, *, dtype: torch.d
     if device_map is not None:
         _dispatch(model, places)
     return model.eval()
+
+
+def column_major(t: Tensor) -> bool:
+    """Whether a 2-D ``t`` (out, in) is the transpose of a row-major matrix, possibly rows of a wider one (e.g.
+    q, k and v as views of GPT-2's fused c_attn): the layout BLAS multiplies by directly (``x @ t.T``)."""
+    return t.dim() == 2 and t.stride(0) == 1 and t.stride(1) >= max(1, t.shape[0])
 
 
 def _set_buffer(model: nn.Module, name: str, value: Tensor) -> None:
@@ -479,7 +489,7 @@ def _load_folder(folder: Path, device, root: Path | None, *, dtype=None, device_
     finished = renamed - set(declared)  # replaced by the converter's finish (e.g. fused q/k/v split)
     cpu = device_map is None and torch.device(device).type == "cpu"
     relaid = set(_widening(skeleton)) if cpu and dtype == torch.float32 else set()
-    mapped = _reads_as_stored(conv, skeleton, finished, dtype, relaid)
+    mapped = _reads_as_stored(conv, skeleton, finished, dtype, relaid, cpu)
     del declared, skeleton
     state: dict[str, Tensor] = {}
     trimmer = _Trimmer()
