@@ -467,3 +467,32 @@ def test_gpt2_weights_are_copied_no_more_than_needed(hf_folder):
     ids = torch.tensor([tok.encode("the cat sat on the mat")])
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf(ids).logits, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_a_tied_head_stored_with_other_values_is_untied_as_transformers_does(tmp_path, kind):
+    """A config that ties the head to the embeddings but a file that stores a different head (fine-tuned apart):
+    transformers unties them (and warns); so do we, and the card says untied. Stored twice with the same
+    values, the two stay one Parameter."""
+    import transformers as T
+    from conftest import make_hf_model
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / kind
+    make_hf_model(kind, folder, tie_word_embeddings=True)
+    path = folder / "model.safetensors"
+    state = load_file(path)
+    embed = next(k for k in state if k.endswith(("embed_tokens.weight", "wte.weight")))
+    state["lm_head.weight"] = state[embed].clone()
+    save_file(state, path, metadata={"format": "pt"})
+    same, _ = load(str(folder))
+    assert same.lm_head.weight is same.embed_tokens.weight and same.config.tie_embeddings
+
+    state["lm_head.weight"] = torch.randn_like(state[embed])
+    save_file(state, path, metadata={"format": "pt"})
+    hf = T.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ours, _ = load(str(folder))
+    assert ours.lm_head.weight is not ours.embed_tokens.weight and not ours.config.tie_embeddings
+    torch.testing.assert_close(ours.lm_head.weight, state["lm_head.weight"], atol=0, rtol=0)
+    torch.testing.assert_close(ours.embed_tokens.weight, state[embed], atol=0, rtol=0)
+    torch.testing.assert_close(_logits(ours), _logits(hf), atol=1e-4, rtol=0)

@@ -339,21 +339,18 @@ def materialize(build, state: dict[str, Tensor], folder: Path, *, dtype: torch.d
     with torch.no_grad():
         for names in owners.values():
             keys = [full for _, _, full in names if full in state]
-            t = state.pop(keys[0])
-            for k in keys[1:]:  # a tied weight stored under several names: one copy is kept
-                del state[k]
-            if t.is_floating_point() and t.dtype != dtype:
-                trimmer.freed(_nbytes(t))
-                t = t.to(dtype)
-            target = torch.device(_place(places, keys[0]))
-            if t.device != target:
-                trimmer.freed(_nbytes(t))
-                t = t.to(target)
-            if not t.is_contiguous() and not (t.device.type == "cpu" and t.dtype == torch.float32 and column_major(t)):
-                t = t.contiguous()  # column-major (a converter's transposed weight) pays only for fp32 on the CPU
-            param = nn.Parameter(t, requires_grad=names[0][0]._parameters[names[0][1]].requires_grad)
-            for module, name, _ in names:
-                module._parameters[name] = param
+            stored = {k: state.pop(k) for k in keys}
+            first = stored[keys[0]]
+            # a tied weight stored under several names keeps one copy; stored with other values (a head
+            # trained apart from its embedding), each is its own, as transformers unties them
+            apart = {k for k in keys[1:] if not _same(stored[k], first)}
+            for k in apart:
+                _fill([n for n in names if n[2] == k], stored.pop(k), dtype, places, trimmer)
+            if apart and isinstance(getattr(getattr(model, "config", None), "tie_embeddings", None), bool):
+                model.config.tie_embeddings = False
+            del stored
+            _fill([n for n in names if n[2] not in apart], first, dtype, places, trimmer)
+            del first
         for k in list(state):  # what is left: persistent buffers the checkpoint stores
             _set_buffer(model, k, state.pop(k))
         stale = [n for n, b in model.named_buffers() if b.is_meta]
@@ -368,6 +365,27 @@ def materialize(build, state: dict[str, Tensor], folder: Path, *, dtype: torch.d
     if device_map is not None:
         _dispatch(model, places)
     return model.eval()
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and (a.data_ptr() == b.data_ptr() or torch.equal(a, b))
+
+
+def _fill(names: list[tuple[nn.Module, str, str]], t: Tensor, dtype: torch.dtype, places: dict, trimmer) -> None:
+    """One Parameter from the stored ``t`` (cast to ``dtype`` if floating, moved to its place) under ``names``."""
+    if t.is_floating_point() and t.dtype != dtype:
+        trimmer.freed(_nbytes(t))
+        t = t.to(dtype)
+    target = torch.device(_place(places, names[0][2]))
+    if t.device != target:
+        trimmer.freed(_nbytes(t))
+        t = t.to(target)
+    if not t.is_contiguous() and not (t.device.type == "cpu" and t.dtype == torch.float32 and column_major(t)):
+        t = t.contiguous()  # column-major (a converter's transposed weight) pays only for fp32 on the CPU
+    module, name, _ = names[0]
+    param = nn.Parameter(t, requires_grad=module._parameters[name].requires_grad)
+    for module, name, _ in names:
+        module._parameters[name] = param
 
 
 def column_major(t: Tensor) -> bool:
