@@ -111,14 +111,13 @@ def test_phi3_fused_projections_are_split(tmp_path):
     assert "on 50% of each head's channels" in dict(card.architecture(ours))["positions"]
 
 
-def test_phi3_longrope_is_refused(tmp_path):
+def test_phi3_unknown_rope_is_refused(tmp_path):  # longrope loads (test_rope_scaling17); proportional does not
     folder = tmp_path / "phi3"
     make_hf_model("phi3", folder)
     hf = json.loads((folder / "config.json").read_text())
-    hf["rope_parameters"] = {**hf["rope_parameters"], "rope_type": "longrope", "short_factor": [1.0, 1.0],
-                             "long_factor": [2.0, 2.0], "original_max_position_embeddings": 64}  # fmt: skip
+    hf["rope_parameters"] = {**hf["rope_parameters"], "rope_type": "proportional"}
     (folder / "config.json").write_text(json.dumps(hf))
-    with pytest.raises(LoadError, match="RoPE scaling 'longrope' is not supported"):
+    with pytest.raises(LoadError, match="RoPE scaling 'proportional' is not supported"):
         models.load(folder)
 
 

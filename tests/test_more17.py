@@ -148,8 +148,8 @@ def test_reordered_norm_is_off_by_default_and_checked():
 
 @pytest.mark.parametrize("kind, change, match", [
     ("olmo2", {"sliding_window": 4}, "OLMo 2 checkpoints with sliding-window layers .* not supported"),
-    ("olmo2", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0}},
-     "RoPE scaling 'yarn' is not supported"),
+    ("olmo2", {"rope_parameters": {"rope_type": "proportional", "rope_theta": 10000.0}},  # yarn loads (issue 17)
+     "RoPE scaling 'proportional' is not supported"),
     ("stablelm", {"hidden_size": 30}, "hidden_size 30 does not divide into 4 heads"),
 ])  # fmt: skip
 def test_decoder_refusals_say_why(ckpt, tmp_path, kind, change, match):

@@ -20,7 +20,8 @@ Reading the figures back (names are the module's constants):
   ``z`` (n, n) = ``similarity``.
 - rotary: scatter ``WAVELENGTH``, ``x`` the pair index, ``y`` = ``wavelength``, ``customdata[i]`` =
   ``inv_freq[i]`` (with a second base on the local layers, also scatter ``LOCAL_WAVELENGTH``, ``y`` =
-  ``local_wavelength``); one scatter per drawn pair, named ``"pair i"``, ``x`` the positions 0..n-1, ``y`` =
+  ``local_wavelength``; with a RoPE scaling, also scatter ``UNSCALED_WAVELENGTH``, ``y`` =
+  ``unscaled_wavelength``); one scatter per drawn pair, named ``"pair i"``, ``x`` the positions 0..n-1, ``y`` =
   cos(position × inv_freq[i]).
 - alibi: bar ``SLOPES`` (``x`` heads, ``y`` = ``slopes``); heatmap ``"bias, head h"`` ``z`` = ``bias[h]``.
 - relative: heatmaps ``"bias, head h"`` ``z`` = ``bias[h]``, one per head (at most ``MAX_HEADS``; more
@@ -45,6 +46,7 @@ TABLE = "position table"
 SIMILARITY = "similarity"
 WAVELENGTH = "wavelength"
 LOCAL_WAVELENGTH = "wavelength on the local layers"  # rotary with a second base (Gemma 3, ModernBERT)
+UNSCALED_WAVELENGTH = "without the scaling"  # rotary with a RoPE scaling (yarn, longrope, ...): plain RoPE's
 SHOWN = "pairs drawn"
 SLOPES = "slopes"
 WITH = "with positions"
@@ -150,6 +152,15 @@ def _rotary(enc, head: int, title: str) -> go.Figure:
         wave_all = np.concatenate([wave, local])
     else:
         wave_all = wave
+    plain = getattr(enc, "unscaled_wavelength", None)
+    if plain is not None:  # a RoPE scaling (yarn, longrope, ...): plain RoPE's wavelengths beside the scaled ones
+        plain = style.to_numpy(plain).astype(np.float64)
+        data[0]["showlegend"] = True
+        data.append(dict(type="scatter", name=UNSCALED_WAVELENGTH, x=pairs, y=plain, mode="lines",
+                         line=dict(color=style.BALANCED, width=1.5, dash="dot"), xaxis="x", yaxis="y",
+                         showlegend=True, hovertemplate="pair %{x} without the scaling<br>a full turn every "
+                         "%{y:,.1f} tokens<extra></extra>"))  # fmt: skip
+        wave_all = np.concatenate([wave_all, plain])
     data.append(dict(type="scatter", name=SHOWN, x=shown, y=wave[shown], mode="markers", xaxis="x", yaxis="y",
                      marker=dict(size=11, color=colours, line=dict(color="white", width=1)), showlegend=False,
                      hoverinfo="skip"))  # the pairs drawn on the right, in their colours
@@ -336,5 +347,5 @@ def _square_height(n: int) -> int:
     return int(np.clip(300 + 4 * n, 420, 620))
 
 
-__all__ = ["KIND_TITLES", "SIMILARITY", "SLOPES", "TABLE", "WAVELENGTH", "WITH", "WITHOUT", "effect_figure",
-           "encoding_figure", "note_figure"]  # fmt: skip
+__all__ = ["KIND_TITLES", "SIMILARITY", "SLOPES", "TABLE", "UNSCALED_WAVELENGTH", "WAVELENGTH", "WITH", "WITHOUT",
+           "effect_figure", "encoding_figure", "note_figure"]  # fmt: skip

@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archplay.models.analysis.steps import attention_steps
-from archplay.models.architectures.layers import POSITIONS_OFF, alibi_bias, alibi_slopes, sinusoidal_positions
+from archplay.models.architectures.layers import (
+    POSITIONS_OFF,
+    RotaryEmbedding,
+    alibi_bias,
+    alibi_slopes,
+    sinusoidal_positions,
+)
 
 
 @dataclass
@@ -41,6 +47,7 @@ class Encoding:
     decoder_table: Tensor | None = None  # (n, D) an encoder-decoder's second table, the decoder's (BART)
     local_inv_freq: Tensor | None = None  # (pairs,) rotary with a second base (Gemma 3, ModernBERT): the local layers'
     local_wavelength: Tensor | None = None  # (pairs,) 2π / local_inv_freq; inv_freq is then the global layers'
+    unscaled_wavelength: Tensor | None = None  # (pairs,) rotary with a RoPE scaling: plain RoPE's at the same θ
 
 
 def _kind(model: nn.Module) -> str:
@@ -99,8 +106,12 @@ def encoding(model: nn.Module, n: int = 32) -> Encoding:
     elif kind == "sinusoidal":
         out.table = sinusoidal_positions(n, cfg.d_model).float()
     elif kind == "rotary":
-        inv = model.rotary.inv_freq.float().cpu()  # (pairs,)
+        inv = model.rotary.frequencies(n).float().cpu()  # (pairs,) as a text of n tokens rotates (scalings)
         out.inv_freq, out.wavelength = inv, 2 * math.pi / inv
+        out.note += _scaling_note(model.rotary, n)
+        if model.rotary.kind != "default":
+            plain = RotaryEmbedding(model.rotary.rot_dim, model.rotary.theta).inv_freq  # (pairs,)
+            out.unscaled_wavelength = 2 * math.pi / plain
         local = getattr(model, "rotary_local", None)
         if local is not None:  # two bases: global layers rotate with inv_freq, local (windowed) ones with their own
             out.local_inv_freq = local.inv_freq.float().cpu()
@@ -115,6 +126,28 @@ def encoding(model: nn.Module, n: int = 32) -> Encoding:
     if out.table is not None:
         out.similarity = _cosine(out.table)
     return out
+
+
+def _scaling_note(rotary: nn.Module, n: int) -> str:
+    """What a RoPE scaling does to the wavelengths drawn ("" for plain RoPE)."""
+    kind, p, at = rotary.kind, rotary.scaling, rotary.switch_at
+    factor = f" {p['factor']:g}" if p.get("factor") else ""
+    if kind == "default":
+        return ""
+    if kind == "linear":
+        text = f"; linear scaling: every wavelength stretched by{factor}"
+    elif kind == "llama3":
+        text = f"; llama3 scaling: long wavelengths stretched by{factor}, short ones kept, a blend between"
+    elif kind == "yarn":
+        text = f"; yarn scaling: long wavelengths stretched by{factor}, short ones kept, a ramp between"
+    elif kind == "longrope":
+        text = (f"; longrope scaling: a stretch per pair, one set up to {at} tokens, another beyond (drawn: "
+                f"the {'long' if n > at else 'short'} set, for {n} tokens)")  # fmt: skip
+    else:  # dynamic
+        text = f"; dynamic scaling: the base θ grows once a text passes {at} tokens"
+    if rotary.attention_factor != 1.0:
+        text += f"; cos and sin × {rotary.attention_factor:.3g}"
+    return text
 
 
 def _relative_bias(model: nn.Module, pos: Tensor) -> Tensor:

@@ -427,13 +427,31 @@ class Decoder(nn.Module):
         out = self(ids, cache=cache, last_only=True)
         return out.logits, out.cache
 
+    def _stepper(self):
+        """``_step``; with longrope that re-rotates every key when the sequence first grows past its
+        original length (``RotaryEmbedding.restarts_at``), one that then reruns the whole sequence with a
+        fresh cache, as transformers' Phi-3 does."""
+        at = getattr(getattr(self, "rotary", None), "restarts_at", None)
+        if at is None:
+            return self._step
+        seen: list[Tensor] = []
+
+        def step(ids: Tensor, cache: list[KVCache]):
+            seen.append(ids)
+            done = cache[0].length
+            if 0 < done <= at < done + ids.shape[1]:
+                cache, ids = self.new_cache(), torch.cat(seen, dim=1)
+            return self._step(ids, cache)
+
+        return step
+
     def generate(self, ids: Tensor, max_new_tokens: int = 32, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                  eos_token_id: int | None = None) -> Tensor:  # fmt: skip
         """Continue ``ids`` (B, T) -> (B, T + new), with a KV cache. Temperature 0 is greedy."""
         self._check_room(ids, max_new_tokens)
         return generation.generate(
-            self._step, ids, self.new_cache(), max_new_tokens=max_new_tokens, temperature=temperature,
+            self._stepper(), ids, self.new_cache(), max_new_tokens=max_new_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id,
         )  # fmt: skip
 
@@ -443,7 +461,7 @@ class Decoder(nn.Module):
         """Like ``generate`` for one sequence, yielding (token id, probability) as they come."""
         self._check_room(ids, max_new_tokens)
         return generation.stream(
-            self._step, ids, self.new_cache(), max_new_tokens=max_new_tokens, temperature=temperature,
+            self._stepper(), ids, self.new_cache(), max_new_tokens=max_new_tokens, temperature=temperature,
             top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id,
         )  # fmt: skip
 

@@ -233,27 +233,88 @@ class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021), in the half-split layout Llama checkpoints use.
 
     Produces (cos, sin) of shape (T, rot_dim) for given positions; ``apply_rotary`` rotates q and k.
-    ``scaling`` follows the checkpoints' ``rope_parameters``: default, linear, or llama3.
+    ``scaling`` follows the checkpoints' ``rope_parameters`` (transformers' maths, ``modeling_rope_utils``):
+
+    * ``linear``: every frequency / factor;  ``llama3``: Llama 3.1's per-wavelength stretch;
+    * ``yarn``: a ramp between stretched (long wavelengths) and untouched (short ones) frequencies, and
+      cos, sin × ``attention_factor`` (so q·k × its square): Qwen2.5/Qwen3 long context, DeepSeek-V3;
+    * ``longrope`` (Phi-3 128k, Phi-3.5): per-pair ``short_factor`` while the sequence fits in
+      ``original_max_position_embeddings``, ``long_factor`` beyond, and cos, sin × ``attention_factor``;
+    * ``dynamic`` (NTK-aware): the base θ grows with the sequence once it exceeds ``max_position_embeddings``.
+
+    The last two depend on the length: a call's positions choose, by the last one (its sequence so far is
+    ``positions.max() + 1`` long), as transformers' ``dynamic_rope_update`` does on a freshly loaded model.
+    Keys already cached keep the rotation they got, as in transformers' generate (its Phi-3 alone reruns the
+    sequence when longrope switches: ``restarts_at``). Unlike transformers' module, nothing is remembered
+    between calls: after a long call, transformers' dynamic keeps the frequencies of the longest sequence it
+    has seen for later ones still past the threshold; here each call is computed as on a fresh model.
+    ``inv_freq`` holds the frequencies short sequences use; ``frequencies(n)`` those of an n-token sequence
+    (the positions view draws these). The converters add ``max_position_embeddings`` to ``scaling`` for the
+    types that read it.
     """
 
     def __init__(self, rot_dim: int, theta: float = 10000.0, scaling: dict | None = None, interleaved: bool = False):
         super().__init__()
         self.interleaved = interleaved  # GPT-J: (cos, sin) laid out per channel pair, f0 f0 f1 f1 ...
+        self.rot_dim, self.theta = rot_dim, float(theta)
+        self.scaling = dict(scaling or {})
+        self.kind = self.scaling.get("rope_type", "default")
+        self.attention_factor = 1.0  # multiplies cos and sin (yarn, longrope)
+        # longrope / dynamic: sequences longer than this rotate with other frequencies; None = fixed frequencies
+        self.switch_at: int | None = None
         inv_freq = 1.0 / (theta ** (torch.arange(0, rot_dim, 2, dtype=torch.int64).float() / rot_dim))
-        kind = (scaling or {}).get("rope_type", "default")
-        if kind == "linear":
-            inv_freq = inv_freq / float(scaling["factor"])
-        elif kind == "llama3":
-            inv_freq = _llama3_inv_freq(inv_freq, scaling)
-        elif kind != "default":
-            raise ValueError(f"unsupported RoPE scaling {kind!r}; supported: default, linear, llama3")
+        p = self.scaling
+        if self.kind == "linear":
+            inv_freq = inv_freq / float(p["factor"])
+        elif self.kind == "llama3":
+            inv_freq = _llama3_inv_freq(inv_freq, p)
+        elif self.kind == "yarn":
+            inv_freq, self.attention_factor = _yarn_inv_freq(rot_dim, self.theta, p)
+        elif self.kind == "longrope":
+            for key in ("short_factor", "long_factor"):
+                if len(p[key]) != rot_dim // 2:
+                    raise ValueError(f"longrope's {key} has {len(p[key])} entries; the {rot_dim} rotated channels "
+                                     f"make {rot_dim // 2} pairs")  # fmt: skip
+            self.switch_at = int(p["original_max_position_embeddings"])
+            inv_freq = _longrope_inv_freq(rot_dim, self.theta, p["short_factor"])
+            self.register_buffer("long_inv_freq", _longrope_inv_freq(rot_dim, self.theta, p["long_factor"]),
+                                 persistent=False)  # fmt: skip
+            self.attention_factor = _longrope_attention_factor(p)
+        elif self.kind == "dynamic":
+            self.switch_at = int(p["max_position_embeddings"])
+            inv_freq = _dynamic_inv_freq(rot_dim, self.theta, p, self.switch_at)
+        elif self.kind != "default":
+            raise ValueError(f"unsupported RoPE scaling {self.kind!r}; supported: {', '.join(ROPE_SCALINGS)}")
         self.register_buffer("inv_freq", inv_freq, persistent=False)  # (rot_dim/2,)
 
+    @property
+    def restarts_at(self) -> int | None:
+        """Generation should rerun the whole sequence, cache dropped, when it first grows past this length:
+        longrope, whose switch re-rotates every earlier key, where the checkpoint's family does so in
+        transformers (Phi-3: ``scaling["rerun_on_switch"]``, set by its converter); None = never."""
+        return self.switch_at if self.kind == "longrope" and self.scaling.get("rerun_on_switch") else None
+
+    def frequencies(self, seq_len: Tensor | int) -> Tensor:
+        """The inverse frequencies (rot_dim/2,) a sequence of ``seq_len`` tokens rotates with."""
+        if self.switch_at is None:
+            return self.inv_freq
+        longer = torch.as_tensor(seq_len, device=self.inv_freq.device) > self.switch_at  # no host sync on a GPU
+        if self.kind == "longrope":
+            return torch.where(longer, self.long_inv_freq, self.inv_freq)
+        stretched = _dynamic_inv_freq(self.rot_dim, self.theta, self.scaling, seq_len, device=self.inv_freq.device)
+        return torch.where(longer, stretched, self.inv_freq)
+
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        freqs = positions[:, None].float() * self.inv_freq[None, :]  # (T, rot_dim/2)
+        inv_freq = self.inv_freq if self.switch_at is None else self.frequencies(positions.max() + 1)
+        freqs = positions[:, None].float() * inv_freq[None, :]  # (T, rot_dim/2)
         # (T, rot_dim): half-split f0 f1 ... f0 f1 ..., or interleaved (GPT-J) f0 f0 f1 f1 ...
         emb = freqs.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat((freqs, freqs), dim=-1)
-        return emb.cos(), emb.sin()
+        if self.attention_factor == 1.0:
+            return emb.cos(), emb.sin()
+        return emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
+
+
+ROPE_SCALINGS = ("default", "linear", "llama3", "yarn", "longrope", "dynamic")
 
 
 def _llama3_inv_freq(inv_freq: Tensor, p: dict) -> Tensor:
@@ -266,6 +327,73 @@ def _llama3_inv_freq(inv_freq: Tensor, p: dict) -> Tensor:
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
     return torch.where(medium, smoothed, scaled)
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's attention temperature: 0.1·mscale·ln(factor) + 1 (1 when not stretched)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn_inv_freq(dim: int, theta: float, p: dict) -> tuple[Tensor, float]:
+    """YaRN (Peng et al. 2023): (inverse frequencies, the factor on cos and sin).
+
+    Pairs that turn more than ``beta_fast`` times over the original context keep their frequency, those
+    that turn fewer than ``beta_slow`` times are divided by ``factor``; a linear ramp over the pair index
+    blends the two in between."""
+    old_len = p["original_max_position_embeddings"]
+    factor = p.get("factor") or p["max_position_embeddings"] / old_len
+    attention_factor = p.get("attention_factor")
+    if attention_factor is None:  # DeepSeek-V3: mscale / mscale_all_dim (1 when the two are equal)
+        if p.get("mscale") and p.get("mscale_all_dim"):
+            attention_factor = _yarn_mscale(factor, p["mscale"]) / _yarn_mscale(factor, p["mscale_all_dim"])
+        else:
+            attention_factor = _yarn_mscale(factor)
+    beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+
+    def pair_turning(turns: float) -> float:  # the (fractional) pair index that turns ``turns`` times in old_len
+        return dim * math.log(old_len / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = pair_turning(beta_fast), pair_turning(beta_slow)
+    if p.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # no zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)  # 0 fast .. 1 slow
+    pos_freqs = theta ** (torch.arange(0, dim, 2).float() / dim)  # (dim/2,) wavelengths / 2π
+    keep = 1 - ramp  # the share of the original (extrapolated) frequency
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - keep) + (1.0 / pos_freqs) * keep
+    return inv_freq, float(attention_factor)
+
+
+def _longrope_inv_freq(dim: int, theta: float, factors: list[float]) -> Tensor:
+    """LongRoPE: each pair's wavelength stretched by its own factor (``short_factor`` or ``long_factor``)."""
+    ext = torch.tensor(factors, dtype=torch.float32)  # (dim/2,)
+    return 1.0 / (ext * theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+
+
+def _longrope_attention_factor(p: dict) -> float:
+    """√(1 + ln(factor) / ln(original context)) unless the checkpoint gives it; factor defaults to the ratio
+    of the two context lengths (Phi-3)."""
+    if p.get("attention_factor") is not None:
+        return float(p["attention_factor"])
+    old_len = p["original_max_position_embeddings"]
+    factor = p.get("factor") or p["max_position_embeddings"] / old_len
+    return 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(old_len))
+
+
+def _dynamic_inv_freq(dim: int, theta: float, p: dict, seq_len: Tensor | int, device=None) -> Tensor:
+    """Dynamic NTK: θ' = θ·(factor·L/L_max − (factor − 1))^(dim/(dim−2)) for a sequence of L ≥ L_max tokens.
+
+    At L_max (a Python int) θ' is θ; for a longer sequence L arrives as a tensor, and the arithmetic runs
+    in float32 as transformers' does."""
+    factor, max_len = p["factor"], p["max_position_embeddings"]
+    if isinstance(seq_len, Tensor):
+        seq_len = torch.maximum(seq_len, torch.tensor(max_len, dtype=seq_len.dtype, device=seq_len.device))
+    else:
+        seq_len = max(seq_len, max_len)
+    base = theta * ((factor * seq_len / max_len) - (factor - 1)) ** (dim / (dim - 2))
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim))
 
 
 def _rotate_half(x: Tensor) -> Tensor:

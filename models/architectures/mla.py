@@ -5,6 +5,7 @@
          c_kv ─► RMSNorm ─► kv_b_proj ─► per head [k_nope ; v]
     k = [k_nope ; RoPE(k_rope)],  q = [q_nope ; RoPE(q_rope)]       RoPE only on the rope channels
     out = softmax(q·k × scale, causal) v,  scale = 1/√(qk_nope_head_dim + qk_rope_head_dim)
+                                             (YaRN checkpoints: × mscale², from the converter's attn_scale)
 
 What a token leaves in the KV cache is c_kv and the rotated k_rope: kv_lora_rank + qk_rope_head_dim
 numbers per layer, against H·(Dqk + Dv) for the full keys and values; the per-head keys and values are

@@ -41,9 +41,10 @@ class MoEConfig(DecoderConfig):
     d_shared_expert: int | None = None  # Qwen2-MoE: an always-on expert behind a sigmoid gate
     moe_layers: list[bool] | None = None  # which layers route; the others keep a dense MLP (d_ff)
     shared_expert_gate: bool = True  # Qwen2-MoE: the shared expert behind sigmoid(gate(x)); DeepSeek-V3: no gate
-    # DeepSeek-V3's router (``GroupedSigmoidRouter``): each expert scored by a sigmoid, not a softmax
-    router_score: str = "softmax"  # "softmax" (Mixtral, Qwen) | "sigmoid" (DeepSeek-V3)
-    n_group: int = 1  # sigmoid router: the experts in n_group groups; only the topk_group best groups may be chosen
+    # DeepSeek-V3's router (``GroupedSigmoidRouter``): each expert scored by a sigmoid, not a softmax;
+    # DeepSeek-V2's (``GroupedSoftmaxRouter``): a softmax with groups and a scale
+    router_score: str = "softmax"  # "softmax" (Mixtral, Qwen, DeepSeek-V2) | "sigmoid" (DeepSeek-V3)
+    n_group: int = 1  # DeepSeek: the experts in n_group groups; only the topk_group best groups may be chosen
     topk_group: int = 1
     routed_scaling_factor: float = 1.0  # the routed experts' weights times this (after any renormalising)
     # DeepSeek's multi-head latent attention (``mla.LatentAttention``); kv_lora_rank None = the usual attention
@@ -73,7 +74,6 @@ class MoEConfig(DecoderConfig):
         self.require_sizes("n_group", "topk_group")
         if self.n_group > 1 or self.topk_group > 1:
             per = self.n_experts // self.n_group
-            self.require(self.router_score == "sigmoid", "expert groups (n_group) need router_score 'sigmoid'")
             self.require(self.n_experts % self.n_group == 0 and per >= 2,
                          f"n_experts ({self.n_experts}) must split into n_group ({self.n_group}) groups of 2 or more")  # fmt: skip
             self.require(self.topk_group <= self.n_group, f"topk_group ({self.topk_group}) exceeds n_group ({self.n_group})")
@@ -192,13 +192,61 @@ class GroupedSigmoidRouter(Router):
         return weights * self.scale, indices
 
 
+class GroupedSoftmaxRouter(Router):
+    """DeepSeek-V2's router: Mixtral's softmax, optionally limited to the best groups, weights × a scale.
+
+        p = softmax(logits)                    over all E experts (float32)
+        groups: the E experts in G groups; a group's score is its largest p; keep the topk_group best
+        top-k of p within the kept groups  ->  weights = those p (/ their sum when normalising) × scale
+    """
+
+    def __init__(self, d_model: int, n_experts: int, top_k: int, normalize: bool, *, n_group: int = 1,
+                 topk_group: int = 1, scale: float = 1.0):  # fmt: skip
+        super().__init__(d_model, n_experts, top_k, normalize)
+        self.n_group, self.topk_group, self.scale = n_group, topk_group, scale
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """As ``Router.forward``, with the logits computed in float32 (transformers keeps this router in float32)."""
+        logits = F.linear(x.float(), self.weight.float())  # (N, E)
+        return (logits, *self.choose(logits))
+
+    def select(self, logits: Tensor, off: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """logits (N, E) -> probabilities (N, E), the choice scores (N, E) (p; outside the kept groups 0, as
+        transformers masks them), the kept groups (N, topk_group) or None without groups. ``off`` (E,) bool
+        (an ablation): the groups are kept as without it; the off experts are −inf, and experts outside the
+        kept groups rank below every kept one (p − 2), so the next best is chosen and an off one never is."""
+        probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
+        choice, kept = probs, None
+        if self.n_group > 1:
+            N, E = probs.shape
+            group_score = probs.view(N, self.n_group, E // self.n_group).amax(-1)  # (N, G) each group's best
+            kept = torch.topk(group_score, self.topk_group, dim=-1).indices  # (N, topk_group)
+            in_kept = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, kept, True)
+            outside = ~in_kept.repeat_interleave(E // self.n_group, dim=1)
+            choice = probs.masked_fill(outside, 0.0) if off is None else torch.where(outside, probs - 2.0, probs)
+        if off is not None:
+            choice = choice.masked_fill(off, float("-inf"))
+        return probs, choice, kept
+
+    def choose(self, logits: Tensor, off: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """logits (N, E) -> the k experts' weights (N, k) and indices (N, k). ``off`` (E,) bool: never chosen."""
+        probs, choice, _ = self.select(logits, off)
+        indices = torch.topk(choice, self.top_k, dim=-1).indices  # (N, k), largest first
+        weights = probs.gather(1, indices)  # (N, k)
+        if self.normalize:
+            weights = weights / weights.sum(-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+        return weights * self.scale, indices
+
+
 ROUTER_SCORES = ("softmax", "sigmoid")
 
 
 def make_router(cfg: MoEConfig) -> Router:
+    grouped = dict(n_group=cfg.n_group, topk_group=cfg.topk_group, scale=cfg.routed_scaling_factor)
     if cfg.router_score == "sigmoid":
-        return GroupedSigmoidRouter(cfg.d_model, cfg.n_experts, cfg.top_k, cfg.normalize_top_k, n_group=cfg.n_group,
-                                    topk_group=cfg.topk_group, scale=cfg.routed_scaling_factor)  # fmt: skip
+        return GroupedSigmoidRouter(cfg.d_model, cfg.n_experts, cfg.top_k, cfg.normalize_top_k, **grouped)
+    if cfg.n_group > 1 or cfg.routed_scaling_factor != 1.0:  # DeepSeek-V2
+        return GroupedSoftmaxRouter(cfg.d_model, cfg.n_experts, cfg.top_k, cfg.normalize_top_k, **grouped)
     return Router(cfg.d_model, cfg.n_experts, cfg.top_k, cfg.normalize_top_k)
 
 

@@ -10,10 +10,13 @@ Llama's skeleton (RMSNorm, pre-norm blocks, SwiGLU) with DeepSeek's two parts, e
   ``n_shared_experts`` always-on experts (one MLP of n_shared_experts × moe_intermediate_size, ungated) and
   ``first_k_dense_replace`` dense layers (width intermediate_size) before the routed ones.
 
-Refused, saying why: YaRN (and other) RoPE scalings beyond default, linear and llama3 (DeepSeek-V3's
-released checkpoints use YaRN: its frequencies and its softmax-scale correction are not implemented), a
-config whose every layer is dense (no routed layer: not a mixture of experts). The multi-token-prediction
-layers some checkpoints carry after the last layer are not used (transformers skips them too).
+RoPE and its scalings come from ``llama.rope`` (default, linear, llama3, yarn, longrope, dynamic). The
+released checkpoints use YaRN with ``mscale`` = ``mscale_all_dim``: the rotation's own factor on cos and sin
+is then 1, and the softmax scale is 1/√(qk_nope + qk_rope) × mscale(factor, mscale_all_dim)², with
+mscale(s, m) = 0.1·m·ln(s) + 1 (transformers' ``yarn_get_mscale`` and ``yarn_apply_mscale``: ``attn_scale``).
+
+Refused, saying why: a config whose every layer is dense (no routed layer: not a mixture of experts). The
+multi-token-prediction layers some checkpoints carry after the last layer are not used (transformers skips them too).
 """
 
 from __future__ import annotations
@@ -53,11 +56,6 @@ def _scale(hf: dict, head_dim: int) -> float | None:
 
 
 def _deepseek_v3_config(hf: dict, name: str) -> MoEConfig:
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", params.get("type", "default"))
-    if kind not in ("default", "linear", "llama3"):
-        raise LoadError(f"deepseek_v3 with RoPE scaling {kind!r} is not supported (YaRN's frequencies and its "
-                        "softmax-scale correction are not implemented); supported: default, linear, llama3")  # fmt: skip
     n_layer = hf["num_hidden_layers"]
     dense = _get(hf, "first_k_dense_replace")
     if dense >= n_layer:

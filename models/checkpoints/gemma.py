@@ -13,7 +13,7 @@ each a ``DecoderConfig`` field:
   Gemma 3 five local to one global (``sliding_window_pattern`` in older configs);
 * Gemma 3 only: q/k norms per head (Gemma's RMSNorm) before RoPE, and a RoPE base of the local layers'
   own (``rope_parameters["sliding_attention"]``; older configs: ``rope_local_base_freq``), while the
-  global layers keep theirs and any linear scaling (``rope_parameters["full_attention"]``; older:
+  global layers keep theirs and any scaling (``rope_parameters["full_attention"]``; older:
   ``rope_theta`` and ``rope_scaling``).
 
 Missing keys take transformers' defaults for the model type (they differ from Llama's: head_dim 256,
@@ -57,7 +57,9 @@ def _gemma3_rope(hf: dict) -> tuple[float, dict | None, float]:
         full, local = params.get("full_attention") or {}, params.get("sliding_attention") or {}
     else:
         full, local = dict(hf.get("rope_scaling") or {}), {}
-    theta, scaling = rope({"rope_parameters": full}, theta=float(hf.get("rope_theta", 1_000_000.0)))
+    context = hf.get("max_position_embeddings", _DEFAULTS["gemma3_text"]["max_position_embeddings"])  # yarn, dynamic
+    theta, scaling = rope({"rope_parameters": full, "max_position_embeddings": context},
+                          theta=float(hf.get("rope_theta", 1_000_000.0)))  # fmt: skip
     local_theta, local_scaling = rope({"rope_parameters": local}, theta=float(hf.get("rope_local_base_freq", 10_000.0)))
     if local_scaling is not None:
         raise LoadError(f"RoPE scaling {local_scaling['rope_type']!r} on Gemma 3's local (sliding) layers is not "

@@ -3,6 +3,10 @@
 (with its scalings, and partial), RMSNorm, gated MLPs, grouped-query attention, sliding windows
 per layer, q/k norms (Qwen3 per head, OLMoE over the whole projection), Phi-3's fused projections
 (split here), and experts stored one by one or fused.
+
+``rope`` reads every RoPE scaling ``RotaryEmbedding`` implements (default, linear, llama3, yarn, longrope,
+dynamic) for all the converters that share it; Phi-3 takes only default and longrope (older configs' "su"
+and "yarn" are longrope), as transformers' Phi3Config does.
 """
 
 from __future__ import annotations
@@ -12,20 +16,44 @@ import re
 from torch import Tensor
 
 from archplay.models.architectures.decoder import DecoderConfig
+from archplay.models.architectures.layers import ROPE_SCALINGS
 from archplay.models.architectures.moe import MoEConfig
 from archplay.models.checkpoints.convert import Converter, LoadError, first
 
-_ROPE_TYPES = ("default", "linear", "llama3")
+_ROPE_TYPES = ROPE_SCALINGS  # default, linear, llama3, yarn, longrope, dynamic
+_ROPE_NEEDS = {  # keys transformers requires for each scaling (its _validate_*_rope_parameters)
+    "linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor"), "yarn": ("factor",),
+    "longrope": ("short_factor", "long_factor"), "dynamic": ("factor",),
+}  # fmt: skip
 
 
 def rope(hf: dict, theta: float = 10000.0) -> tuple[float, dict | None]:
-    """(θ, scaling or None) from ``rope_parameters`` (transformers 5) or the older top-level keys."""
+    """(θ, scaling or None) from ``rope_parameters`` (transformers 5) or the older top-level keys.
+
+    The scaling dict is completed as transformers' ``standardize_rope_params`` does: llama3, yarn and
+    longrope get ``original_max_position_embeddings`` (a top-level one wins, as Phi-3 stores it; else
+    ``max_position_embeddings``), and yarn, longrope and dynamic also carry ``max_position_embeddings``
+    (the context their defaults and dynamic's threshold read), so ``RotaryEmbedding`` needs nothing else."""
     params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     theta = float(params.get("rope_theta", hf.get("rope_theta", theta)))
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in _ROPE_TYPES:
         raise LoadError(f"RoPE scaling {kind!r} is not supported; supported: {', '.join(_ROPE_TYPES)}")
-    return theta, (None if kind == "default" else {**params, "rope_type": kind})
+    if kind == "default":
+        return theta, None
+    missing = [key for key in _ROPE_NEEDS[kind] if params.get(key) is None]
+    if missing:
+        raise LoadError(f"RoPE scaling {kind!r} needs {', '.join(missing)} in rope_parameters")
+    scaling = {**params, "rope_type": kind}
+    max_len = hf.get("max_position_embeddings", 2048)
+    if kind in ("llama3", "yarn", "longrope"):
+        if hf.get("original_max_position_embeddings") is not None:
+            scaling["original_max_position_embeddings"] = hf["original_max_position_embeddings"]
+        elif scaling.get("original_max_position_embeddings") is None:
+            scaling["original_max_position_embeddings"] = max_len
+    if kind in ("yarn", "longrope", "dynamic"):
+        scaling["max_position_embeddings"] = max_len
+    return theta, scaling
 
 
 def rotary_fraction(hf: dict, default: float = 1.0) -> float:
@@ -59,7 +87,13 @@ def _llama_like_config(hf: dict, name: str, *, qwen2: bool = False, cls=DecoderC
         sliding_window=window if types and "sliding" in types else None, layer_types=types,
         bos_token_id=hf.get("bos_token_id"), eos_token_id=first(hf.get("eos_token_id")), name=name,
     )  # fmt: skip
-    return cls(**{**fields, **extra})
+    cfg = cls(**{**fields, **extra})
+    scaling = cfg.rope_scaling or {}
+    for key in ("short_factor", "long_factor") if scaling.get("rope_type") == "longrope" else ():
+        if len(scaling[key]) != cfg.rotary_dim // 2:
+            raise LoadError(f"longrope's {key} has {len(scaling[key])} entries; it needs one per rotated channel "
+                            f"pair, {cfg.rotary_dim // 2}")  # fmt: skip
+    return cfg
 
 
 def _llama_rename(key: str, t: Tensor) -> dict[str, Tensor]:
@@ -155,6 +189,25 @@ def _qwen3_window(hf: dict) -> dict:
     return {**hf, "sliding_window": None, "layer_types": None}  # transformers drops the window, and the sliding layers
 
 
+def _phi3_config(hf: dict, name: str) -> DecoderConfig:
+    """transformers' Phi3Config: RoPE default or longrope only (older configs' "su" and "yarn" mean longrope), and
+    ``original_max_position_embeddings`` a config field of its own (4096 when absent) that wins over the one in
+    ``rope_parameters``."""
+    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    kind = params.get("rope_type", params.pop("type", "default"))
+    if kind in ("su", "yarn"):
+        kind = "longrope"
+    if kind not in ("default", "longrope"):
+        raise LoadError(f"phi3 with RoPE scaling {kind!r} is not supported; transformers' Phi-3 takes default "
+                        "or longrope")  # fmt: skip
+    params.pop("type", None)
+    old_len = hf.get("original_max_position_embeddings") or 4096
+    # longrope: generation reruns the whole sequence when it first grows past old_len (transformers' Phi-3)
+    rerun = {"rerun_on_switch": True} if kind == "longrope" else {}
+    hf = {**hf, "rope_parameters": {**params, "rope_type": kind, **rerun}, "original_max_position_embeddings": old_len}
+    return _llama_like_config(hf, name, qwen2=False)
+
+
 def _phi3_rename(key: str, t: Tensor) -> dict[str, Tensor]:
     """Phi-3 fuses the gate and up projections (gate first) and q, k, v: the MLP is split here, the
     attention in ``_split_qkv`` (where the head counts are known)."""
@@ -180,7 +233,7 @@ LLAMA = Converter(lambda hf, name: _llama_like_config(hf, name, qwen2=False), _l
 MISTRAL = LLAMA  # Llama's names; its sliding_window (when set) applies to every layer
 QWEN2 = Converter(lambda hf, name: _llama_like_config(hf, name, qwen2=True), _llama_rename)
 QWEN3 = Converter(_qwen3_config, _llama_rename)
-PHI3 = Converter(lambda hf, name: _llama_like_config(hf, name, qwen2=False), _phi3_rename, _split_qkv)
+PHI3 = Converter(_phi3_config, _phi3_rename, _split_qkv)
 MIXTRAL = Converter(_mixtral_config, _mixtral_rename)
 QWEN2_MOE = Converter(_qwen2_moe_config, _mixtral_rename)
 QWEN3_MOE = Converter(_qwen3_moe_config, _mixtral_rename)
