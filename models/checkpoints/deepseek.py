@@ -55,12 +55,17 @@ def _scale(hf: dict, head_dim: int) -> float | None:
     return head_dim**-0.5 * mscale * mscale
 
 
-def _deepseek_v3_config(hf: dict, name: str) -> MoEConfig:
+def routed_layers(hf: dict, dense: int, what: str) -> list[bool]:
+    """One flag per layer: the first ``dense`` (first_k_dense_replace) keep a dense MLP, the others route."""
     n_layer = hf["num_hidden_layers"]
-    dense = _get(hf, "first_k_dense_replace")
     if dense >= n_layer:
-        raise LoadError(f"deepseek_v3: first_k_dense_replace ({dense}) leaves none of the {n_layer} layers routed; "
+        raise LoadError(f"{what}: first_k_dense_replace ({dense}) leaves none of the {n_layer} layers routed; "
                         "a model without a mixture-of-experts layer is not supported")  # fmt: skip
+    return [i >= dense for i in range(n_layer)]
+
+
+def _deepseek_v3_config(hf: dict, name: str) -> MoEConfig:
+    moe_layers = routed_layers(hf, _get(hf, "first_k_dense_replace"), "deepseek_v3")
     rope_dim, nope_dim = _get(hf, "qk_rope_head_dim"), _get(hf, "qk_nope_head_dim")
     head_dim = nope_dim + rope_dim
     n_shared = hf.get("n_shared_experts", _DEFAULTS["n_shared_experts"]) or 0
@@ -72,7 +77,7 @@ def _deepseek_v3_config(hf: dict, name: str) -> MoEConfig:
         attn_scale=_scale(hf, head_dim), n_experts=_get(hf, "n_routed_experts"), top_k=_get(hf, "num_experts_per_tok"),
         d_expert=d_expert, normalize_top_k=bool(_get(hf, "norm_topk_prob")),
         d_shared_expert=d_expert * n_shared or None, shared_expert_gate=False,
-        moe_layers=[i >= dense for i in range(n_layer)], router_score="sigmoid", n_group=_get(hf, "n_group"),
+        moe_layers=moe_layers, router_score="sigmoid", n_group=_get(hf, "n_group"),
         topk_group=_get(hf, "topk_group"), routed_scaling_factor=float(_get(hf, "routed_scaling_factor")),
         kv_lora_rank=_get(hf, "kv_lora_rank"), q_lora_rank=hf.get("q_lora_rank", _DEFAULTS["q_lora_rank"]),
         qk_rope_head_dim=rope_dim, v_head_dim=_get(hf, "v_head_dim"),
