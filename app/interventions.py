@@ -101,7 +101,8 @@ def offer(catalog: Catalog, analysis: Analysis, kind: str | None = None) -> Offe
     entry = catalog.get(analysis.model_key)
     kind = analysis.kind(kind)
     kinds = [(label, value) for label, value in translation.KIND_CHOICES if value in analysis.kinds]
-    routing, scan, t = analysis.routing, analysis.scan, analysis.translation
+    routing, t = analysis.routing, analysis.translation
+    scan = analysis.scan if analysis.scan is not None else analysis.mamba  # a hybrid's: its Mamba layers
     if t is not None:
         positions = [(f"step {i} → ‘{short(label)}’", i) for i, label in enumerate(t.labels)]
         label = "Translation step whose prediction is examined"
@@ -114,7 +115,7 @@ def offer(catalog: Catalog, analysis: Analysis, kind: str | None = None) -> Offe
         experts=[f"L{b}.E{e}" for b in routing.blocks for e in range(routing.n_experts)] if routing else [],
         experts_info=(f"each token runs {routing.top_k} of {routing.n_experts}: at most "
                       f"{routing.n_experts - routing.top_k} off per layer") if routing else "",
-        mixers=[f"L{i}" for i in range(scan.n_layer)] if scan else [],
+        mixers=[f"L{scan.block(i)}" for i in range(scan.n_layer)] if scan else [],
         tokens=[(f"{i} ‘{short(label)}’", i) for i, label in enumerate(analysis.labels)],
         positions=positions, position=default if positions else None, position_label=label,
     )  # fmt: skip

@@ -85,9 +85,13 @@ class Analysis:
     translation: Translation | None = None  # the translation view's data
     routing: Routing | None = None  # the routing view's data
     scan: Scan | None = None  # the scan view's data
+    # a hybrid's Mamba layers (its attention layers keep the attention view; the Steps tab takes the scan apart)
+    mamba: Scan | None = None
     hidden_states: list[Tensor] | None = None  # [embeddings, layer 1, ...] each (T, D) (enc-dec: the encoder's)
     windows: list[int | None] | None = None  # per layer: the local pattern's window, None = full attention
     patterns: list[str | None] | None = None  # per layer: "sliding", "strided", "block" or None (full)
+    # per attention map: the model's layer it comes from, when only some layers attend (a hybrid); None = every layer
+    blocks: list[int] | None = None
     # The cells the page frames on each kind's attention map (the story world's gold: a pronoun's antecedent,
     # a translation's word alignment), set by the page's Run (``explore.truth.gold_cells``).
     gold: dict[str, list[tuple[int, int]]] | None = None
@@ -172,9 +176,16 @@ def record(entry: Entry, text: str, ids: list[int], truncated_from: int | None, 
         mask_token=mask_token(tok), translation=run.translation,
         routing=Routing.from_trace(trace, cfg) if "routing" in views else None,
         scan=Scan.from_trace(trace) if "scan" in views else None,
+        mamba=Scan.from_trace(trace, cfg) if "scan" not in views and trace is not None and trace.ssm_attention else None,
         hidden_states=trace.hidden_states if trace is not None else None, windows=windows or None,
-        patterns=patterns or None,
+        patterns=patterns or None, blocks=_attention_blocks(cfg, attentions),
     ))  # fmt: skip
+
+
+def _attention_blocks(cfg, attentions: list[Tensor] | None) -> list[int] | None:
+    """The model's layer of each attention map when only some layers attend (``config.attention_blocks``)."""
+    blocks = getattr(cfg, "attention_blocks", None)
+    return list(blocks) if attentions and blocks is not None and len(blocks) == len(attentions) else None
 
 
 def _tensors(obj):

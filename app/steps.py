@@ -15,6 +15,7 @@ from that pass's Δ, A, B and C).
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -115,6 +116,8 @@ def steps_view(catalog: Catalog, analysis: Analysis | None, kind=None, layer=0, 
     except ValueError as e:  # out of range, a kind the model lacks, a value of the wrong type
         return StepsView(None, None, error(md_escape(str(e))))
     position = _position(entry)
+    if analysis.blocks is not None:  # a hybrid's attention layers: name the model's own layer in the figure
+        s = dataclasses.replace(s, layer=analysis.blocks[s.layer])
     flow = attention_step_figure(s, keys, queries[query], position=position)
     residual = residual_figure(s, queries[query])
     return StepsView(flow, residual, summary(s, keys, queries[query], position))
@@ -319,18 +322,26 @@ def scan_view(catalog: Catalog, analysis: Analysis | None, layer=None, token=Non
     """Mamba's selective scan in layer ``layer`` (None: the last) at ``token``."""
     if analysis is None:
         return MixerView(None, note(RUN_FIRST))
-    if analysis.scan is None:
+    scan = scan_of(analysis)
+    if scan is None:
         return MixerView(None, note(f"**{md_escape(analysis.model_key)}** is a {md_escape(analysis.spec.title)}: "
                                     f"it has no selective scan to take apart."))  # fmt: skip
     try:
         entry = catalog.get(analysis.model_key)
-        n = analysis.scan.n_layer
+        n = scan.n_layer
         layer = n - 1 if layer is None or layer == "" else check(_index(layer, "layer"), n, "layer")
         token = query_index(token, analysis.labels, "token")
-        s = _mixer(scan_steps, entry, analysis, layer, token)
+        s = _mixer(scan_steps, entry, analysis, scan.block(layer), token)  # a hybrid: its Mamba layer's number
     except (UnknownModelError, ValueError) as e:
         return MixerView(None, error(md_escape(str(e))))
     return MixerView(scan_figure(s, analysis.labels), scan_summary(s, analysis.labels))
+
+
+def scan_of(analysis: Analysis | None):
+    """The Run's scan: a state-space model's, or a hybrid's Mamba layers' (its slider spans those; None without)."""
+    if analysis is None:
+        return None
+    return analysis.scan if analysis.scan is not None else analysis.mamba
 
 
 @torch.inference_mode()
@@ -495,7 +506,8 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
         kind_shown = c.kind if c.kinds else DEFAULT_KIND  # hidden, it waits for the next encoder-decoder
         return {ui.attention: gr.update(visible=True), **{box: gr.update(visible=True) for box in boxes},
                 ui.kind: gr.update(visible=c.kinds, value=kind_shown),
-                ui.layer: gr.update(maximum=max(c.n_layer - 1, 1), value=layer, interactive=c.n_layer > 1),
+                ui.layer: gr.update(maximum=max(c.n_layer - 1, 1), value=layer, interactive=c.n_layer > 1,
+                                    label=_layer_label(analysis)),
                 ui.head: gr.update(maximum=max(c.n_head - 1, 1), value=head, interactive=c.n_head > 1),
                 ui.query: gr.update(choices=c.queries, value=c.default_query),
                 **redraw(analysis, c.kind, layer, head, c.default_query), **mixers}  # fmt: skip
@@ -514,12 +526,13 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
                     ui.gate_plot: v.figure, ui.gate_note: v.summary}  # fmt: skip
         else:
             out |= {ui.gate_layer: gr.update(), ui.gate_plot: None, ui.gate_note: ""}
-        scan = analysis.scan if analysis is not None else None
+        scan = scan_of(analysis)
         if scan is not None:
             n, token = scan.n_layer, default_token(analysis)
             layer = clamp(_or(scan_layer, n - 1), n)
             v = scan_view(catalog, analysis, layer, token)
-            out |= {ui.scan_layer: gr.update(maximum=max(n - 1, 1), value=layer, interactive=n > 1),
+            label = "Layer" if scan.blocks is None else f"Mamba layer (model layers {', '.join(map(str, scan.blocks))})"
+            out |= {ui.scan_layer: gr.update(maximum=max(n - 1, 1), value=layer, interactive=n > 1, label=label),
                     ui.scan_token: gr.update(choices=query_choices(analysis, "self"), value=token),
                     ui.scan_plot: v.figure, ui.scan_note: v.summary}  # fmt: skip
         else:
@@ -539,6 +552,13 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
     gr.on(triggers=[ui.scan_layer.input, ui.scan_token.input], fn=redraw_scan,
           inputs=[explore_ui.state, ui.scan_layer, ui.scan_token], outputs=[ui.scan_plot, ui.scan_note],
           api_name="scan", **model_run)  # fmt: skip
+
+
+def _layer_label(analysis: Analysis) -> str:
+    """The attention Layer slider's label: a hybrid's spans only its attention layers, so it says which."""
+    if analysis.blocks is None:
+        return "Layer"
+    return f"Attention layer (model layers {', '.join(map(str, analysis.blocks))})"
 
 
 def _or(value, default: int) -> int:

@@ -15,8 +15,8 @@ set-up either side pays once per process), freed memory handed back (``malloc_tr
 of the model and its tokenizer in the checkpoint's own dtype (``archplay.models.load`` against
 ``AutoModelForCausalLM.from_pretrained(dtype="auto")`` + ``AutoTokenizer``) and one forward pass of 8
 tokens (transformers maps the file and reads it at first use; the forward makes both sides hold
-their weights). Reported: seconds to load, the ratio ours / transformers (goal ≤ 1.0), and the
-resident peak over the load and the forward (``VmHWM``, minus the resident size before) against the
+their weights), three times each (``--quick``: twice). Reported, from each side's fastest load: seconds
+to load, the ratio ours / transformers (goal ≤ 1.0), and the resident peak over the load and the forward (``VmHWM``, minus the resident size before) against the
 weights' size (goal ≤ 1.2 ×), for both.
 
 Generation (``llama-1b`` in bf16; ``--quick``: ``gpt2-124m`` in bf16): both models in this process,
@@ -232,7 +232,7 @@ def run(quick: bool = False, device: str = "cpu", keep: Path | None = None) -> l
                 t0 = time.perf_counter()
                 write_checkpoint(case, folder)
                 print(f"wrote {case} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-            rows += load_rows(case, folder, tiny, repeats=1 if case == "llama-1b" or quick else 2)
+            rows += load_rows(case, folder, tiny, repeats=2 if quick else 3)
             print(rows[-2]["value"], "|", rows[-1]["value"], file=sys.stderr, flush=True)
         gen_case = "gpt2-124m" if quick else "llama-1b"
         rows.append(generation_row(gen_case, base / gen_case, new_tokens=8 if quick else 16))

@@ -11,15 +11,18 @@ from archplay.models.analysis import card
 from archplay.models.architectures.decoder import Decoder, DecoderConfig
 from archplay.models.architectures.encoder import Encoder, EncoderConfig
 from archplay.models.architectures.encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from archplay.models.architectures.hybrid import HybridConfig, HybridDecoder
 from archplay.models.architectures.moe import MoEConfig, MoEDecoder
 from archplay.models.architectures.ssm import Mamba, MambaConfig
 from archplay.models.checkpoints import (
     bart,
     bert,
     deepseek,
+    deepseek_v2,
     gemma,
     gpt2,
     gpt_neox,
+    jamba,
     llama,
     mamba,
     more_decoders,
@@ -60,7 +63,8 @@ MOE = Family(
     objective="causal", card_rows=card.moe_rows, parameter_rules=card.DECODER_RULES,
     trace_fields=(*ATTENTION_TRACE, "router_logits", "expert_indices"), views=("attention", "routing"),
     checkpoints={"mixtral": llama.MIXTRAL, "qwen2_moe": llama.QWEN2_MOE, "qwen3_moe": llama.QWEN3_MOE,
-                 "olmoe": llama.OLMOE, "deepseek_v3": deepseek.DEEPSEEK_V3},
+                 "olmoe": llama.OLMOE, "deepseek_v2": deepseek_v2.DEEPSEEK_V2,
+                 "deepseek_v3": deepseek.DEEPSEEK_V3},
 )  # fmt: skip
 SSM = Family(
     name="ssm", title="selective state-space model (Mamba, Mamba-2)", config=MambaConfig, model=Mamba,
@@ -68,6 +72,13 @@ SSM = Family(
     card_rows=card.ssm_rows, parameter_rules=card.SSM_RULES, trace_fields=("hidden_states", "ssm_attention", "ssm_delta"),
     views=("scan",), checkpoints={"mamba": mamba.CONVERTER, "mamba2": mamba.MAMBA2},
 )  # fmt: skip
+HYBRID = Family(
+    name="hybrid", title="hybrid of attention, Mamba and mixture-of-experts layers (Jamba)", config=HybridConfig,
+    model=HybridDecoder, objective="causal", card_rows=card.hybrid_rows, parameter_rules=card.HYBRID_RULES,
+    # attentions: per attention layer; ssm_*: per Mamba layer; router_*: per MoE layer (hybrid.py's docstring)
+    trace_fields=(*ATTENTION_TRACE, "router_logits", "expert_indices", "ssm_attention", "ssm_delta"),
+    views=("attention", "routing"), checkpoints={"jamba": jamba.JAMBA},
+)  # fmt: skip
 
-for _family in (DECODER, ENCODER, ENCODER_DECODER, MOE, SSM):
+for _family in (DECODER, ENCODER, ENCODER_DECODER, MOE, SSM, HYBRID):
     register(_family)

@@ -116,6 +116,19 @@ def hf_config(kind: str, **overrides):
                                  num_experts_per_tok=2, n_group=4, topk_group=2, n_shared_experts=1,
                                  first_k_dense_replace=1, routed_scaling_factor=2.5, max_position_embeddings=256,
                                  **common)  # fmt: skip
+    elif kind == "deepseek_v2":  # latent attention (plain q), a softmax router limited to 1 of 4 groups, scaled
+        # (groups scored by their best expert matter only when top_k exceeds topk_group)
+        cfg = T.DeepseekV2Config(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=12, q_lora_rank=None,
+                                 qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6, n_routed_experts=8,
+                                 num_experts_per_tok=2, topk_method="group_limited_greedy", n_group=4, topk_group=1,
+                                 n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=2.0,
+                                 max_position_embeddings=256, **common)  # fmt: skip
+    elif kind == "jamba":  # Mamba, attention, Mamba, attention; experts on layers 0 and 2 (periods of 2)
+        cfg = T.JambaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
+                            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, attn_layer_period=2,
+                            attn_layer_offset=1, expert_layer_period=2, expert_layer_offset=0, mamba_d_state=8,
+                            mamba_dt_rank=4, max_position_embeddings=256, **common)  # fmt: skip
     elif kind in ("roberta", "xlm-roberta"):  # positions after padding_idx 1
         cls = T.RobertaConfig if kind == "roberta" else T.XLMRobertaConfig
         cfg = cls(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,

@@ -32,12 +32,13 @@ BUILTIN_FAMILIES = {"gpt": "decoder", "bert": "encoder", "t5": "encoder-decoder"
 
 
 def test_the_builtin_families_and_what_they_say():
-    assert registry.names() == ("decoder", "encoder", "encoder-decoder", "moe", "ssm")
+    assert registry.names() == ("decoder", "encoder", "encoder-decoder", "moe", "ssm", "hybrid")
     assert registry.model_types() == ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gpt_neox", "gemma2",
                                       "gemma3_text", "gpt_neo", "gptj", "opt", "phi", "olmo2", "stablelm", "bert", "roberta", "xlm-roberta", "distilbert", "modernbert", "t5", "bart",
-                                      "mbart", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "mamba",
-                                      "mamba2")  # fmt: skip
-    assert [f.name for f in registry.families() if f.lens] == ["decoder", "moe", "ssm"]
+                                      "mbart", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
+                                      "mamba",
+                                      "mamba2", "jamba")  # fmt: skip
+    assert [f.name for f in registry.families() if f.lens] == ["decoder", "moe", "ssm", "hybrid"]
     assert [f.name for f in registry.families() if not f.generates] == ["encoder"]
     assert [f.name for f in registry.families() if not f.has_heads] == ["ssm"]
     assert registry.checkpoint("mixtral")[0].name == "moe"
@@ -162,7 +163,7 @@ def test_a_registered_model_type_loads_from_a_folder(toy, tmp_path):
 
 def test_an_unknown_model_type_names_every_registered_one(toy, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "falcon"}))
-    with pytest.raises(LoadError, match="'falcon' is not supported; supported: gpt2, .*, mamba, mamba2, toy_lm"):
+    with pytest.raises(LoadError, match="'falcon' is not supported; supported: gpt2, .*, mamba, mamba2, jamba, toy_lm"):
         load(str(tmp_path))
 
 

@@ -64,7 +64,15 @@ def attention_help(analysis: Analysis, kind: str | None = None) -> str:
         return ATTENTION_HELP[f"translation-{analysis.kind(kind)}"]
     if analysis.attentions is None:
         return ATTENTION_HELP["none"]
-    return ATTENTION_HELP["causal" if analysis.causal else "bidirectional"]
+    text = ATTENTION_HELP["causal" if analysis.causal else "bidirectional"]
+    if analysis.blocks is not None:  # a hybrid: say which layers attend, and where the others are shown
+        others = [i for i in range(len(analysis.hidden_states or [None]) - 1) if i not in analysis.blocks]
+        text += (f"\n\nOnly layers {', '.join(map(str, analysis.blocks))} of this hybrid attend: the Layer slider "
+                 f"steps through those {len(analysis.blocks)}.")
+        if others:
+            text += (f" Layers {', '.join(map(str, others))} are Mamba layers with no attention map: the **Inside a step** "
+                     "tab takes their scan apart (Δ, the state, the hidden-attention row).")
+    return text
 
 
 def attention_figure(
@@ -86,6 +94,9 @@ def attention_figure(
     layer = analysis.check_layer(layer, kind)
     head = check(head, analysis.n_head, "head")
     title = title_pattern(analysis, kind).format(layer=layer, head=head)
+    if analysis.blocks is not None:  # a hybrid: the model's own layer number, and which attention layer it is
+        title = (f"Layer {analysis.blocks[layer]} (attention layer {layer} of {len(analysis.blocks)}), head {head} "
+                 f"of {analysis.n_head}")  # fmt: skip
     if analysis.translation is not None:
         return translation.attention_figure(analysis, kind, layer, head, title=title, cells=cells)
     return attention_heatmap(analysis.attentions[layer][head], analysis.labels, analysis.labels, title=title,
@@ -97,6 +108,9 @@ def title_pattern(analysis: Analysis, kind: str | None = None) -> str:
     if analysis.scan is not None:
         return scan.TITLE.format(n_layer=analysis.scan.n_layer, d_inner=analysis.scan.d_inner)
     kind = analysis.kind(kind)
+    if analysis.blocks is not None:  # a hybrid's attention layers only: say which of the model's layers they are
+        where = ", ".join(map(str, analysis.blocks))
+        return f"Attention layer {{layer}} of {len(analysis.blocks)} (model layers {where}), head {{head}} of {analysis.n_head}"
     of = f"of {analysis.layer_count(kind)} × {analysis.n_head}"
     if analysis.translation is not None:
         return f"{translation.KIND_NAMES[kind]}: layer {{layer}}, head {{head}} {of}"

@@ -46,15 +46,23 @@ class Scan:
     hidden_attention: list[Tensor]  # per layer (T, T), lower triangular
     delta_mean: list[Tensor]  # per layer (T,): Δ averaged over the D_inner channels
     d_inner: int
+    blocks: list[int] | None = None  # a hybrid's: the model's layer of each entry (its Mamba layers); None = every layer
 
     @classmethod
-    def from_trace(cls, trace: Trace) -> Scan:
-        """From batch row 0 of a traced run, on the CPU (``Trace.detach(0)``)."""
+    def from_trace(cls, trace: Trace, config=None) -> Scan:
+        """From batch row 0 of a traced run, on the CPU (``Trace.detach(0)``). A hybrid's ``config`` maps each
+        entry to its layer (``config.mamba_blocks``)."""
+        blocks = getattr(config, "mamba_blocks", None)
         return cls(
             hidden_attention=trace.ssm_attention,
             delta_mean=[d.mean(-1) for d in trace.ssm_delta],
             d_inner=int(trace.ssm_delta[0].shape[-1]),
+            blocks=list(blocks) if blocks is not None and len(blocks) == len(trace.ssm_attention) else None,
         )
+
+    def block(self, layer: int) -> int:
+        """The model's layer of entry ``layer`` (itself unless only some layers scan)."""
+        return layer if self.blocks is None else self.blocks[layer]
 
     @property
     def n_layer(self) -> int:

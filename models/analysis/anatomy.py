@@ -82,6 +82,9 @@ def _ffn(cfg, T: int) -> Part:
             groups = f" in {cfg.n_group} groups, the best {cfg.topk_group} kept," if cfg.n_group > 1 else ""
             detail = (f"sigmoid router over {cfg.n_experts} experts,{groups} top-{cfg.top_k}; each expert {D} → "
                       f"{cfg.d_expert} → {D}")  # fmt: skip
+        elif getattr(cfg, "n_group", 1) > 1:  # DeepSeek-V2
+            detail = (f"router over {cfg.n_experts} experts in {cfg.n_group} groups, the best {cfg.topk_group} kept, "
+                      f"top-{cfg.top_k}; each expert {D} → {cfg.d_expert} → {D}")  # fmt: skip
         if getattr(cfg, "d_shared_expert", None):
             detail += f"; a shared expert of {cfg.d_shared_expert}"
         return Part("experts (sparse MoE)", "experts", (1, T, D), (1, T, D), detail, view="gate")
@@ -141,18 +144,41 @@ def anatomy(model: nn.Module, ids: Tensor, **model_kwargs) -> list[Stack]:
         embed.append(Part(f"{norm} of the embeddings", "norm", (1, T, D), (1, T, D)))
     block = []
     attention = _attention(cfg, T, T, name="causal self-attention" if causal else "self-attention")
+    ffn = _ffn(cfg, T)
+    if getattr(cfg, "attn_layers", None) is not None:  # a hybrid (Jamba): the layers differ, each part says where
+        attention, ffn = _hybrid_parts(cfg, attention, T)
     parallel = bool(getattr(cfg, "parallel_residual", False))
     if parallel:
-        _parallel(block, cfg, norm, attention, _ffn(cfg, T))
+        _parallel(block, cfg, norm, attention, ffn)
     else:
         _sublayer(block, post, norm, attention, **_norms_around(cfg, attention=True))
-        _sublayer(block, post, norm, _ffn(cfg, T), **_norms_around(cfg))
+        _sublayer(block, post, norm, ffn, **_norms_around(cfg))
     stack = Stack("decoder" if causal else "encoder", cfg.n_layer, embed, block, parallel=parallel)
     head = "LM head" if causal else "masked-word head"
     stack.out = ([] if post else [Part(norm, "norm", (1, T, D), (1, T, D), "final")]) + [
         Part(head, "head", (1, T, D), (1, T, V))]
     stack.contribution, stack.stream = _residual(trace.hidden_states)
     return [stack]
+
+
+def _hybrid_parts(cfg, attention: Part, T: int) -> tuple[Part, Part]:
+    """A hybrid's block (Jamba): its mixer is attention in some layers and Mamba's scan in the others, its
+    feed-forward sparse experts in some and a dense MLP in the others; each part names the layers of each."""
+    D = cfg.d_model
+
+    def where(flags: list[bool], on: bool) -> str:
+        layers = [str(i) for i, f in enumerate(flags) if f == on]
+        return ("layer " if len(layers) == 1 else "layers ") + ", ".join(layers) if layers else "no layer"
+
+    scan = (f"in_proj {D} → 2 × {cfg.d_inner}, conv {cfg.d_conv}, RMSNorms on Δ, B, C, state {cfg.d_inner} × "
+            f"{cfg.d_state}, gate, out_proj → {D}")  # fmt: skip
+    mixer = Part(f"attention ({where(cfg.attn_layers, True)}) or Mamba scan ({where(cfg.attn_layers, False)})",
+                 "attention", (1, T, D), (1, T, D), f"attention: {attention.detail}, no positions (NoPE); scan: {scan}",
+                 view="attention")  # fmt: skip
+    ffn = Part(f"experts ({where(cfg.moe_layers, True)}) or feed-forward ({where(cfg.moe_layers, False)})", "experts",
+               (1, T, D), (1, T, D), f"router over {cfg.n_experts} experts, top-{cfg.top_k}, each {D} → {cfg.d_expert} → "
+               f"{D}; dense: {D} → {cfg.d_ff} → {D}", view="gate")  # fmt: skip
+    return mixer, ffn
 
 
 def _norms_around(cfg, attention: bool = False) -> dict:

@@ -182,6 +182,13 @@ def _expert_rows(cfg) -> list[tuple[str, str]]:
 
 def _router(cfg) -> str:
     if getattr(cfg, "router_score", "softmax") != "sigmoid":
+        n_group, scale = getattr(cfg, "n_group", 1), getattr(cfg, "routed_scaling_factor", 1.0)
+        if n_group > 1 or scale != 1.0:  # DeepSeek-V2
+            groups = (f" → only the {cfg.topk_group} best of {n_group} groups of {cfg.n_experts // n_group} (a group's "
+                      "score: its best expert)") if n_group > 1 else ""  # fmt: skip
+            renorm = " → renormalised to sum to 1" if cfg.normalize_top_k else " (not renormalised)"
+            return (f"softmax over all experts (float32){groups} → top-k{renorm} × {scale:g} (routed_scaling_factor)"
+                    " (DeepSeek-V2)")  # fmt: skip
         return "softmax over all experts (float32) → top-k" + (
             " → renormalised to sum to 1" if cfg.normalize_top_k else " (weights not renormalised)")
     groups = ""
@@ -353,6 +360,54 @@ def _mamba2_rows(cfg) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
+def hybrid_rows(cfg) -> list[tuple[str, str]]:
+    """A hybrid (Jamba): which layers attend, which scan, which route; then each part's sizes."""
+    n_attn = sum(cfg.attn_layers)
+    n_mamba = cfg.n_layer - n_attn
+    act = ACTIVATION_NAMES.get(cfg.activation, cfg.activation)
+    norms = " → RMSNorms on Δ_low, B and C (Jamba)" if cfg.ssm_norms else ""
+    biases = ["dt_proj"] + (["conv1d"] if cfg.ssm_conv_bias else []) + (["in_proj, out_proj"] if cfg.ssm_bias else [])
+    return [
+        ("layers", str(cfg.n_layer)),
+        ("layer pattern", _hybrid_pattern(cfg)),
+        ("width (d_model)", str(cfg.d_model)),
+        *_attention_rows(cfg.n_head, cfg.n_kv_head, cfg.head_dim),
+        ("attention", f"causal self-attention in {n_attn} of {cfg.n_layer} layers ({_layer_list(cfg.attn_layers)})"),
+        ("Mamba mixer", f"in {n_mamba} of {cfg.n_layer} layers: Mamba-1's selective SSM, in_proj → causal depthwise "
+                        f"conv → {act} → x_proj{norms} → selective scan + D·u, gated by SiLU(z) → out_proj"),
+        ("d_inner (expand × d_model)", f"{cfg.d_inner} (expand {cfg.expand})"),
+        ("d_state (N) · d_conv · dt_rank (R)", f"{cfg.d_state} · {cfg.d_conv} · {cfg.dt_rank}"),
+        *_expert_rows(cfg),
+        ("positions", "none (NoPE) in the attention layers: order enters through the Mamba layers' causal conv and "
+                      "recurrence, and the causal mask"),
+        ("KV cache", f"only the {n_attn} attention layers keep keys and values ({2 * cfg.n_kv_head * cfg.head_dim} "
+                     f"numbers per token each); the {n_mamba} Mamba layers a fixed-size state (the conv's last "
+                     f"{cfg.d_conv} inputs and {cfg.d_inner} × {cfg.d_state} SSM numbers), whatever the length"),
+        ("norm", f"{_norm(cfg.norm)}, pre-norm (+ a final norm), ε = {cfg.norm_eps:g}"),
+        ("biases", ", ".join(biases) + " (Mamba mixers); none elsewhere"),
+        ("vocabulary", f"{cfg.vocab_size:,}"),
+        ("context length", _context(cfg, f"{cfg.max_seq_len:,} tokens")),
+        ("tied embeddings", _tied(cfg.tie_embeddings)),
+    ]  # fmt: skip
+
+
+def _layer_list(flags: list[bool]) -> str:
+    """"layers 1, 3", or for many "layers 1, 3, 5, …, 31 (16)"."""
+    on = [str(i) for i, f in enumerate(flags) if f]
+    if len(on) > 6:
+        on = [*on[:3], "…", f"{on[-1]} ({len(on)})"]
+    return ("layer " if len(on) == 1 else "layers ") + ", ".join(on)
+
+
+def _hybrid_pattern(cfg) -> str:
+    """The repeating unit of layers, e.g. "Mamba+MoE, attention+MLP, repeated (4 layers; attention in ...)"."""
+    kinds = [cfg.layer_kind(i).replace(" + ", "+") for i in range(cfg.n_layer)]
+    period = next(p for p in range(1, len(kinds) + 1) if all(k == kinds[i % p] for i, k in enumerate(kinds)))
+    order = ", ".join(kinds[:period]) + (", repeated" if period < len(kinds) else "")
+    return (f"{order} ({len(kinds)} layers; attention in {_layer_list(cfg.attn_layers)}, experts in "
+            f"{_layer_list(cfg.moe_layers)})")
+
+
 def _attention_rows(n_head: int, n_kv_head: int, head_dim: int) -> list[tuple[str, str]]:
     if n_kv_head == n_head:
         kv = f"{n_kv_head} (multi-head: one per query head)"
@@ -519,6 +574,11 @@ SSM_RULES = (
     _NORMS,
     (r"lm_head\.", LM_HEAD),
 )
+HYBRID_RULES = (  # the attention layers' names as the decoder's, the Mamba layers' as the ssm family's
+    (r"layers\.\d+\.mixer\.(dt|b|c)_layernorm\.", "mixer RMSNorms on Δ, B, C (Jamba)"),
+    *(rule for rule in SSM_RULES if "mixer" in rule[0]),
+    *DECODER_RULES,
+)
 
 
 def parameter_breakdown(model: nn.Module) -> list[tuple[str, int]]:
@@ -559,6 +619,7 @@ def active_parameters(model: nn.Module) -> int:
 
 
 __all__ = [
-    "DECODER_RULES", "ENCODER_DECODER_RULES", "ENCODER_RULES", "SSM_RULES", "active_parameters", "architecture",
-    "decoder_rows", "encoder_decoder_rows", "encoder_rows", "moe_rows", "parameter_breakdown", "ssm_rows",
+    "DECODER_RULES", "ENCODER_DECODER_RULES", "ENCODER_RULES", "HYBRID_RULES", "SSM_RULES", "active_parameters",
+    "architecture", "decoder_rows", "encoder_decoder_rows", "encoder_rows", "hybrid_rows", "moe_rows",
+    "parameter_breakdown", "ssm_rows",
 ]  # fmt: skip

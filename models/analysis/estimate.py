@@ -249,9 +249,19 @@ def _ssm_shape(cfg) -> Shape:
     return Shape(cfg.d_model, cfg.vocab_size, (Layer(mixer=mixer),) * cfg.n_layer)
 
 
+def _hybrid_shape(cfg) -> Shape:
+    """hybrid (Jamba): the decoder's layers, with a Mamba mixer in place of the attention where ``attn_layers``
+    is False (a fixed-size state, no keys and values); every layer keeps its feed-forward, dense or routed."""
+    decoder = _decoder_shape(cfg)
+    mixer = Mixer(cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank)
+    layers = tuple(layer if attends else Layer(ffn=layer.ffn, mixer=mixer)
+                   for layer, attends in zip(decoder.layers, cfg.attn_layers))  # fmt: skip
+    return replace(decoder, layers=layers)
+
+
 # One entry per registry family, as recipes have theirs (``training.recipe._FAMILIES``).
 SHAPES = {"decoder": _decoder_shape, "moe": _decoder_shape, "encoder": _encoder_shape,
-          "encoder-decoder": _encoder_decoder_shape, "ssm": _ssm_shape}  # fmt: skip
+          "encoder-decoder": _encoder_decoder_shape, "ssm": _ssm_shape, "hybrid": _hybrid_shape}  # fmt: skip
 
 
 def shape(cfg) -> Shape:
@@ -642,8 +652,8 @@ def estimate(
     kv_at = batch * (_kv_bytes(s, kvb, context=context) + _kv_bytes(s, kvb, context=context, cross=True))
     kv_full = batch * context * (per_token + _kv_bytes(s, kvb, cross=True))
     state = _state_bytes(s, kvb) if any(layer.mixer for layer in s.layers) else None
-    if state is not None:
-        kv_at = kv_full = batch * state
+    if state is not None:  # Mamba's fixed state, beside the keys and values of any attention layers (a hybrid's)
+        kv_at, kv_full = kv_at + batch * state, kv_full + batch * state
     if kv_full != kv_at:
         notes.append(f"local attention window: a rolling cache keeps {kv_at:,.0f} bytes at this context; "
                      f"archplay's generate keeps every position ({kv_full:,.0f} bytes) and masks the rest")  # fmt: skip
@@ -688,7 +698,7 @@ def estimate(
             weights /= dp
         # Each GPU keeps its own key/value heads (a head too few to share among tp GPUs is copied), its stages' layers.
         kv_gpu = _kv_bytes(s, kvb, tp=tp, context=context) + _kv_bytes(s, kvb, tp=tp, context=context, cross=True)
-        kv_cache = (batch * kv_gpu if state is None else kv_at) / pp
+        kv_cache = batch * (kv_gpu + (state or 0)) / pp
         activations = batch * context * _inference_activations(s, act, context, flash=flash_attention) / tp
     if dtype in ("fp8", "int8", "int4"):
         notes.append(f"{dtype} weights: every parameter at {w:g} bytes (norms and embeddings are often kept "
@@ -705,7 +715,7 @@ def estimate(
     fits = [{"gpu": g.name, "memory_bytes": g.memory_bytes, "fits": memory["total"] <= g.memory_bytes - CUDA_RESERVE,
              "share": memory["total"] / g.memory_bytes} for g in GPUS]  # fmt: skip
     tokens = TOKENS_PER_PARAMETER * P
-    if registry.of(cfg).name == "moe":
+    if "routing" in registry.of(cfg).views:  # a mixture of experts (moe, hybrid)
         notes.append("Chinchilla's fit is for dense models; for a mixture of experts it is taken at the total count")
     result = Estimate(
         name=name, source=source, family=registry.of(cfg).name,

@@ -119,7 +119,7 @@ def plan(model: nn.Module, *, heads=(), experts=(), tokens=(), mixers=(), kind: 
             m = modules[layer]
             act[m.o_proj] = ("pre", _zero_heads(hs, m.head_dim))
     if experts:
-        if family != "moe":
+        if not any(hasattr(getattr(layer, "mlp", None), "router") for layer in getattr(model, "layers", ())):
             raise ValueError("experts can be switched off in a mixture of experts only")
         by_layer = {}
         for layer, e in experts:
@@ -140,10 +140,12 @@ def plan(model: nn.Module, *, heads=(), experts=(), tokens=(), mixers=(), kind: 
             act[router] = ("post", _route_without(router, off))
     mixers = sorted({int(m) for m in mixers})
     if mixers:
-        if family != "ssm":
+        if not any(hasattr(layer, "mixer") for layer in getattr(model, "layers", ())):
             raise ValueError("mixers (a layer's scan) are switched off in a state-space model (Mamba) only")
         for layer in mixers:
             _in_range("layer", layer, len(model.layers))
+            if not hasattr(model.layers[layer], "mixer"):  # a hybrid's attention layer
+                raise ValueError(f"layer {layer} is an attention layer, not a Mamba layer: it has no scan to switch off")
             act[model.layers[layer].mixer] = ("post", _mixer_off)
     tokens = sorted({int(t) for t in tokens})
     if tokens:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archplay.models.analysis.interventions import capture_input
-from archplay.models.architectures.moe import GroupedSigmoidRouter
+from archplay.models.architectures.moe import GroupedSigmoidRouter, GroupedSoftmaxRouter
 from archplay.models.architectures.ssm import Mamba2Mixer, selective_scan_sequential, ssd_attention, ssd_sequential
 
 
@@ -70,7 +70,10 @@ def gate_steps(model: nn.Module, ids: Tensor, layer: int, token: int) -> GateSte
     logits = F.linear(xt, router.weight)  # (1, E)
     weights, indices = router.choose(logits)  # (1, k) each
     sigmoid = {}
-    if isinstance(router, GroupedSigmoidRouter):  # DeepSeek-V3: independent sigmoids, chosen with a bias in groups
+    if isinstance(router, GroupedSoftmaxRouter):  # DeepSeek-V2: a softmax limited to the best groups, scaled
+        probs, _, kept = (t[0] if t is not None else None for t in router.select(logits))
+        sigmoid = dict(groups_kept=None if kept is None else sorted(kept.tolist()), scaling=float(router.scale))
+    elif isinstance(router, GroupedSigmoidRouter):  # DeepSeek-V3: independent sigmoids, chosen with a bias in groups
         probs, choice, kept = (t[0] if t is not None else None for t in router.select(logits))
         order = torch.argsort(choice[indices[0]], descending=True)  # largest choice score first
         weights, indices = weights[:, order], indices[:, order]
@@ -138,10 +141,12 @@ class ScanSteps:
 def scan_steps(model: nn.Module, ids: Tensor, layer: int, token: int) -> ScanSteps:
     """The scan in layer ``layer`` at position ``token``, from the model's own forward pass (one pass:
     the hidden-attention row is computed from the same Δ, A, B, C, not from a traced run)."""
-    if model.config.family != "ssm":
+    if model.config.family != "ssm" and not hasattr(model.config, "attn_layers"):
         raise ValueError("the selective scan is a state-space model's (Mamba) mixer")
     layer = _check("layer", layer, len(model.layers))
-    mixer = model.layers[layer].mixer
+    mixer = getattr(model.layers[layer], "mixer", None)
+    if mixer is None:  # a hybrid (Jamba): its attention layers have no scan
+        raise ValueError(f"layer {layer} is an attention layer, not a Mamba layer: its attention map is in Explore")
     x_hat = capture_input(model, mixer, ids)  # (1, T, D)
     token = _check("token", token, x_hat.shape[1])
     if isinstance(mixer, Mamba2Mixer):

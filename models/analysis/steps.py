@@ -80,7 +80,8 @@ def attention_modules(model: nn.Module, kind: str = "self") -> list[nn.Module]:
         return [layer.attn if kind == "decoder" else layer.cross_attn for layer in stack]
     if kind != "self":
         raise ValueError(f"kind {kind!r} is for encoder-decoder models; this is a {family} model: use 'self'")
-    return [layer.attn for layer in model.layers]
+    # a hybrid (Jamba): its attention layers only, numbered as its trace's attentions (the Mamba layers have none)
+    return [layer.attn for layer in model.layers if hasattr(layer, "attn")]
 
 
 def _hidden(trace, kind: str) -> list[Tensor] | None:

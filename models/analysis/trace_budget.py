@@ -34,22 +34,25 @@ def trace_sizes(config) -> tuple[int, int]:
     layers, heads = int(getattr(config, "n_layer", 0)), int(getattr(config, "n_head", 0) or 0)
     dec_layers = int(getattr(config, "n_decoder_layer", 0) or layers)
     d_model = int(getattr(config, "d_model", 0))
+    flags = getattr(config, "attn_layers", None)  # a hybrid (Jamba): attention maps in these layers, a scan in the others
+    attending = layers if flags is None else sum(flags)
+    scanning = layers if flags is None else layers - attending
     square = 0
     if "attentions" in fields:
-        square += layers * heads  # (H, T, T) per layer
+        square += attending * heads  # (H, T, T) per (attention) layer
     if "decoder_attentions" in fields:
         square += dec_layers * heads
     if "cross_attentions" in fields:
         square += dec_layers * heads  # (H, T_dec, T_enc), the decoder about as long as its source
     if "ssm_attention" in fields:
-        square += layers  # one (T, T) map per layer, the mean over channels
+        square += scanning  # one (T, T) map per (Mamba) layer, the mean over channels
     linear = int(getattr(config, "vocab_size", 0))  # the logits
     if "hidden_states" in fields:
         linear += (layers + 1) * d_model
     if "decoder_hidden_states" in fields:
         linear += (dec_layers + 1) * d_model
     if "ssm_delta" in fields:
-        linear += layers * int(getattr(config, "d_inner", 0) or 0)
+        linear += scanning * int(getattr(config, "d_inner", 0) or 0)
     if "router_logits" in fields:
         linear += layers * int(getattr(config, "n_experts", 0) or 0)
     return square, linear
