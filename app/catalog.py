@@ -73,6 +73,9 @@ def describe(model) -> str:
     if n_head is None:  # a state-space model has no heads
         return f"{name} — {cfg.family}, {layers}"
     heads = f"{n_head} head{'s' if n_head != 1 else ''}"
+    attending, scanning = getattr(cfg, "attention_blocks", None), getattr(cfg, "mamba_blocks", None)
+    if attending is not None and scanning is not None:  # a hybrid: only some layers attend
+        return f"{name} — {cfg.family}, {layers} ({len(attending)} attention × {heads}, {len(scanning)} Mamba)"
     return f"{name} — {cfg.family}, {layers} × {heads}"
 
 

@@ -425,7 +425,8 @@ def scan_summary(s, labels: list[str]) -> str:
     if row is not None and s.token > 0:
         earlier = row[: s.token]
         j = int(earlier.argmax())
-        lines.append(f"Hidden attention (row {s.token} of the scan view on the Explore tab): of the earlier tokens, "
+        lines.append(f"Hidden attention (row {s.token} of this layer's map, which a Mamba model's Explore tab draws): "
+                     "of the earlier tokens, "
                      f"{quote(labels[j])} (token {j}) counts most ({float(earlier[j]):.3g}; the token itself "
                      f"{float(row[s.token]):.3g}).")  # fmt: skip
     return "  \n".join(lines)

@@ -274,6 +274,9 @@ def test_compare_and_the_card_show_jamba(catalog, jamba):
     table, fig = card_view(catalog, key)
     assert "layer pattern" in table and "Mamba+MoE, attention+MLP" in table
     assert int(np.asarray(fig.data[0].x).sum()) == sum(p.numel() for p in ours.parameters())
+    from archplay.app.catalog import describe
+
+    assert describe(ours).endswith("hybrid, 4 layers (2 attention × 4 heads, 2 Mamba)")  # not "4 layers × 4 heads"
 
 
 def test_scan_steps_take_apart_a_mamba_layer_and_refuse_an_attention_layer(jamba):

@@ -836,8 +836,7 @@ def _scan_annotations(f: dict, geo: dict, token: int, Di: int) -> list[dict]:
                           y=0.5, yref=f"{axis} domain", showarrow=False, font=dict(size=11)))  # fmt: skip
     if f["hidden_attention"] is not None:
         notes.append(dict(text=f"<b>hidden attention, row {token}</b>: how much each earlier token still counts in "
-                               f"this output (mean |α| over the {Di} channels; the Explore tab's scan view, row "
-                               f"{token})", x=0.0, xref="paper", xanchor="left", y=geo["ha"][1], yref="paper",
+                               f"this output (mean |α| over the {Di} channels)", x=0.0, xref="paper", xanchor="left", y=geo["ha"][1], yref="paper",
                           yanchor="bottom", yshift=8, showarrow=False, font=dict(size=12)))  # fmt: skip
     return notes
 
