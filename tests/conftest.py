@@ -273,6 +273,27 @@ def hf_folder(tmp_path):
 
 
 @contextmanager
+def served_demo(demo, *, css: str = "", page_js: bool = True):
+    """``demo`` (a ``gr.Blocks``) queued and served in this process on a free port of 127.0.0.1, with the page's
+    theme, CSS (+ ``css``) and, unless ``page_js`` is False, the page script -> its URL; closed on exit."""
+    import socket
+
+    from archplay.app.explore import page as explore
+    from archplay.app.main import CSS, THEME
+
+    demo.queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
+                theme=THEME, css=CSS + css, **({"js": explore.PAGE_JS} if page_js else {}))  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@contextmanager
 def app_server(log_dir: Path, *args: str, timeout: float = 120.0):
     """``python -m archplay --host 127.0.0.1 --port <free> --device cpu *args`` -> its URL once ``/``
     answers (200, or 401 behind --auth); the server (and what it started) is stopped on exit."""

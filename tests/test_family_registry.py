@@ -10,7 +10,6 @@ The family is unregistered afterwards, so no other test sees it.
 from __future__ import annotations
 
 import re
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,20 +132,13 @@ def test_compare_and_the_card_show_a_new_family(catalog, toy):
 @pytest.fixture(scope="module")
 def served(catalog):
     """``build_app`` with the toy beside gpt, served in this process on a free port of 127.0.0.1."""
-    from archplay.app.explore import page as explore
-    from archplay.app.main import CSS, THEME, build_app
+    from conftest import served_demo
+
+    from archplay.app.main import build_app
 
     demo = build_app(catalog)
-    demo.queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                theme=THEME, css=CSS, js=explore.PAGE_JS)  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with served_demo(demo) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

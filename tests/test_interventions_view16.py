@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -303,9 +302,9 @@ SHOTS = os.environ.get("ARCHPLAY_ABLATE_SHOTS")  # a folder: screenshots at 1024
 def served(catalog):
     """Explore and this tab, served in this process (so the test needs no change to ``main``)."""
     import gradio as gr
+    from conftest import served_demo
 
     from archplay.app.explore import page as explore
-    from archplay.app.main import CSS, THEME
 
     with gr.Blocks(title="archplay") as demo:
         with gr.Tabs():
@@ -313,16 +312,8 @@ def served(catalog):
                 explore_ui = explore.build(catalog, demo)
             with gr.Tab("Interventions", id="ablate"):
                 interventions.build(catalog, explore_ui)
-    demo.queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                theme=THEME, css=CSS, js=explore.PAGE_JS)  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with served_demo(demo) as url:
+        yield url
 
 
 _WIDTHS = """() => ["ablate-prediction", "ablate-surprisal", "ablate-attribution"].map(id => {

@@ -405,22 +405,13 @@ def test_estimate_counts_parameters_the_kv_cache_and_the_mamba_state(jamba):
 @pytest.fixture(scope="module")
 def served(catalog):
     """``build_app`` with the Jamba checkpoint beside gpt, served in this process on a free port of 127.0.0.1."""
-    import socket
+    from conftest import served_demo
 
-    from archplay.app.explore import page as explore
-    from archplay.app.main import CSS, THEME, build_app
+    from archplay.app.main import build_app
 
     demo = build_app(catalog)
-    demo.queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                theme=THEME, css=CSS, js=explore.PAGE_JS)  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with served_demo(demo) as url:
+        yield url
 
 
 @pytest.mark.browser

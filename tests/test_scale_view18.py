@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -245,23 +244,14 @@ def test_the_tab_builds_with_its_api(catalog):
 def served(catalog):
     """The tab alone, served in this process (so the test needs no change to ``main``)."""
     import gradio as gr
-
-    from archplay.app.main import CSS, THEME
+    from conftest import served_demo
 
     with gr.Blocks(title="archplay") as demo:
         with gr.Tabs():
             with gr.Tab("Scale", id="scale"):
                 scale.build(catalog)
-    demo.queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False,
-                theme=THEME, css=CSS + scale.CSS)  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with served_demo(demo, css=scale.CSS, page_js=False) as url:
+        yield url
 
 
 _WEIGHTS = """() => {
