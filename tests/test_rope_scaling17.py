@@ -119,19 +119,26 @@ def test_gemma3_yarn_on_the_global_layers(hf_ckpt):
     assert_causal_parity(ours, hf, tok, layers=3, atol=ATOL)
 
 
-def test_qwen2_older_rope_scaling_key(tmp_path):
-    """Qwen2.5's long-context recipe in an older config.json: ``rope_scaling`` with ``type``, θ at the top level."""
+def _older_config(tmp_path, kind: str, theta: float, scaling: dict):
+    """A ``kind`` checkpoint whose config.json says its RoPE the older way (``rope_theta`` at the top level,
+    ``rope_scaling``) -> (transformers' model, ours, tokenizer), both loaded from it."""
     import transformers as T
 
-    folder = tmp_path / "qwen2"
-    make_hf_model("qwen2", folder)
+    folder = tmp_path / kind
+    make_hf_model(kind, folder)
     hf = json.loads((folder / "config.json").read_text())
     hf.pop("rope_parameters", None)
-    hf.update(rope_theta=5000.0, rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})
+    hf.update(rope_theta=theta, rope_scaling=scaling)
     (folder / "config.json").write_text(json.dumps(hf))
     ref = T.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    return ref, *models.load(folder)
+
+
+def test_qwen2_older_rope_scaling_key(tmp_path):
+    """Qwen2.5's long-context recipe in an older config.json: ``rope_scaling`` with ``type``, θ at the top level."""
+    ref, ours, tok = _older_config(tmp_path, "qwen2", 5000.0, {"type": "yarn", "factor": 4.0,
+                                                            "original_max_position_embeddings": 32})
     assert ref.config.rope_parameters["rope_type"] == "yarn"
-    ours, tok = models.load(folder)
     assert ours.config.rope_theta == 5000.0 and ours.config.rope_scaling["original_max_position_embeddings"] == 32
     assert_causal_parity(ours, ref, tok, layers=3, atol=ATOL)
 
@@ -269,18 +276,9 @@ def test_deepseek_v3_yarn_parity(tmp_path, mscale, mscale_all_dim):
 
 def test_deepseek_v3_released_config_json(tmp_path):
     """DeepSeek-V3's own config.json: ``rope_scaling`` with ``type`` yarn, θ at the top level."""
-    import transformers as T
-
-    folder = tmp_path / "deepseek"
-    make_hf_model("deepseek_v3", folder)
-    hf = json.loads((folder / "config.json").read_text())
-    hf.pop("rope_parameters", None)
-    hf.update(rope_theta=10000.0, rope_scaling={"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1,
-                                                "mscale": 1.0, "mscale_all_dim": 1.0,
-                                                "original_max_position_embeddings": 64})  # fmt: skip
-    (folder / "config.json").write_text(json.dumps(hf))
-    ref = T.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-    ours, tok = models.load(folder)
+    ref, ours, _ = _older_config(tmp_path, "deepseek_v3", 10000.0, {
+        "type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0,
+        "original_max_position_embeddings": 64})  # fmt: skip
     assert ours.config.attn_scale == pytest.approx(ref.model.layers[0].self_attn.scaling) != 12**-0.5
     ids = torch.arange(4, 24)[None]
     with torch.no_grad():
