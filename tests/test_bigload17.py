@@ -122,6 +122,14 @@ def _tiny_configs():
         pytest.param("decoder", "llama_tiny", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
                      "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
                      id="decoder-llama3-rope"),  # fmt: skip
+        pytest.param("decoder", "llama_tiny", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                     "original_max_position_embeddings": 32, "max_position_embeddings": 128}},
+                     id="decoder-yarn-rope"),  # fmt: skip
+        pytest.param("decoder", "llama_tiny", {"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 4,
+                     "long_factor": [1.5, 2.0, 3.0, 4.0], "original_max_position_embeddings": 4,
+                     "max_position_embeddings": 128}}, id="decoder-longrope"),  # fmt: skip
+        pytest.param("decoder", "llama_tiny", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0,
+                     "max_position_embeddings": 4}}, id="decoder-dynamic-rope"),  # fmt: skip
         pytest.param("decoder", "llama_tiny", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}},
                      id="decoder-linear-rope"),  # fmt: skip
         pytest.param("encoder", "bert_tiny", {"positions": "sinusoidal"}, id="encoder-sinusoidal"),
