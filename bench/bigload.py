@@ -21,7 +21,8 @@ weights' size (goal ≤ 1.2 ×), for both.
 
 Generation (``llama-1b`` in bf16; ``--quick``: ``gpt2-124m`` in bf16): both models in this process,
 greedy, a seeded 16-token prompt, end-of-sequence off, one warm-up of 2 tokens each, then the best of
-3 runs; tokens/s (new tokens over the whole ``generate`` call) and whether the tokens are the same
+5 runs, alternating (a step is ~98% matrix products both sides share: the two are at parity and single
+runs differ by ±2%); tokens/s (new tokens over the whole ``generate`` call) and whether the tokens are the same
 (random weights give small margins: a bf16 rounding difference can flip a near tie, reported as the
 first position that differs). Run it on an idle machine: the loads are memory-bandwidth bound and
 generation of the 1 B model on 2 cores takes a few minutes.
@@ -173,7 +174,7 @@ def load_rows(case: str, folder: Path, tiny: Path, repeats: int) -> list[dict]:
 # --------------------------------------------------------------------------- generation
 
 
-def generation_row(case: str, folder: Path, new_tokens: int, repeats: int = 3) -> dict:
+def generation_row(case: str, folder: Path, new_tokens: int, repeats: int = 5) -> dict:
     import transformers as T
 
     from archplay.models import load
