@@ -126,9 +126,23 @@ class Analysis:
             return self.translation.n_decoder_layer
         if kind == "cross":
             return len(self.translation.cross_attentions)
+        if self.hybrid:  # Explore's map spans every layer: attention maps and the Mamba layers' hidden attention
+            return len(self.blocks) + self.mamba.n_layer
         if self.scan is not None:
             return self.scan.n_layer
         return len(self.attentions) if self.attentions else 0
+
+    @property
+    def hybrid(self) -> bool:
+        """Whether only some layers attend and the others scan (Jamba): Explore's map then shows each layer's own
+        mixing, an attention layer's heads or a Mamba layer's hidden attention."""
+        return self.blocks is not None and self.mamba is not None and self.mamba.blocks is not None
+
+    def part(self, layer: int) -> tuple[str, int]:
+        """A hybrid's model layer -> ("attention", its entry in ``attentions``) or ("scan", its entry in ``mamba``)."""
+        if layer in self.blocks:
+            return "attention", self.blocks.index(layer)
+        return "scan", self.mamba.blocks.index(layer)
 
     @property
     def n_layer(self) -> int:

@@ -241,13 +241,23 @@ def test_explore_run_draws_attention_layers_and_routing(catalog, jamba):
     with torch.no_grad():
         out = ours(torch.tensor([tok.encode(PROMPT)]), trace=True)
     a = r.analysis
-    assert a.n_layer == 2 and a.n_head == 4  # the attention layers
-    for layer in range(2):
-        z = attention.attention_figure(a, layer, 2).data[0].z
-        np.testing.assert_allclose(np.asarray(z, dtype=np.float64), out.trace.attentions[layer][0, 2].numpy(),
-                                   rtol=0, atol=1e-6)  # fmt: skip
-    title = attention.attention_figure(a, 1, 2).layout.title.text
-    assert title.startswith("Layer 3 (attention layer 1 of 2), head 2 of 4")  # the model's own number, and which
+    assert a.hybrid and a.n_layer == 4 and a.n_head == 4  # Explore's map spans every layer
+    for layer in range(4):  # Mamba, attention, Mamba, attention: each layer's own mixing, in the model's numbering
+        fig = attention.attention_figure(a, layer, 2)
+        want = (out.trace.ssm_attention[layer // 2][0] if layer % 2 == 0 else out.trace.attentions[layer // 2][0, 2])
+        np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=np.float64), want.numpy(), rtol=0, atol=1e-6)
+        assert fig.layout.title.text.startswith(f"Layer {layer} of 4 (Mamba): hidden attention" if layer % 2 == 0
+                                                else f"Layer {layer} of 4 (attention), head 2 of 4")  # fmt: skip
+    maps = attention.attention_maps(a)  # (4, 4, T, T): what the page's payload and the grid carry
+    assert maps.shape[:2] == (4, 4)
+    torch.testing.assert_close(maps[2, 3], out.trace.ssm_attention[1][0].float())  # each column: the same map
+    torch.testing.assert_close(maps[3, 1], out.trace.attentions[1][0, 1].float())
+    assert [attention.mask_rule(a, "self", i)[0] for i in range(4)] == ["scan", "causal", "scan", "causal"]
+    assert "Layers 0, 2 are Mamba layers" in attention.attention_help(a)
+    from archplay.app.explore.payload import attention_payload
+
+    p = attention_payload(a, None, 0)
+    assert p["L"] == 4 and p["titles"][0].startswith("Layer 0 of 4 (Mamba)") and "{head}" in p["titles"][1]
     for layer, block in enumerate((0, 2)):  # the MoE layers are blocks 0 and 2
         view = routing.view(a, layer)
         probs = torch.softmax(out.trace.router_logits[layer][0].float(), dim=-1).numpy()
@@ -355,7 +365,8 @@ def test_steps_tab_takes_apart_attention_and_mamba_layers(catalog, jamba):
     key = next(k for k in catalog.keys() if catalog.get(k).config.family == "hybrid")
     a = run.analyse(catalog, key, PROMPT).analysis
     help_text = attention.attention_help(a)
-    assert "Only layers 1, 3 of this hybrid attend" in help_text and "Layers 0, 2 are Mamba layers" in help_text
+    assert "Layers 1, 3 attend" in help_text and "Layers 0, 2 are Mamba layers" in help_text
+    assert "**Inside a step** takes a scan apart" in help_text
     v = steps.steps_view(catalog, a, layer=1, head=2, query=5)
     assert v.flow is not None and v.flow.layout.title.text.startswith("Layer 3, head 2")
     assert a.mamba is not None and a.mamba.blocks == [0, 2] and a.scan is None
@@ -427,6 +438,7 @@ def test_jamba_opens_in_explore_steps_and_architecture(served, jamba):
         chromium_page,
         open_tab,
         read_plot,
+        set_slider,
         wait_for_plot,
         wait_until,
     )
@@ -439,20 +451,22 @@ def test_jamba_opens_in_explore_steps_and_architecture(served, jamba):
     with chromium_page(served, timeout_ms=60_000) as page:
         page.locator("#model input").click()
         page.get_by_role("option").filter(has_text=re.compile(r"^\W*jamba0\b")).first.click()  # runs its example
-        wait_for_plot(page, "attention-plot", "of 2 (model layers 1, 3), head 0 of 4")
+        wait_for_plot(page, "attention-plot", "Layer 0 of 4 (Mamba): hidden attention")
         page.locator("#text textarea").fill(PROMPT)
         page.locator("#run").click()
         T = len(tok.encode(PROMPT))
 
-        def shown():
+        def shown(title):
             plot = read_plot(page, "attention-plot")
-            return plot if plot and _array(plot["data"][0]["z"]).shape[0] == T else None
+            return plot if plot and _array(plot["data"][0]["z"]).shape[0] == T and title in plot["title"] else None
 
-        plot = wait_until(page, shown, f"the attention map of the {T} tokens")
-        assert "of 2 (model layers 1, 3), head 0 of 4" in plot["title"]
-        layer = int(re.search(r"Attention layer (\d) of 2", plot["title"]).group(1))
+        plot = wait_until(page, lambda: shown("Layer 0 of 4 (Mamba)"), f"layer 0's hidden attention of {T} tokens")
+        hidden = out.trace.ssm_attention[0][0].half().float().numpy()  # float16 on the way to the page
+        np.testing.assert_array_equal(_array(plot["data"][0]["z"]), hidden)
+        set_slider(page, "layer", 3)  # the second attention layer, drawn in the page from the Run's payload
+        plot = wait_until(page, lambda: shown("Layer 3 of 4 (attention), head 0 of 4"), "layer 3's attention map")
         np.testing.assert_array_equal(_array(plot["data"][0]["z"]),
-                                      out.trace.attentions[layer][0, 0].half().float().numpy())  # fmt: skip
+                                      out.trace.attentions[1][0, 0].half().float().numpy())  # fmt: skip
         expect(page.locator("#routing-section")).to_be_visible()
         wait_for_plot(page, "routing-plot", "MoE layer")
         open_tab(page, "Inside a step")  # attention layer 0 = model layer 1, Mamba layer 0 = 0; MoE: the last

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from archplay.models.architectures.layers import attention_mask
 from archplay.viz.attention import attention_grid, attention_heatmap, attention_mask_heatmap
+from archplay.viz.ssm import hidden_attention_heatmap
 
 from ..session import LOCAL_PATTERNS, Analysis
 from ..sliders import check, clamp
@@ -65,14 +66,19 @@ def attention_help(analysis: Analysis, kind: str | None = None) -> str:
     if analysis.attentions is None:
         return ATTENTION_HELP["none"]
     text = ATTENTION_HELP["causal" if analysis.causal else "bidirectional"]
-    if analysis.blocks is not None:  # a hybrid: say which layers attend, and where the others are shown
-        others = [i for i in range(len(analysis.hidden_states or [None]) - 1) if i not in analysis.blocks]
-        text += (f"\n\nOnly layers {', '.join(map(str, analysis.blocks))} of this hybrid attend: the Layer slider "
-                 f"steps through those {len(analysis.blocks)}.")
-        if others:
-            text += (f" Layers {', '.join(map(str, others))} are Mamba layers with no attention map: the **Inside a step** "
-                     "tab takes their scan apart (Δ, the state, the hidden-attention row).")
+    if analysis.hybrid:  # say which layers attend and what the others' maps are
+        text += (f"\n\nThis hybrid mixes its tokens two ways. Layers {_listed(analysis.blocks)} attend: a map per "
+                 f"head. Layers {_listed(analysis.mamba.blocks)} are Mamba layers: their map is the scan's **hidden "
+                 "attention**, how much each earlier token still counts in a token's output (mean |α| over the "
+                 "channels, the same for every head; the rows need not sum to 1). **Inside a step** takes a scan "
+                 "apart (Δ, the state, the readout).")  # fmt: skip
+    elif analysis.blocks is not None:
+        text += f"\n\nOnly layers {_listed(analysis.blocks)} of this model attend: the Layer slider steps through those."
     return text
+
+
+def _listed(layers: list[int]) -> str:
+    return ", ".join(map(str, layers))
 
 
 def attention_figure(
@@ -93,8 +99,16 @@ def attention_figure(
     kind = analysis.kind(kind)
     layer = analysis.check_layer(layer, kind)
     head = check(head, analysis.n_head, "head")
+    if analysis.hybrid:  # the model's layer: an attention layer's head, or a Mamba layer's hidden attention
+        what, entry = analysis.part(layer)
+        title = layer_titles(analysis)[layer].format(head=head)
+        if what == "scan":
+            return hidden_attention_heatmap(analysis.mamba.hidden_attention[entry], analysis.labels, title=title,
+                                            cells=cells)  # fmt: skip
+        return attention_heatmap(analysis.attentions[entry][head], analysis.labels, analysis.labels, title=title,
+                                 cells=cells)  # fmt: skip
     title = title_pattern(analysis, kind).format(layer=layer, head=head)
-    if analysis.blocks is not None:  # a hybrid: the model's own layer number, and which attention layer it is
+    if analysis.blocks is not None:  # only some layers attend: the model's own layer number, and which it is
         title = (f"Layer {analysis.blocks[layer]} (attention layer {layer} of {len(analysis.blocks)}), head {head} "
                  f"of {analysis.n_head}")  # fmt: skip
     if analysis.translation is not None:
@@ -108,13 +122,29 @@ def title_pattern(analysis: Analysis, kind: str | None = None) -> str:
     if analysis.scan is not None:
         return scan.TITLE.format(n_layer=analysis.scan.n_layer, d_inner=analysis.scan.d_inner)
     kind = analysis.kind(kind)
-    if analysis.blocks is not None:  # a hybrid's attention layers only: say which of the model's layers they are
+    if analysis.hybrid:  # each layer's own title: ``layer_titles``
+        return f"Layer {{layer}} of {analysis.layer_count(kind)}, head {{head}}"
+    if analysis.blocks is not None:  # only some layers attend: say which of the model's layers they are
         where = ", ".join(map(str, analysis.blocks))
         return f"Attention layer {{layer}} of {len(analysis.blocks)} (model layers {where}), head {{head}} of {analysis.n_head}"
     of = f"of {analysis.layer_count(kind)} × {analysis.n_head}"
     if analysis.translation is not None:
         return f"{translation.KIND_NAMES[kind]}: layer {{layer}}, head {{head}} {of}"
     return f"Layer {{layer}}, head {{head}} {of}"
+
+
+def layer_titles(analysis: Analysis) -> list[str] | None:
+    """A hybrid's heatmap title per layer, with ``{head}`` to fill in (the page fills it too); None otherwise."""
+    if not analysis.hybrid:
+        return None
+    n, titles = analysis.layer_count(), []
+    for layer in range(n):
+        if analysis.part(layer)[0] == "attention":
+            titles.append(f"Layer {layer} of {n} (attention), head {{head}} of {analysis.n_head}")
+        else:
+            titles.append(f"Layer {layer} of {n} (Mamba): hidden attention, mean |α| over {analysis.mamba.d_inner} "
+                          "channels")  # fmt: skip
+    return titles
 
 
 def axis_labels(analysis: Analysis, kind: str | None = None) -> tuple[list[str], list[str]]:
@@ -154,6 +184,13 @@ def attention_maps(analysis: Analysis, kind: str | None = None) -> Tensor | None
     model: its hidden attention as (L, 1, T, T)); None without attention."""
     if analysis.scan is not None:
         return torch.stack(analysis.scan.hidden_attention)[:, None]
+    if analysis.hybrid:  # every layer: an attention layer's heads; a Mamba layer's hidden attention in each column
+        H, maps = analysis.n_head, []
+        for layer in range(analysis.layer_count()):
+            what, entry = analysis.part(layer)
+            m = analysis.attentions[entry] if what == "attention" else analysis.mamba.hidden_attention[entry]
+            maps.append(m.float().expand(H, -1, -1))
+        return torch.stack(maps)
     kind = analysis.kind(kind)
     if analysis.translation is not None and kind != "encoder":
         t = analysis.translation
@@ -170,6 +207,8 @@ def grid_figure(analysis: Analysis | None, layer: int, head: int, kind: str | No
         return None
     scanned = analysis.scan is not None
     name = "hidden attention" if scanned else translation.KIND_NAMES.get(analysis.kind(kind), "attention")
+    if analysis.hybrid:
+        name = f"attention; Mamba layers {_listed(analysis.mamba.blocks)}: hidden attention, alike in every column"
     title = f"Every layer × head: {name} (rows = layers, 0 at the top)"
     selected = (int(layer), 0 if scanned else int(head))
     return attention_grid(maps, selected=selected, title=title, col_name="channel mean" if scanned else "head")
@@ -220,7 +259,7 @@ def mask_rule(analysis: Analysis, kind: str, layer: int) -> tuple[str, int | Non
         local = (analysis.patterns[int(layer)] if analysis.patterns else None) or ("sliding" if window else None)
     if kind == "cross":
         return "cross", None, MASK_HELP["cross"]
-    if analysis.scan is not None:
+    if analysis.scan is not None or (analysis.hybrid and analysis.part(int(layer))[0] == "scan"):
         return "scan", None, MASK_HELP["scan"]
     if kind == "encoder" or not analysis.causal:
         if window and local:

@@ -394,7 +394,7 @@
     trace.zmax = top > 0 ? top : 1;
     const name = (trace.colorbar.title.text || "").split("<br>")[0];
     trace.colorbar.title.text = capped ? `${name}<br><sub>colour capped<br>at ${g3(top)} (99th<br>percentile)</sub>` : name;
-    fig.layout.title.text = fill(a.title, {layer, head});
+    fig.layout.title.text = fill(a.titles ? a.titles[layer] : a.title, {layer, head}); // a hybrid: each layer's own
     fig.layout.height = PAGE_HEATMAP_HEIGHT;
     fig.layout.title.font = Object.assign({}, fig.layout.title.font, {size: PAGE_TITLE_SIZE});
     return fig;

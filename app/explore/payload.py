@@ -125,14 +125,15 @@ def attention_payload(a: Analysis, kind: str | None, layer: int) -> dict | None:
     layers = list(range(L)) if L * H * per_map <= ALL_LAYERS_VALUES else [int(layer)]
     packed = torch.cat([_pack(maps[i, h], lower) for i in layers for h in range(H)]) if layers else torch.zeros(0)
     qlabels, klabels = attention.axis_labels(a, kind)
-    base = attention.attention_figure(a, layers[0], 0, kind, cells=False)
+    # the heatmap every layer is drawn into (a hybrid's: an attention layer's, its Mamba layers titled as such)
+    base = attention.attention_figure(a, a.blocks[0] if a.hybrid else layers[0], 0, kind, cells=False)
     if a.gold and a.gold.get(kind) and base is not None:
         mark_cells(base, a.gold[kind], name="gold antecedent" if kind == "self" else "gold word alignment")
     out = {
         "kind": kind, "L": L, "H": H, "nq": nq, "nk": nk, "lower": lower, "layers": layers,
         "data": encode(packed.to(torch.float16), "f2"),
         "qlabels": [style.safe_label(s) for s in qlabels], "klabels": [style.safe_label(s) for s in klabels],
-        "title": attention.title_pattern(a, kind), "scan": a.scan is not None,
+        "title": attention.title_pattern(a, kind), "titles": attention.layer_titles(a), "scan": a.scan is not None,
         "base": figure_json(base, strip=("z", "customdata")),
         # the page makes the thumbnails from the maps when it has them all
         "grid": figure_json(attention.grid_figure(a, layers[0], 0, kind), strip=("z",) if len(layers) == L else ()),
