@@ -258,6 +258,17 @@ def test_explore_run_draws_attention_layers_and_routing(catalog, jamba):
 
     p = attention_payload(a, None, 0)
     assert p["L"] == 4 and p["titles"][0].startswith("Layer 0 of 4 (Mamba)") and "{head}" in p["titles"][1]
+    from archplay.app.explore import scan
+    from archplay.app.explore.payload import delta_payload
+
+    for layer in (0, 2):  # the Mamba layers' mean step size Δ per token; the attention layers have none
+        bars = scan.delta_figure(a, layer)
+        np.testing.assert_allclose(np.asarray(bars.data[0].y, dtype=np.float64),
+                                   out.trace.ssm_delta[layer // 2][0].mean(-1).numpy(), rtol=1e-6, atol=1e-7)  # fmt: skip
+        assert bars.layout.title.text.startswith(f"Layer {layer}: step size Δ")
+    assert scan.delta_figure(a, 1).layout.title.text.startswith("Layer 1 attends: no step size Δ (the Mamba layers: 0, 2)")
+    d = delta_payload(a)
+    assert d["L"] == 4 and d["titles"][3].startswith("Layer {layer} attends")
     for layer, block in enumerate((0, 2)):  # the MoE layers are blocks 0 and 2
         view = routing.view(a, layer)
         probs = torch.softmax(out.trace.router_logits[layer][0].float(), dim=-1).numpy()
@@ -463,8 +474,10 @@ def test_jamba_opens_in_explore_steps_and_architecture(served, jamba):
         plot = wait_until(page, lambda: shown("Layer 0 of 4 (Mamba)"), f"layer 0's hidden attention of {T} tokens")
         hidden = out.trace.ssm_attention[0][0].half().float().numpy()  # float16 on the way to the page
         np.testing.assert_array_equal(_array(plot["data"][0]["z"]), hidden)
+        wait_for_plot(page, "delta-plot", "Layer 0: step size Δ per token")
         set_slider(page, "layer", 3)  # the second attention layer, drawn in the page from the Run's payload
         plot = wait_until(page, lambda: shown("Layer 3 of 4 (attention), head 0 of 4"), "layer 3's attention map")
+        wait_for_plot(page, "delta-plot", "Layer 3 attends: no step size Δ")
         np.testing.assert_array_equal(_array(plot["data"][0]["z"]),
                                       out.trace.attentions[1][0, 0].half().float().numpy())  # fmt: skip
         expect(page.locator("#routing-section")).to_be_visible()

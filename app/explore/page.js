@@ -480,7 +480,7 @@
     if (!d.values) d.values = f32(d.data);
     const fig = clone(d.base);
     fig.data[0].y = d.values.subarray(layer * d.T, (layer + 1) * d.T);
-    fig.layout.title.text = fill(d.title, {layer});
+    fig.layout.title.text = fill(d.titles ? d.titles[layer] : d.title, {layer}); // a hybrid: an attention layer has no Δ
     return fig;
   };
 

@@ -365,7 +365,7 @@ def analyse_updates(ui: SimpleNamespace, r: AnalyseResult) -> dict:
         ui.layer: index_slider(a.layer_count(r.attention_kind), r.layer),
         ui.head: index_slider(a.n_head, r.head, info=r.head_info, visible=a.spec.has_heads),
         ui.position: index_slider(len(a.ids), a.predict_at or 0, visible=a.translation is None),
-        ui.delta_plot: gr.update(visible=a.scan is not None, value=r.delta),
+        ui.delta_plot: gr.update(visible=a.scan is not None or a.hybrid, value=r.delta),
     }
     return updates | _translation_updates(ui, r) | _routing_updates(ui, r)
 
@@ -377,7 +377,7 @@ def run_updates(ui: SimpleNamespace, catalog: Catalog, r: AnalyseResult, previou
     for c in (ui.attention_plot, ui.distribution_plot, ui.grid_plot, ui.mask_plot, ui.sample_plot):
         updates.pop(c)
     a = r.analysis
-    updates[ui.delta_plot] = gr.update(visible=a is not None and a.scan is not None)
+    updates[ui.delta_plot] = gr.update(visible=a is not None and (a.scan is not None or a.hybrid))
     labels_for = sampling.labels_for_run(catalog, a) if a is not None else None
     if a is not None:
         a.gold = truth.gold_cells(catalog, a)  # framed on the attention maps the page draws

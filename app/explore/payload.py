@@ -164,13 +164,21 @@ def mask_rule(a: Analysis, kind: str, layer: int) -> dict:
 
 def delta_payload(a: Analysis) -> dict | None:
     """A state-space model's mean step size Δ per layer and token, and the bar chart's base."""
+    if a.hybrid:  # every layer of the model: its Mamba layers' Δ, nothing for the attention layers
+        s = a.mamba
+        rows = [s.delta_mean[a.part(i)[1]] if a.part(i)[0] == "scan" else s.delta_mean[0] * 0
+                for i in range(a.layer_count())]  # fmt: skip
+        return {
+            "data": encode(torch.stack(rows).float(), "f4"), "L": len(rows), "T": len(a.ids),
+            "title": scan.DELTA_TITLE.format(d_inner=s.d_inner), "titles": scan.delta_titles(a),
+            "base": figure_json(scan.delta_figure(a, s.blocks[0]), strip=("y",)),
+        }  # fmt: skip
     if a.scan is None:
         return None
     s = a.scan
     return {
         "data": encode(torch.stack(s.delta_mean).float(), "f4"), "L": s.n_layer, "T": len(a.ids),
-        "title": f"Layer {{layer}}: step size Δ per token (mean over {s.d_inner} channels)",
-        "base": figure_json(scan.delta_figure(a, 0), strip=("y",)),
+        "title": scan.DELTA_TITLE.format(d_inner=s.d_inner), "base": figure_json(scan.delta_figure(a, 0), strip=("y",)),
     }  # fmt: skip
 
 

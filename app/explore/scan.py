@@ -79,10 +79,31 @@ def attention_figure(scan: Scan, labels: list[str], layer, *, cells: bool = True
 
 
 def delta_figure(analysis: Analysis | None, layer) -> go.Figure | None:
-    """The mean step size Δ per token in ``layer`` of the session's Run; None for a Run without a scan."""
-    if analysis is None or analysis.scan is None:
+    """The mean step size Δ per token in ``layer`` of the session's Run; None for a Run without a scan. A hybrid's
+    layer is the model's: an attention layer has no Δ (its bars are empty and its title says so)."""
+    if analysis is None:
+        return None
+    if analysis.hybrid:
+        layer = check(layer, analysis.layer_count(), "layer")
+        what, entry = analysis.part(layer)
+        values = analysis.mamba.delta_mean[entry] if what == "scan" else analysis.mamba.delta_mean[0] * 0
+        return delta_bars(values, analysis.labels, title=delta_titles(analysis)[layer].format(layer=layer))
+    if analysis.scan is None:
         return None
     scan = analysis.scan
     layer = check(layer, scan.n_layer, "layer")
-    title = f"Layer {layer}: step size Δ per token (mean over {scan.d_inner} channels)"
-    return delta_bars(scan.delta_mean[layer], analysis.labels, title=title)
+    return delta_bars(scan.delta_mean[layer], analysis.labels, title=DELTA_TITLE.format(d_inner=scan.d_inner).format(
+        layer=layer))  # fmt: skip
+
+
+DELTA_TITLE = "Layer {{layer}}: step size Δ per token (mean over {d_inner} channels)"
+
+
+def delta_titles(analysis: Analysis) -> list[str] | None:
+    """A hybrid's Δ title per layer (``{layer}`` to fill in): its Mamba layers', or why an attention layer has none."""
+    if not analysis.hybrid:
+        return None
+    mamba = ", ".join(map(str, analysis.mamba.blocks))
+    return [DELTA_TITLE.format(d_inner=analysis.mamba.d_inner) if analysis.part(i)[0] == "scan"
+            else f"Layer {{layer}} attends: no step size Δ (the Mamba layers: {mamba})"
+            for i in range(analysis.layer_count())]  # fmt: skip
