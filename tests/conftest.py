@@ -198,6 +198,20 @@ def make_hf_model(kind: str, folder: Path, *, head: bool = True, seed: int = 0, 
     return model
 
 
+def hf_routed(hf, ids, routers, **outputs):
+    """transformers' outputs for ``ids`` (hidden states and attentions, plus ``outputs``) and, in order, what each
+    of its ``routers`` (the router modules) returned, hooked: (router logits, weights, top-k indices)."""
+    got = []
+    hooks = [r.register_forward_hook(lambda m, i, o: got.append(o)) for r in routers]
+    try:
+        with torch.no_grad():
+            ref = hf(ids, output_hidden_states=True, output_attentions=True, **outputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ref, got
+
+
 PARITY_PROMPT = "mia has a red ball and the cat sat on the mat then she ran to the park with her dog"
 
 

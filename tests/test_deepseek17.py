@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_hf_model
+from conftest import hf_routed, make_hf_model
 
 from archplay import models
 from archplay.models import registry
@@ -53,17 +53,10 @@ def deepseek(tmp_path_factory):
 
 
 def _hf_choices(hf, ids):
-    """transformers' router outputs per MoE layer: (logits, top-k indices), hooked on its gates."""
-    got = []
-    hooks = [layer.mlp.gate.register_forward_hook(lambda m, i, o: got.append((o[0], o[2])))
-             for layer in hf.model.layers if hasattr(layer.mlp, "gate")]  # fmt: skip
-    try:
-        with torch.no_grad():
-            ref = hf(ids, output_hidden_states=True, output_attentions=True, output_router_logits=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ref, got
+    """transformers' outputs, and its router's (logits, top-k indices) per MoE layer, hooked on its gates."""
+    gates = [layer.mlp.gate for layer in hf.model.layers if hasattr(layer.mlp, "gate")]
+    ref, got = hf_routed(hf, ids, gates, output_router_logits=True)
+    return ref, [(o[0], o[2]) for o in got]
 
 
 @pytest.mark.parametrize("overrides", [{}, PLAIN], ids=["low-rank-q-groups", "plain-q-no-groups"])

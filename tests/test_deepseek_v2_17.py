@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_hf_model
+from conftest import hf_routed, make_hf_model
 
 from archplay import models
 from archplay.models.analysis import card
@@ -37,16 +37,7 @@ def v2(tmp_path_factory):
 
 def _hf_run(hf, ids):
     """transformers' outputs and, per MoE layer, its router's (logits, weights, indices), hooked on its gates."""
-    got = []
-    hooks = [layer.mlp.gate.register_forward_hook(lambda m, i, o: got.append(o))
-             for layer in hf.model.layers if hasattr(layer.mlp, "gate")]  # fmt: skip
-    try:
-        with torch.no_grad():
-            ref = hf(ids, output_hidden_states=True, output_attentions=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ref, got
+    return hf_routed(hf, ids, [layer.mlp.gate for layer in hf.model.layers if hasattr(layer.mlp, "gate")])
 
 
 @pytest.mark.parametrize("overrides", [{}, {"topk_method": "greedy", "n_group": None, "topk_group": None,

@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_hf_model
+from conftest import hf_routed, make_hf_model
 
 from archplay import models
 from archplay.models import registry
@@ -44,16 +44,9 @@ def jamba(tmp_path_factory):
 
 def _hf_choices(hf, ids):
     """transformers' outputs, and its routers' (logits, top-k indices) per MoE layer, hooked."""
-    got = []
-    hooks = [layer.feed_forward.router.register_forward_hook(lambda m, i, o: got.append((o[0], o[2])))
-             for layer in hf.model.layers if hasattr(layer.feed_forward, "router")]  # fmt: skip
-    try:
-        with torch.no_grad():
-            ref = hf(ids, output_hidden_states=True, output_attentions=True, output_router_logits=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return ref, got
+    routers = [layer.feed_forward.router for layer in hf.model.layers if hasattr(layer.feed_forward, "router")]
+    ref, got = hf_routed(hf, ids, routers, output_router_logits=True)
+    return ref, [(o[0], o[2]) for o in got]
 
 
 @pytest.mark.parametrize("overrides", [{}, dict(attn_layer_period=3, attn_layer_offset=2, expert_layer_period=1,
