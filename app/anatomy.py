@@ -300,6 +300,8 @@ def _effect(entry: Entry, analysis: Analysis, stacks, layer, head, query) -> tup
         return None, error(md_escape(str(e)))
     label = analysis.labels[query]
     where = "encoder " if analysis.translation is not None else ""
+    if analysis.blocks is not None:  # only some layers attend (a hybrid): the model's own layer, and which it is
+        where, layer = f"attention layer {layer} = ", analysis.blocks[layer]
     fig = effect_figure(e, analysis.labels, query, title=f"Query {query} ‘{html.escape(label, quote=False)}’, "
                         f"{where}layer {layer}, head {head}: attention with and without the position term")
     return fig, _effect_sentence(e, analysis.labels, query)
@@ -490,7 +492,7 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
             return {**out, **{x: gr.update() for x in ranged}, ui.positions: gr.update(visible=v.positions_drawn)}
         return {**out,
                 ui.layer: gr.update(maximum=max(c.n_layer - 1, 1), value=clamp(_int_or(layer, 0), c.n_layer),
-                                    interactive=c.n_layer > 1),
+                                    interactive=c.n_layer > 1, label=steps.layer_label(analysis)),
                 ui.head: gr.update(maximum=max(c.n_head - 1, 1), value=clamp(_int_or(head, 0), c.n_head),
                                    interactive=c.n_head > 1),
                 ui.query: gr.update(choices=c.queries, value=c.default_query),

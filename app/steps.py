@@ -508,7 +508,7 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
         return {ui.attention: gr.update(visible=True), **{box: gr.update(visible=True) for box in boxes},
                 ui.kind: gr.update(visible=c.kinds, value=kind_shown),
                 ui.layer: gr.update(maximum=max(c.n_layer - 1, 1), value=layer, interactive=c.n_layer > 1,
-                                    label=_layer_label(analysis)),
+                                    label=layer_label(analysis)),
                 ui.head: gr.update(maximum=max(c.n_head - 1, 1), value=head, interactive=c.n_head > 1),
                 ui.query: gr.update(choices=c.queries, value=c.default_query),
                 **redraw(analysis, c.kind, layer, head, c.default_query), **mixers}  # fmt: skip
@@ -555,9 +555,9 @@ def _wire(catalog: Catalog, explore_ui: SimpleNamespace, ui: SimpleNamespace) ->
           api_name="scan", **model_run)  # fmt: skip
 
 
-def _layer_label(analysis: Analysis) -> str:
+def layer_label(analysis: Analysis | None) -> str:
     """The attention Layer slider's label: a hybrid's spans only its attention layers, so it says which."""
-    if analysis.blocks is None:
+    if analysis is None or analysis.blocks is None:
         return "Layer"
     return f"Attention layer (model layers {', '.join(map(str, analysis.blocks))})"
 

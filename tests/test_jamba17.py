@@ -293,6 +293,20 @@ def test_compare_and_the_card_show_jamba(catalog, jamba):
     assert describe(ours).endswith("hybrid, 4 layers (2 attention × 4 heads, 2 Mamba)")  # not "4 layers × 4 heads"
 
 
+def test_anatomy_names_the_model_layer_of_an_attention_layer(catalog, jamba):
+    """Anatomy's position-term panel spans the attention layers; its title names the model's layer (NoPE: the
+    position term changes nothing, so with and without are the same bars)."""
+    from archplay.app import anatomy
+    from archplay.app.explore import run
+
+    key = next(k for k in catalog.keys() if catalog.get(k).config.family == "hybrid")
+    a = run.analyse(catalog, key, PROMPT).analysis
+    fig, sentence = anatomy.effect_view(catalog, a, 1, 2, 5)
+    assert "attention layer 1 = layer 3, head 2" in fig.layout.title.text
+    with_pos, without = (np.asarray(t.y, dtype=np.float64) for t in fig.data[:2])
+    np.testing.assert_allclose(with_pos, without, rtol=0, atol=1e-7)
+
+
 def test_scan_steps_take_apart_a_mamba_layer_and_refuse_an_attention_layer(jamba):
     """The scan step by step reads a Mamba layer by the model's own number, Jamba's norms on Δ, B, C included."""
     from archplay.models.analysis.mixers import scan_steps
