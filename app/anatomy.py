@@ -262,7 +262,10 @@ def _stack_labels(analysis: Analysis, stacks: list[Stack]) -> list[list[str]] | 
 
 
 def _attention_layers(entry: Entry, analysis: Analysis, stacks: list[Stack] | None = None) -> int:
-    """The layers of the first stack with self-attention (an encoder-decoder's encoder); 0 without attention."""
+    """The layers of the first stack with self-attention (an encoder-decoder's encoder); 0 without attention. Where
+    only some layers attend (a hybrid), those: the effect is asked of its n-th attention layer."""
+    if analysis.blocks is not None:
+        return len(analysis.blocks)
     if stacks is not None:
         return next((s.layers for s in stacks if any(p.kind == "attention" for p in s.block)), 0)
     return analysis.layer_count("encoder") if analysis.translation is not None else len(analysis.attentions or [])

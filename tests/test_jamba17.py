@@ -301,8 +301,12 @@ def test_anatomy_names_the_model_layer_of_an_attention_layer(catalog, jamba):
 
     key = next(k for k in catalog.keys() if catalog.get(k).config.family == "hybrid")
     a = run.analyse(catalog, key, PROMPT).analysis
+    v = anatomy.anatomy_view(catalog, a, 0, 0, None, None, fit=True)
+    assert v.controls.n_layer == 2  # the slider spans the 2 attention layers, not the model's 4
     fig, sentence = anatomy.effect_view(catalog, a, 1, 2, 5)
     assert "attention layer 1 = layer 3, head 2" in fig.layout.title.text
+    refused, problem = anatomy.effect_view(catalog, a, 2, 0, 5)
+    assert refused is None and "layer must be between 0 and 1" in problem
     with_pos, without = (np.asarray(t.y, dtype=np.float64) for t in fig.data[:2])
     np.testing.assert_allclose(with_pos, without, rtol=0, atol=1e-7)
 
