@@ -125,8 +125,8 @@ def title_pattern(analysis: Analysis, kind: str | None = None) -> str:
     if analysis.hybrid:  # each layer's own title: ``layer_titles``
         return f"Layer {{layer}} of {analysis.layer_count(kind)}, head {{head}}"
     if analysis.blocks is not None:  # only some layers attend: say which of the model's layers they are
-        where = ", ".join(map(str, analysis.blocks))
-        return f"Attention layer {{layer}} of {len(analysis.blocks)} (model layers {where}), head {{head}} of {analysis.n_head}"
+        return (f"Attention layer {{layer}} of {len(analysis.blocks)} (model layers {_listed(analysis.blocks)}), "
+                f"head {{head}} of {analysis.n_head}")  # fmt: skip
     of = f"of {analysis.layer_count(kind)} × {analysis.n_head}"
     if analysis.translation is not None:
         return f"{translation.KIND_NAMES[kind]}: layer {{layer}}, head {{head}} {of}"

@@ -165,9 +165,7 @@ def mask_rule(a: Analysis, kind: str, layer: int) -> dict:
 def delta_payload(a: Analysis) -> dict | None:
     """A state-space model's mean step size Δ per layer and token, and the bar chart's base."""
     if a.hybrid:  # every layer of the model: its Mamba layers' Δ, nothing for the attention layers
-        s = a.mamba
-        rows = [s.delta_mean[a.part(i)[1]] if a.part(i)[0] == "scan" else s.delta_mean[0] * 0
-                for i in range(a.layer_count())]  # fmt: skip
+        s, rows = a.mamba, scan.delta_rows(a)
         return {
             "data": encode(torch.stack(rows).float(), "f4"), "L": len(rows), "T": len(a.ids),
             "title": scan.DELTA_TITLE.format(d_inner=s.d_inner), "titles": scan.delta_titles(a),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import plotly.graph_objects as go
+import torch
 from torch import Tensor
 
 from archplay.models import Trace
@@ -85,9 +86,8 @@ def delta_figure(analysis: Analysis | None, layer) -> go.Figure | None:
         return None
     if analysis.hybrid:
         layer = check(layer, analysis.layer_count(), "layer")
-        what, entry = analysis.part(layer)
-        values = analysis.mamba.delta_mean[entry] if what == "scan" else analysis.mamba.delta_mean[0] * 0
-        return delta_bars(values, analysis.labels, title=delta_titles(analysis)[layer].format(layer=layer))
+        return delta_bars(delta_rows(analysis)[layer], analysis.labels,
+                          title=delta_titles(analysis)[layer].format(layer=layer))  # fmt: skip
     if analysis.scan is None:
         return None
     scan = analysis.scan
@@ -97,6 +97,13 @@ def delta_figure(analysis: Analysis | None, layer) -> go.Figure | None:
 
 
 DELTA_TITLE = "Layer {{layer}}: step size Δ per token (mean over {d_inner} channels)"
+
+
+def delta_rows(analysis: Analysis) -> list[Tensor]:
+    """A hybrid's mean Δ per token for every model layer: its Mamba layers', zeros for an attention layer."""
+    s = analysis.mamba
+    return [s.delta_mean[entry] if what == "scan" else torch.zeros_like(s.delta_mean[0])
+            for what, entry in map(analysis.part, range(analysis.layer_count()))]  # fmt: skip
 
 
 def delta_titles(analysis: Analysis) -> list[str] | None:
