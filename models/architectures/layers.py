@@ -329,7 +329,7 @@ def _llama3_inv_freq(inv_freq: Tensor, p: dict) -> Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
     """YaRN's attention temperature: 0.1·mscale·ln(factor) + 1 (1 when not stretched)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
@@ -345,9 +345,9 @@ def _yarn_inv_freq(dim: int, theta: float, p: dict) -> tuple[Tensor, float]:
     attention_factor = p.get("attention_factor")
     if attention_factor is None:  # DeepSeek-V3: mscale / mscale_all_dim (1 when the two are equal)
         if p.get("mscale") and p.get("mscale_all_dim"):
-            attention_factor = _yarn_mscale(factor, p["mscale"]) / _yarn_mscale(factor, p["mscale_all_dim"])
+            attention_factor = yarn_mscale(factor, p["mscale"]) / yarn_mscale(factor, p["mscale_all_dim"])
         else:
-            attention_factor = _yarn_mscale(factor)
+            attention_factor = yarn_mscale(factor)
     beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
 
     def pair_turning(turns: float) -> float:  # the (fractional) pair index that turns ``turns`` times in old_len

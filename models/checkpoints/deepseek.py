@@ -21,11 +21,11 @@ multi-token-prediction layers some checkpoints carry after the last layer are no
 
 from __future__ import annotations
 
-import math
 import re
 
 from torch import Tensor
 
+from archplay.models.architectures.layers import yarn_mscale
 from archplay.models.architectures.moe import MoEConfig
 from archplay.models.checkpoints.convert import Converter, LoadError
 from archplay.models.checkpoints.llama import _llama_like_config, _mixtral_rename
@@ -51,7 +51,7 @@ def _scale(hf: dict, head_dim: int) -> float | None:
     factor = float(params.get("factor", 1.0))
     if kind == "default" or not params.get("mscale_all_dim") or factor <= 1:
         return None
-    mscale = 0.1 * float(params["mscale_all_dim"]) * math.log(factor) + 1.0
+    mscale = yarn_mscale(factor, float(params["mscale_all_dim"]))
     return head_dim**-0.5 * mscale * mscale
 
 
